@@ -1,0 +1,34 @@
+"""lungcam: chest CT cohort -> weakly supervised COVID-19 classifier and infection maps.
+
+Read README.md first. This file is the table of contents: configuration, one include per stage,
+and the default target. The logic lives in the `lungcam` package; rules live in workflow/rules.
+"""
+
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/ingest.smk"
+
+
+onstart:
+    print(startup_message())
+
+
+onerror:
+    print("lungcam: a job failed; its log is under logs/<rule>/. Rerun with --rerun-incomplete after fixing it.")
+
+
+rule all:
+    default_target: True
+    input:
+        qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
+        demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],

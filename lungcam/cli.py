@@ -1,0 +1,98 @@
+"""Command line: `lungcam phantom` (synthetic cohort) and `lungcam ingest` (one patient).
+
+Defaults come from the configuration schema, so `lungcam phantom demo/` writes the same cohort
+as the workflow's demo mode with default settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from .config import load_config
+
+
+def _phantom_one(args: tuple) -> dict:
+    from .phantom import cohort_layout
+    from .phantom.generate import generate_patient
+    from .records import write_record
+
+    plan, options, out, background = args
+    paths = cohort_layout(out, plan.patient_id)
+    result = generate_patient(plan, options, paths["dicom"], paths["lungs"], paths["lesions"], background=background)
+    write_record(paths["record"], result.record)
+    return result.record
+
+
+def run_phantom(args: argparse.Namespace) -> int:
+    from .phantom import plan_cohort, sample_rows, write_sample_sheet
+    from .phantom.generate import PhantomOptions
+
+    demo = load_config()["demo"]
+    options = PhantomOptions(
+        matrix=args.matrix or demo["matrix"],
+        localizer=not args.no_localizer,
+        thick_series=not args.no_thick_series,
+    )
+    out = Path(args.out)
+    plans = plan_cohort(args.patients_per_class, args.seed)
+    background = None
+    if args.background:
+        from .phantom.background import RealBackground
+
+        background = RealBackground.load(Path(args.background))
+    jobs = [(plan, options, out, background) for plan in plans]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for record in pool.map(_phantom_one, jobs):
+            print(f"{record['patient_id']}\t{record['label']}\t{record['slices']} slices\tlesions {record['lesion_ml']} mL")
+    write_sample_sheet(sample_rows(plans, out, relative_to=out), out / "samples.tsv")
+    print(f"sample sheet: {out / 'samples.tsv'}")
+    return 0
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from .ingest import IngestSettings, ingest_patient
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    settings = IngestSettings.from_config(load_config()["ingest"])
+    record = ingest_patient(args.patient_id, Path(args.dicom_dir), Path(args.out), settings)
+    json.dump(record, sys.stdout, indent=2, default=str)
+    print()
+    return 0 if record["status"] == "ok" else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = load_config()["demo"]
+    parser = argparse.ArgumentParser(prog="lungcam", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    phantom = commands.add_parser("phantom", help="write a synthetic chest CT cohort (DICOM, truth masks, sample sheet)")
+    phantom.add_argument("out", help="output folder (dicom/, truth/, samples.tsv)")
+    phantom.add_argument("--patients-per-class", type=int, default=defaults["patients_per_class"])
+    phantom.add_argument("--seed", type=int, default=defaults["seed"])
+    phantom.add_argument("--matrix", type=int, choices=[128, 192, 256, 384, 512], default=defaults["matrix"])
+    phantom.add_argument("--background", help="DICOM folder of a real normal chest CT to insert lesions into")
+    phantom.add_argument("--no-localizer", action="store_true", help="do not write a localizer series")
+    phantom.add_argument("--no-thick-series", action="store_true", help="do not write the thick-slice series")
+    phantom.add_argument("--jobs", type=int, default=1, help="patients generated in parallel")
+    phantom.set_defaults(run=run_phantom)
+
+    ingest = commands.add_parser("ingest", help="convert and check one patient's DICOM folder; prints its record")
+    ingest.add_argument("patient_id")
+    ingest.add_argument("dicom_dir")
+    ingest.add_argument("out", help="stage folder to write (scan.nii.gz, scan.json, record.json)")
+    ingest.set_defaults(run=run_ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Load and validate the workflow configuration against its JSON schema.
+
+The schema (schemas/config.schema.yaml) is the single reference for keys and defaults: the
+workflow, the command line and the tests all fill defaults from it, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+
+class ConfigError(ValueError):
+    """The configuration does not match the schema; the message names the key."""
+
+
+def load_schema(name: str) -> dict:
+    with open(SCHEMA_DIR / name) as handle:
+        return yaml.safe_load(handle)
+
+
+def _with_defaults(validator_class):
+    """A validator that also fills `default:` values of absent properties (jsonschema FAQ)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_record(record: dict, schema: dict, fill_defaults: bool = True) -> list[str]:
+    """Validate `record` in place (filling defaults); return readable error messages."""
+    cls = _with_defaults(jsonschema.Draft202012Validator) if fill_defaults else jsonschema.Draft202012Validator
+    messages = []
+    for error in sorted(cls(schema).iter_errors(record), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        messages.append(f"{where}: {error.message}")
+    return messages
+
+
+def validate_config(config: dict) -> dict:
+    """Validate a configuration dict in place, filling defaults; raise ConfigError if invalid."""
+    problems = validate_record(config, load_schema("config.schema.yaml"))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+def load_config(path: Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config (or start empty), apply overrides, validate and fill defaults."""
+    config = {}
+    if path is not None:
+        with open(path) as handle:
+            config = yaml.safe_load(handle) or {}
+    for key, value in (overrides or {}).items():
+        config[key] = value
+    return validate_config(config)
+
+
+def config_hash(config: dict) -> str:
+    """A short, stable hash of a resolved configuration (key order does not matter)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

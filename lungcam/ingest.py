@@ -1,0 +1,257 @@
+"""Ingest stage: one patient's DICOM study folder -> one verified NIfTI volume and a QC record.
+
+Steps: read every header; choose one axial CT stack (series_selection); check it (slice count,
+gaps, body part, tilt, spacing); convert only its files with dcm2niix, keeping the tilt-corrected
+or equalised volume when dcm2niix makes one; verify Hounsfield units; strip identifying fields
+from the sidecar; write `record.json`. Problems with the patient's data never raise: they make
+the record say `excluded` with a specific reason, so one bad patient cannot stop a cohort.
+
+Orientation policy: the volume keeps dcm2niix's voxel order (no reorientation, no cropping) with
+the exact scanner affine. Later stages work in physical coordinates through the affine and
+write their maps on this same grid, so nothing depends on a particular axis order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from . import dcm2niix
+from .compress import gzip_file
+from .deidentify import identifier_pattern, scrub, sidecar_fields
+from .dicom_series import DCM2NIIX_TRANSFER_SYNTAXES, ImageStack, Study, modality_of, read_study, slice_normal
+from .hu_check import verify_hu
+from .records import write_record
+from .series_selection import SeriesChoice, SeriesPolicy, describe, select_series
+
+log = logging.getLogger(__name__)
+
+VOLUME_NAME = "scan.nii.gz"
+SIDECAR_NAME = "scan.json"
+RECORD_NAME = "record.json"
+TILT_WARNING_DEG = 0.5
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Config section `ingest` (see schemas/config.schema.yaml for meanings and defaults)."""
+
+    min_slices: int
+    max_slice_gap_mm: float
+    excluded_body_parts: frozenset[str]
+    series: SeriesPolicy
+
+    @classmethod
+    def from_config(cls, section: dict) -> "IngestSettings":
+        return cls(
+            min_slices=int(section["min_slices"]),
+            max_slice_gap_mm=float(section["max_slice_gap_mm"]),
+            excluded_body_parts=frozenset(p.upper() for p in section["excluded_body_parts"]),
+            series=SeriesPolicy.from_config(section["series"]),
+        )
+
+
+def _no_series_reason(study: Study, choice: SeriesChoice) -> str:
+    if study.total_files == 0:
+        return "the DICOM folder is empty"
+    if not study.files:
+        kinds = ", ".join(f"{reason}: {n}" for reason, n in sorted(study.skipped.items()))
+        return f"no readable DICOM image among {study.total_files} file(s) ({kinds})"
+    all_reasons = [reasons for _, reasons in choice.rejected]
+    if all(any("localizer" in r for r in reasons) for reasons in all_reasons):
+        return "only localizer (scout) images, no axial CT series"
+    if all(any(r.startswith("not CT") for r in reasons) for reasons in all_reasons):
+        modalities = sorted({modality_of(s.first) or "missing" for s, _ in choice.rejected})
+        return f"not a CT study (modality {', '.join(modalities)})"
+    details = "; ".join(f"{stack.label}: {', '.join(reasons)}" for stack, reasons in choice.rejected)
+    return f"no usable axial CT series ({details})"
+
+
+def header_summary(stack: ImageStack) -> dict:
+    """Series-level header figures of the chosen stack for the QC record."""
+    first = stack.first
+    geometry = stack.geometry()
+    summary = {
+        "modality": modality_of(first),
+        "transfer_syntax": DCM2NIIX_TRANSFER_SYNTAXES.get(first.transfer_syntax, first.transfer_syntax),
+        "rows": first.rows,
+        "columns": first.columns,
+        "pixel_spacing_mm": list(first.pixel_spacing) if first.pixel_spacing else None,
+        "slice_thickness_mm": first.slice_thickness,
+        "images": stack.image_count,
+        **{k: v for k, v in first.technical.items() if k != "series_description"},
+    }
+    if geometry is not None:
+        summary.update(
+            slices=geometry.slices,
+            slice_spacing_mm=round(geometry.spacing_mm, 4),
+            min_slice_spacing_mm=round(geometry.min_spacing_mm, 4),
+            max_gap_mm=round(geometry.max_gap_mm, 4),
+            uneven_spacing=geometry.uneven,
+            gantry_tilt_deg=round(geometry.tilt_deg, 2),
+            obliquity_deg=round(geometry.obliquity_deg, 2),
+            duplicate_positions=geometry.duplicate_positions,
+            z_extent_mm=round(geometry.extent_mm, 2),
+        )
+    else:
+        summary.update(slices=stack.image_count, gantry_tilt_deg=first.technical.get("gantry_tilt_header_deg") or 0.0)
+    return summary
+
+
+def header_checks(header: dict, settings: IngestSettings) -> tuple[list[str], list[str]]:
+    """(exclusion reasons, warnings) from the chosen stack's header figures."""
+    reasons, warnings = [], []
+    if header["slices"] < settings.min_slices:
+        reasons.append(f"too few slices ({header['slices']} < ingest.min_slices {settings.min_slices})")
+    gap = header.get("max_gap_mm")
+    if gap is not None and gap > settings.max_slice_gap_mm:
+        reasons.append(
+            f"slices missing: a gap of {gap:.1f} mm between neighbouring slices "
+            f"exceeds ingest.max_slice_gap_mm ({settings.max_slice_gap_mm:g})"
+        )
+    body_part = str(header.get("body_part", "")).upper()
+    if body_part in settings.excluded_body_parts:
+        reasons.append(f"not a chest CT (BodyPartExamined '{body_part}')")
+    elif not body_part:
+        warnings.append("BodyPartExamined not recorded; chest coverage is checked by the lung QC")
+    tilt = float(header.get("gantry_tilt_deg") or 0.0)
+    if abs(tilt) > TILT_WARNING_DEG:
+        warnings.append(f"gantry tilt of {tilt:.1f} deg; the tilt-corrected volume is used")
+    if header.get("uneven_spacing"):
+        warnings.append(
+            f"uneven slice spacing ({header['min_slice_spacing_mm']:.2f} to {header['max_gap_mm']:.2f} mm); "
+            "the volume resampled to equal spacing is used"
+        )
+    if header.get("duplicate_positions"):
+        warnings.append(f"{header['duplicate_positions']} slice(s) repeat a position already present")
+    return reasons, warnings
+
+
+def _middle_file(stack: ImageStack):
+    """The HU cross-check reference: the middle slice as (path, rank, slice count, normal)."""
+    files = [f for f in stack.files if f.position is not None and f.orientation is not None]
+    if not files or len(files) != len(stack.files):
+        return None
+    normal = slice_normal(files[0].orientation)
+    files.sort(key=lambda f: float(np.dot(f.position, normal)))
+    rank = len(files) // 2
+    return files[rank].path, rank, len(files), normal
+
+
+def _volume_summary(img: nib.Nifti1Image, conversion: dcm2niix.Conversion) -> dict:
+    variant = "original"
+    if conversion.tilt_corrected or conversion.equalized:
+        variant = "+".join(n for n, on in (("tilt-corrected", conversion.tilt_corrected), ("equalized", conversion.equalized)) if on)
+    return {
+        "shape": [int(n) for n in img.shape[:3]],
+        "spacing_mm": [round(float(z), 4) for z in img.header.get_zooms()[:3]],
+        "orientation": "".join(nib.aff2axcodes(img.affine)),
+        "affine": [[round(float(v), 4) for v in row] for row in img.affine],
+        "variant": variant,
+    }
+
+
+def _convert_and_verify(stack: ImageStack, stage_dir: Path, header: dict, identifiers) -> tuple[dict, list[str], list[str]]:
+    """Convert the stack into stage_dir; return (figures, reasons, warnings)."""
+    reasons, warnings = [], []
+    with tempfile.TemporaryDirectory(prefix="convert-", dir=stage_dir) as scratch:
+        try:
+            conversion = dcm2niix.convert_files([f.path for f in stack.files], Path(scratch))
+        except dcm2niix.Dcm2niixError as exc:
+            return {}, [f"conversion failed: {str(exc).replace(scratch, '<scratch>')}"], []
+        figures = {"dcm2niix_warnings": [w.replace(scratch, "<scratch>") for w in conversion.warnings]}
+        volume = nib.load(conversion.volume)
+        original = nib.load(conversion.original_volume) if conversion.original_volume != conversion.volume else volume
+        figures["volume"] = _volume_summary(volume, conversion)
+        tilted = abs(float(header.get("gantry_tilt_deg") or 0.0)) > TILT_WARNING_DEG
+        if tilted and not conversion.tilt_corrected:
+            reasons.append("gantry tilt present but dcm2niix wrote no tilt-corrected volume")
+        if header.get("uneven_spacing") and not conversion.equalized and not tilted:
+            reasons.append("uneven slice spacing but dcm2niix wrote no equalised volume")
+        if not conversion.equalized and not conversion.tilt_corrected and volume.shape[2] != header["slices"]:
+            warnings.append(f"dcm2niix wrote {volume.shape[2]} slices for {header['slices']} slice positions")
+        if conversion.other_volumes:
+            warnings.append(f"dcm2niix split the series; {len(conversion.other_volumes)} smaller volume(s) ignored")
+        report = verify_hu(volume, original, _middle_file(stack))
+        figures["hu"] = report.statistics
+        reasons.extend(f"HU check failed: {p}" for p in report.problems)
+        sidecar = sidecar_fields(dcm2niix.read_sidecar(conversion.sidecar))
+        removed: list[str] = []
+        sidecar = scrub(sidecar, identifier_pattern(identifiers), removed)
+        if removed:
+            warnings.append(f"sidecar field(s) {', '.join(removed)} removed: they contained patient identifiers")
+        write_record(stage_dir / SIDECAR_NAME, sidecar)
+        gzip_file(conversion.volume, stage_dir / VOLUME_NAME)
+        figures["dcm2niix_version"] = sidecar.get("ConversionSoftwareVersion", "")
+    return figures, reasons, warnings
+
+
+def ingest_patient(patient_id: str, dicom_dir: Path | str, stage_dir: Path | str, settings: IngestSettings) -> dict:
+    """Run the ingest stage for one patient; always writes `stage_dir/record.json` and returns it."""
+    dicom_dir, stage_dir = Path(dicom_dir), Path(stage_dir)
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True)
+    record: dict = {"patient_id": patient_id, "stage": "ingest", "status": "ok", "reasons": [], "warnings": []}
+    identifiers: frozenset[str] = frozenset()
+    if not dicom_dir.is_dir():
+        record["reasons"].append("DICOM folder not found")
+    else:
+        study = read_study(dicom_dir)
+        identifiers = study.identifiers
+        record["files"] = {"found": study.total_files, "dicom_images": len(study.files), "skipped": study.skipped}
+        if study.skipped:
+            count = sum(study.skipped.values())
+            record["warnings"].append(f"{count} file(s) ignored: " + ", ".join(f"{k} ({v})" for k, v in sorted(study.skipped.items())))
+        choice = select_series(study, settings.series) if study.files else SeriesChoice(None, "", [], [])
+        record["series"] = {
+            "chosen": describe(choice.chosen) if choice.chosen else None,
+            "why": choice.why,
+            "candidates": [describe(s) for s in choice.candidates],
+            "rejected": [{**describe(s), "reasons": r} for s, r in choice.rejected],
+        }
+        if choice.chosen is None:
+            record["reasons"].append(_no_series_reason(study, choice))
+        else:
+            header = header_summary(choice.chosen)
+            record["header"] = header
+            reasons, warnings = header_checks(header, settings)
+            figures, conv_reasons, conv_warnings = _convert_and_verify(choice.chosen, stage_dir, header, identifiers)
+            record.update(figures)
+            record["reasons"] += reasons + conv_reasons
+            record["warnings"] += warnings + conv_warnings
+    if record["reasons"]:
+        record["status"] = "excluded"
+        log.warning("patient %s excluded at ingest: %s", patient_id, "; ".join(record["reasons"]))
+    else:
+        log.info("patient %s ingested: %s", patient_id, record["series"]["why"])
+    removed: list[str] = []
+    record = scrub(record, identifier_pattern(identifiers), removed)
+    write_record(stage_dir / RECORD_NAME, record)
+    return record
+
+
+def publish(stage_dir: Path | str, volume_path: Path | str, sidecar_path: Path | str) -> None:
+    """Make the stage's volume and sidecar the contract outputs `nifti/{id}.nii.gz` and `.json`.
+
+    A hard link costs no space (a cohort of thousands of scans is not stored twice); where the
+    file system refuses links, the files are copied. The modification time is set to now so that
+    Snakemake sees the outputs as newer than the stage folder they come from.
+    """
+    stage_dir = Path(stage_dir)
+    for source, target in ((stage_dir / VOLUME_NAME, Path(volume_path)), (stage_dir / SIDECAR_NAME, Path(sidecar_path))):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target.unlink()
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+        os.utime(target)

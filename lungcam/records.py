@@ -1,0 +1,44 @@
+"""Write and read the JSON records each stage leaves behind.
+
+One format everywhere: UTF-8, sorted keys, two-space indent, floats rounded to 4 decimals and
+NaN written as null, so that records are stable across runs and diff cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 4)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_record(path: Path | str, record: dict) -> None:
+    """Write atomically (temporary file, then rename) so a killed job never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(_plain(record), handle, indent=2, sort_keys=True, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def read_record(path: Path | str) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

@@ -1,0 +1,101 @@
+"""Configuration and sample sheet: validated before any job starts, errors name the row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lungcam.config import ConfigError, load_config, load_schema, validate_config
+from lungcam.samplesheet import SampleSheetError, load_sample_sheet
+
+from .conftest import REPO
+
+CLASSES = ["COVID-19", "CAP", "NP"]
+
+
+def defaults_of(schema: dict) -> dict:
+    """The default values a schema declares, nested like the config."""
+    out = {}
+    for key, sub in schema.get("properties", {}).items():
+        if sub.get("type") == "object":
+            out[key] = defaults_of(sub)
+        elif "default" in sub:
+            out[key] = sub["default"]
+    return out
+
+
+def test_config_yaml_repeats_the_schema_defaults():
+    with open(REPO / "config.yaml") as handle:
+        documented = yaml.safe_load(handle)
+    assert documented == defaults_of(load_schema("config.schema.yaml"))
+
+
+def test_every_schema_key_has_a_description():
+    def walk(schema, where):
+        for key, sub in schema.get("properties", {}).items():
+            assert sub.get("description"), f"{where}{key}"
+            walk(sub, f"{where}{key}.")
+
+    walk(load_schema("config.schema.yaml"), "")
+    walk(load_schema("samples.schema.yaml"), "")
+
+
+def test_empty_config_gets_all_defaults():
+    config = load_config()
+    assert config["ingest"]["series"]["rank_by"] == ["most_slices", "thinnest"]
+    assert config["demo"]["patients_per_class"] == 12
+
+
+def test_bad_config_names_the_key():
+    with pytest.raises(ConfigError, match=r"ingest\.min_slices: 0 is less than the minimum of 1"):
+        validate_config({"ingest": {"min_slices": 0}})
+    with pytest.raises(ConfigError, match="Additional properties are not allowed"):
+        validate_config({"ingets": {}})
+
+
+def write_sheet(folder: Path, rows: list[str]) -> Path:
+    (folder / "p1").mkdir(exist_ok=True)
+    (folder / "p2").mkdir(exist_ok=True)
+    sheet = folder / "patients.tsv"
+    sheet.write_text("\n".join(["patient_id\tlabel\tdicom_dir"] + rows) + "\n")
+    return sheet
+
+
+def test_good_sheet_resolves_paths_relative_to_the_sheet(tmp_path):
+    sheet = write_sheet(tmp_path, ["P1\tCOVID-19\tp1", "P2\tNP\tp2"])
+    table = load_sample_sheet(sheet, CLASSES)
+    assert list(table.index) == ["P1", "P2"]
+    assert table.loc["P1", "dicom_dir"] == str(tmp_path / "p1")
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (["P1\tFLU\tp1"], "line 2 (patient_id 'P1'): unknown label 'FLU'; allowed: COVID-19, CAP, NP"),
+        (["P1\tNP\tp1", "P1\tCAP\tp2"], "line 3 (patient_id 'P1'): duplicate patient_id, first used on line 2"),
+        (["../x\tNP\tp1"], "line 2 (patient_id '../x'): patient_id: '../x' does not match"),
+        (["P1\tNP\tmissing"], "line 2 (patient_id 'P1'): dicom_dir 'missing' is not an existing folder"),
+        (["P1\t\tp1"], "line 2 (patient_id 'P1'): empty label"),
+    ],
+)
+def test_bad_rows_are_named(tmp_path, rows, message):
+    with pytest.raises(SampleSheetError) as error:
+        load_sample_sheet(write_sheet(tmp_path, rows), CLASSES)
+    assert message in str(error.value)
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    with pytest.raises(SampleSheetError, match="has 2 problem"):
+        load_sample_sheet(write_sheet(tmp_path, ["P1\tFLU\tp1", "P2\tNP\tnope"]), CLASSES)
+
+
+def test_unknown_and_missing_columns(tmp_path):
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("patient_id\tlabel\tdicom_dir\tname\nP1\tNP\t.\tDoe\n")
+    with pytest.raises(SampleSheetError, match="unknown column"):
+        load_sample_sheet(sheet, CLASSES)
+    sheet.write_text("patient_id\tlabel\nP1\tNP\n")
+    with pytest.raises(SampleSheetError, match="missing column"):
+        load_sample_sheet(sheet, CLASSES)

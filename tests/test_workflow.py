@@ -1,0 +1,138 @@
+"""The Snakemake workflow end to end: lint, demo, failure isolation, incremental reruns."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from lungcam.leak_scan import find_leaks
+from lungcam.phantom import plan_cohort
+from lungcam.phantom.cohort import STREAM_IDENTITY, patient_rng
+from lungcam.phantom.dicom_writer import draw_identity
+from lungcam.records import read_record
+
+from .conftest import REPO
+
+SMALL_DEMO = {"demo": {"patients_per_class": 1, "matrix": 128}}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """Job counts per rule from the 'Job stats' table of a dry run."""
+    counts, in_table = {}, False
+    for line in dry_run_output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+        elif in_table and len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+        elif in_table and parts and parts[0] == "total":
+            break
+    return counts
+
+
+def test_lint_is_clean(tmp_path):
+    config = write_config(tmp_path, SMALL_DEMO)
+    result = snakemake(tmp_path, "--configfile", str(config), "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_and_leaks_nothing(tmp_path):
+    config = write_config(tmp_path, SMALL_DEMO)
+    snakemake(tmp_path, "--configfile", str(config))
+    plans = plan_cohort(1, 2020)
+    for plan in plans:
+        qc = read_record(tmp_path / "results" / "qc" / f"{plan.patient_id}.json")
+        assert qc["status"] == "ok", qc["reasons"]
+        assert (tmp_path / "results" / "nifti" / f"{plan.patient_id}.nii.gz").is_file()
+    assert (tmp_path / "demo" / "samples.tsv").is_file()
+    planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY)).planted_values()]
+    header = pydicom.dcmread(next((tmp_path / "demo" / "dicom" / plans[0].patient_id).iterdir()), stop_before_pixels=True)
+    assert str(header.PatientName) in planted  # the planted values are really in the input...
+    assert find_leaks(tmp_path / "results", planted) == []  # ...and nowhere in the outputs
+    again = snakemake(tmp_path, "--configfile", str(config), "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.fixture()
+def mixed_cohort(small_cohort, data, tmp_path):
+    """Sample sheet: the synthetic patients plus three bad ones."""
+    root, plans = small_cohort
+    bad = tmp_path / "bad"
+    (bad / "empty").mkdir(parents=True)
+    scout = bad / "scout"
+    scout.mkdir()
+    for path in sorted((root / "dicom" / plans[0].patient_id).iterdir())[:5]:
+        ds = pydicom.dcmread(path)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(scout / path.name)
+    rows = ["patient_id\tlabel\tdicom_dir"]
+    rows += [f"{p.patient_id}\t{p.label}\t{root / 'dicom' / p.patient_id}" for p in plans[:2]]
+    rows += [f"bad-empty\tNP\t{bad / 'empty'}", f"bad-scout\tCAP\t{scout}", f"bad-head\tNP\t{data / 'dcm-qa-ct' / 'GE'}"]
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+    return sheet, plans, root
+
+
+@pytest.mark.slow
+def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_path):
+    sheet, plans, root = mixed_cohort
+    work = tmp_path / "run"
+    snakemake(work, "--config", f"samples={sheet}")
+    qc = {p.name[:-5]: read_record(p) for p in (work / "results" / "qc").glob("*.json")}
+    assert {pid for pid, r in qc.items() if r["status"] == "ok"} == {p.patient_id for p in plans[:2]}
+    assert qc["bad-empty"]["reasons"] == ["ingest: the DICOM folder is empty"]
+    assert qc["bad-scout"]["reasons"] == ["ingest: only localizer (scout) images, no axial CT series"]
+    assert qc["bad-head"]["reasons"] == ["ingest: not a chest CT (BodyPartExamined 'HEAD')"]
+    assert qc["bad-head"]["ingest"]["header"]["gantry_tilt_deg"] == pytest.approx(18.5, abs=0.2)
+    published = sorted(p.name for p in (work / "results" / "nifti").glob("*.nii.gz"))
+    assert published == sorted(f"{p.patient_id}.nii.gz" for p in plans[:2])
+
+    # Nothing changed: nothing to do. One patient added: only that patient is converted.
+    assert "Nothing to be done" in snakemake(work, "--config", f"samples={sheet}", "-n").stdout
+    before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
+    new = plans[2]
+    with open(sheet, "a") as handle:
+        handle.write(f"{new.patient_id}\t{new.label}\t{root / 'dicom' / new.patient_id}\n")
+    dry = snakemake(work, "--config", f"samples={sheet}", "-n").stdout
+    assert planned_jobs(dry)["ingest"] == 1 and f"patient={new.patient_id}" in dry
+    snakemake(work, "--config", f"samples={sheet}")
+    after = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
+    assert {p for p in after if before.get(p) != after[p]} == {
+        work / "results" / "qc" / f"{new.patient_id}.json",
+        work / "results" / "nifti" / f"{new.patient_id}.nii.gz",
+        work / "results" / "nifti" / f"{new.patient_id}.json",
+    }
+
+
+def test_sample_sheet_error_stops_before_any_job(tmp_path):
+    (tmp_path / "p1").mkdir()
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text("patient_id\tlabel\tdicom_dir\nP1\tFLU\tp1\n../x\tNP\tp1\n")
+    result = snakemake(tmp_path / "run", "--config", f"samples={sheet}", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "line 2 (patient_id 'P1'): unknown label 'FLU'" in output
+    assert "line 3 (patient_id '../x'): patient_id: '../x' does not match" in output
+    assert not (tmp_path / "run" / "results").exists()

@@ -1,0 +1,46 @@
+"""The synthetic demo cohort (config: samples: demo). Nothing here runs for a real cohort."""
+
+
+rule phantom:
+    input:
+        background=config["demo"]["background"] or [],
+    output:
+        dicom=directory(f"{DEMO_ROOT}/dicom/{{patient}}"),
+        lungs=f"{DEMO_ROOT}/truth/{{patient}}_lungs.nii.gz",
+        lesions=f"{DEMO_ROOT}/truth/{{patient}}_lesions.nii.gz",
+        record=f"{DEMO_ROOT}/truth/{{patient}}.json",
+    params:
+        demo=lookup(dpath="demo", within=config),
+        classes=lookup(dpath="classes", within=config),
+    log:
+        log_path("phantom"),
+    benchmark:
+        benchmark_path("phantom")
+    resources:
+        mem_mb=3000,
+    conda:
+        "../../envs/phantom.yaml"
+    script:
+        "../../scripts/phantom.py"
+
+
+localrules:
+    demo_sample_sheet,
+
+
+rule demo_sample_sheet:
+    input:
+        records=expand(f"{DEMO_ROOT}/truth/{{patient}}.json", patient=PATIENTS),
+    output:
+        f"{DEMO_ROOT}/samples.tsv",
+    params:
+        demo=lookup(dpath="demo", within=config),
+        classes=lookup(dpath="classes", within=config),
+    log:
+        f"{LOGS}/demo_sample_sheet.log",
+    benchmark:
+        f"{LOGS}/benchmarks/demo_sample_sheet.tsv"
+    conda:
+        "../../envs/phantom.yaml"
+    script:
+        "../../scripts/demo_sample_sheet.py"

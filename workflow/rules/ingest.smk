@@ -1,0 +1,56 @@
+"""Ingest: DICOM study -> one verified NIfTI volume per patient, with header QC.
+
+`ingest` is a checkpoint: whether a patient continues depends on what its DICOM folder holds.
+It always succeeds for bad data (the record says `excluded` and why); the patient's later
+stages are requested only for patients whose record says `ok`.
+"""
+
+
+checkpoint ingest:
+    input:
+        dicom=lambda wildcards: SAMPLES.loc[wildcards.patient, "dicom_dir"],
+    output:
+        stage=directory(f"{WORK}/ingest/{{patient}}"),
+    params:
+        settings=lookup(dpath="ingest", within=config),
+    log:
+        log_path("ingest"),
+    benchmark:
+        benchmark_path("ingest")
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/ingest.yaml"
+    script:
+        "../../scripts/ingest.py"
+
+
+rule nifti:
+    input:
+        stage=rules.ingest.output.stage,
+    output:
+        volume=f"{RESULTS}/nifti/{{patient}}.nii.gz",
+        sidecar=f"{RESULTS}/nifti/{{patient}}.json",
+    log:
+        log_path("nifti"),
+    benchmark:
+        benchmark_path("nifti")
+    conda:
+        "../../envs/ingest.yaml"
+    script:
+        "../../scripts/nifti.py"
+
+
+rule patient_qc:
+    input:
+        unpack(patient_qc_inputs),
+    output:
+        f"{RESULTS}/qc/{{patient}}.json",
+    log:
+        log_path("patient_qc"),
+    benchmark:
+        benchmark_path("patient_qc")
+    conda:
+        "../../envs/ingest.yaml"
+    script:
+        "../../scripts/patient_qc.py"
