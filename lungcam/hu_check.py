@@ -61,11 +61,16 @@ def noise_estimate(hu: np.ndarray) -> float | None:
 
 
 def volume_statistics(img: nib.Nifti1Image) -> dict:
-    """Intensity figures for QC: range, percentiles, air level and noise."""
+    """Intensity figures for QC: range, percentiles, air level and noise.
+
+    Percentiles use every other pixel in-plane and the noise every other row: robust figures do
+    not need every voxel, and this keeps the check cheap next to the conversion itself.
+    """
     hu = _sample_slices(img)
-    body = hu[hu >= PADDING_BELOW_HU]
+    sample = hu[::2, ::2]
+    body = sample[sample >= PADDING_BELOW_HU]
     if body.size == 0:
-        body = hu.ravel()
+        body = sample.ravel()
     p = np.percentile(body, [0.5, 1, 50, 99, 99.5])
     return {
         "min": float(hu.min()),
@@ -74,8 +79,8 @@ def volume_statistics(img: nib.Nifti1Image) -> dict:
         "p50": round(float(p[2]), 1),
         "p99": round(float(p[3]), 1),
         "air_hu": round(float(p[0]), 1),
-        "padding_fraction": round(float(1 - body.size / hu.size), 4),
-        "noise_hu": noise_estimate(hu),
+        "padding_fraction": round(float(1 - body.size / sample.size), 4),
+        "noise_hu": noise_estimate(hu[:, ::2]),
     }
 
 

@@ -206,3 +206,14 @@ def test_real_background_receives_lesions(data, tmp_path):
     assert lesions.shape == (512, 512, 154)
     series = headers(paths["dicom"])
     assert list(series) == [2] and len(series[2]) == 154
+
+
+def test_command_line_writes_a_cohort(tmp_path):
+    from lungcam.cli import main
+    from lungcam.samplesheet import load_sample_sheet
+
+    assert main(["phantom", str(tmp_path / "c"), "--patients-per-class", "1", "--matrix", "128", "--seed", "4", "--no-localizer", "--jobs", "2"]) == 0
+    sheet = load_sample_sheet(tmp_path / "c" / "samples.tsv", ["COVID-19", "CAP", "NP"])
+    assert sorted(sheet["label"]) == ["CAP", "COVID-19", "NP"]
+    assert all(Path(p).is_file() for p in sheet["lesion_mask"])
+    assert set(headers(Path(sheet["dicom_dir"].iloc[0]))) == {2, 3}
