@@ -200,12 +200,30 @@ def ingest_patient(patient_id: str, dicom_dir: Path | str, stage_dir: Path | str
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
     record: dict = {"patient_id": patient_id, "stage": "ingest", "status": "ok", "reasons": [], "warnings": []}
-    identifiers: frozenset[str] = frozenset()
+    identifiers: set[str] = set()  # filled as soon as headers are read, used to scrub the record
+    try:
+        _ingest_into(record, dicom_dir, stage_dir, settings, identifiers)
+    except Exception as exc:  # unforeseen data: exclude this patient, keep the cohort going
+        log.exception("patient %s: unexpected error during ingest", patient_id)
+        record["reasons"].append(f"unexpected error during ingest ({type(exc).__name__}: {exc}); see the job log")
+    if record["reasons"]:
+        record["status"] = "excluded"
+        log.warning("patient %s excluded at ingest: %s", patient_id, "; ".join(record["reasons"]))
+    else:
+        log.info("patient %s ingested: %s", patient_id, record["series"]["why"])
+    removed: list[str] = []
+    record = scrub(record, identifier_pattern(identifiers), removed)
+    write_record(stage_dir / RECORD_NAME, record)
+    return record
+
+
+def _ingest_into(record: dict, dicom_dir: Path, stage_dir: Path, settings: IngestSettings, identifiers: set[str]) -> None:
+    """Fill `record` for one study; adds the identifying values read from its headers."""
     if not dicom_dir.is_dir():
         record["reasons"].append("DICOM folder not found")
     else:
         study = read_study(dicom_dir)
-        identifiers = study.identifiers
+        identifiers |= study.identifiers
         record["files"] = {"found": study.total_files, "dicom_images": len(study.files), "skipped": study.skipped}
         if study.skipped:
             count = sum(study.skipped.values())
@@ -227,15 +245,6 @@ def ingest_patient(patient_id: str, dicom_dir: Path | str, stage_dir: Path | str
             record.update(figures)
             record["reasons"] += reasons + conv_reasons
             record["warnings"] += warnings + conv_warnings
-    if record["reasons"]:
-        record["status"] = "excluded"
-        log.warning("patient %s excluded at ingest: %s", patient_id, "; ".join(record["reasons"]))
-    else:
-        log.info("patient %s ingested: %s", patient_id, record["series"]["why"])
-    removed: list[str] = []
-    record = scrub(record, identifier_pattern(identifiers), removed)
-    write_record(stage_dir / RECORD_NAME, record)
-    return record
 
 
 def publish(stage_dir: Path | str, volume_path: Path | str, sidecar_path: Path | str) -> None:

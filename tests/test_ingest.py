@@ -248,3 +248,26 @@ def test_unreadable_encoding(p001_files, tmp_path, ingest_settings):
     record = ingest_patient("X11", folder, tmp_path / "out", ingest_settings)
     assert record["status"] == "excluded"
     assert "unsupported encoding (transfer syntax 1.2.840.10008.1.2.4.201)" in record["reasons"][0]
+
+
+def test_unexpected_error_excludes_only_that_patient(p001_files, tmp_path, ingest_settings, monkeypatch):
+    import lungcam.ingest
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(lungcam.ingest.dcm2niix, "convert_files", broken)
+    record = ingest_patient("X12", copy_files(p001_files[:20], tmp_path / "in"), tmp_path / "out", ingest_settings)
+    assert record["status"] == "excluded"
+    assert record["reasons"] == ["unexpected error during ingest (RuntimeError: decoder exploded); see the job log"]
+    assert (tmp_path / "out" / RECORD_NAME).is_file()
+
+
+def test_name_typed_into_series_description_is_scrubbed(p001_files, tmp_path, ingest_settings):
+    folder = rewrite(p001_files[:20], tmp_path / "named", PatientName="Quillfeather^Jane", SeriesDescription="Thorax QUILLFEATHER lung")
+    record = ingest_patient("X13", folder, tmp_path / "out", ingest_settings)
+    assert record["status"] == "ok", record["reasons"]
+    assert any("SeriesDescription" in w and "identifiers" in w for w in record["warnings"])
+    for path in (tmp_path / "out").iterdir():
+        if path.suffix == ".json":
+            assert b"quillfeather" not in path.read_bytes().lower(), path.name
