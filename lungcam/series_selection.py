@@ -132,7 +132,10 @@ def select_series(study: Study, policy: SeriesPolicy) -> SeriesChoice:
     candidates, rejected = [], []
     for stack in study.stacks():
         reasons = rejection_reasons(stack, policy)
-        (rejected.append((stack, reasons)) if reasons else candidates.append(stack))
+        if reasons:
+            rejected.append((stack, reasons))
+        else:
+            candidates.append(stack)
     if not candidates:
         return SeriesChoice(None, "no stack qualifies", [], rejected)
     ranked = sorted(candidates, key=lambda s: _rank_key(s, policy))

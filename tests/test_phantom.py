@@ -17,7 +17,6 @@ from lungcam.phantom.anatomy import LEFT, RIGHT
 from lungcam.phantom.cohort import SLICE_THICKNESSES_MM, draw_nuisance
 from lungcam.phantom.generate import PhantomOptions, generate_patient, render_synthetic
 
-from .conftest import make_cohort
 
 
 def headers(folder: Path) -> dict[int, list[pydicom.Dataset]]:

@@ -29,7 +29,7 @@ class Tube:
     r1: float
 
 
-def _smoothstep(edge: np.ndarray | float, width: float) -> np.ndarray:
+def smoothstep(edge: np.ndarray | float, width: float) -> np.ndarray:
     """0 below -width/2, 1 above +width/2: a partial-volume edge of `width` mm."""
     return np.clip(0.5 + np.asarray(edge) / width, 0.0, 1.0)
 
@@ -86,7 +86,7 @@ def rasterize_tubes(tubes: list[Tube], xs: np.ndarray, ys: np.ndarray, zs: np.nd
         length2 = float(v @ v) or 1e-9
         t = np.clip((px * v[0] + py * v[1] + pz * v[2]) / length2, 0.0, 1.0)
         dist = np.sqrt((px - t * v[0]) ** 2 + (py - t * v[1]) ** 2 + (pz - t * v[2]) ** 2)
-        occupancy = _smoothstep(tube.r0 + t * (tube.r1 - tube.r0) + grow_mm - dist, soft_mm)
+        occupancy = smoothstep(tube.r0 + t * (tube.r1 - tube.r0) + grow_mm - dist, soft_mm)
         view = out[iz[0]: iz[-1] + 1, iy[0]: iy[-1] + 1, ix[0]: ix[-1] + 1]
         np.maximum(view, occupancy, out=view)
     return out

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .anatomy import LEFT, RIGHT, Tube, _smoothstep, rasterize_tubes
+from .anatomy import LEFT, RIGHT, Tube, smoothstep, rasterize_tubes
 
 
 @dataclass
@@ -86,7 +86,7 @@ class GroundGlass:
         q = np.sqrt(((local / self.axes) ** 2).sum(axis=-1))
         for kx, ky, kz, phase, amp in self.waves:
             q = q + amp * np.cos(kx * d[..., 0] + ky * d[..., 1] + kz * d[..., 2] + phase)
-        return _smoothstep((1.0 - q) * self.axes.min(), 4.0)
+        return smoothstep((1.0 - q) * self.axes.min(), 4.0)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """A box that contains the lesion whatever its outline deformation (sum of amplitudes < 1)."""
@@ -101,7 +101,7 @@ class GroundGlass:
             return lines
         pts = np.stack([np.broadcast_to(v, weight.shape)[inside] for v in (x, y, z)], axis=1)
         dist, _ = cKDTree(self.septa).query(pts, k=2)
-        lines[inside] = _smoothstep(1.0 - np.abs(dist[:, 1] - dist[:, 0]), 1.0)
+        lines[inside] = smoothstep(1.0 - np.abs(dist[:, 1] - dist[:, 0]), 1.0)
         return lines
 
 
@@ -121,12 +121,12 @@ class Consolidation:
 
     def weight(self, x, y, z, lungs: np.ndarray) -> np.ndarray:
         signed = (x - self.fissure_point[0]) * self.fissure_normal[0] + (y - self.fissure_point[1]) * self.fissure_normal[1] + (z - self.fissure_point[2]) * self.fissure_normal[2]
-        w = _smoothstep(signed, 1.5)
+        w = smoothstep(signed, 1.5)
         if self.horizontal_z is not None:
-            w = w * _smoothstep((self.horizontal_z - z) if self.keep_below_horizontal else (z - self.horizontal_z), 1.5)
+            w = w * smoothstep((self.horizontal_z - z) if self.keep_below_horizontal else (z - self.horizontal_z), 1.5)
         if self.ball_center is not None:
             r = np.sqrt((x - self.ball_center[0]) ** 2 + (y - self.ball_center[1]) ** 2 + (z - self.ball_center[2]) ** 2)
-            w = w * _smoothstep(self.ball_radius - r, 8.0)
+            w = w * smoothstep(self.ball_radius - r, 8.0)
         return np.where(lungs == self.side, w, 0.0).astype(np.float32)
 
 
@@ -318,7 +318,7 @@ def apply_lesions_to_real(lesions: LesionSet, hu: np.ndarray, lungs: np.ndarray,
         lesion = np.maximum(lesion, w)
     for nodule in lesions.nodules:
         r = np.sqrt((x - nodule.center[0]) ** 2 + (y - nodule.center[1]) ** 2 + (z - nodule.center[2]) ** 2)
-        w = _smoothstep(nodule.radius - r, pixel) * in_lung
+        w = smoothstep(nodule.radius - r, pixel) * in_lung
         out += w * (nodule.level_hu - smooth)
     return out.astype(np.float32), lesion * in_lung
 
@@ -353,6 +353,6 @@ def apply_lesions(lesions: LesionSet, slab: dict, xs, ys, zs, soft_mm: float) ->
     hu = hu * (1 - air) - 1000.0 * air
     for nodule in lesions.nodules:
         r = np.sqrt((x - nodule.center[0]) ** 2 + (y - nodule.center[1]) ** 2 + (z - nodule.center[2]) ** 2)
-        w = _smoothstep(nodule.radius - r, soft_mm) * in_lung
+        w = smoothstep(nodule.radius - r, soft_mm) * in_lung
         hu = hu + w * (nodule.level_hu - hu)
     return hu.astype(np.float32), lesion * in_lung
