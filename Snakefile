@@ -17,6 +17,8 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/lungs.smk"
+include: "workflow/rules/cache.smk"
 
 
 onstart:

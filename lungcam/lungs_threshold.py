@@ -1,10 +1,19 @@
 """Classical lung segmentation by thresholding: offline, CPU only, no trained weights.
 
 Works on a volume in LPS array order (z, y, x): x towards the patient's left, y posterior, z
-superior; callers reorient first. Steps: body mask; air inside the body; airways (trachea and
-main bronchi) found by region growing from the trachea and removed; the two largest air regions
-are the lungs, split by erosion when they touch; holes (vessels) filled slice by slice.
-Labels: 1 = right lung (smaller x), 2 = left lung.
+superior; callers reorient first. Labels: 1 = right lung (smaller x), 2 = left lung.
+
+1. Aerated lung: air inside the body (below `lung_hu`), without the trachea and main bronchi
+   (region grown from the trachea), the two largest regions, split by erosion if they touch.
+2. Dense lung: thresholding misses consolidation and dense ground glass, worst where they touch
+   the chest wall. Each lung gets an envelope: the inner surface of the rib cage (rays cast from
+   the lung's centre to the first rib, gaps between ribs interpolated), its mediastinal boundary,
+   its base and its apex, smoothed so that the "bites" lesions take out of the aerated lung are
+   bridged while the heart notch keeps its shape.
+   Dense regions inside the envelope that touch the aerated lung are lung.
+3. Holes: vessels and bronchi enclosed in a slice are filled; a large enclosed region is filled
+   only when lung closes it above and below too, so the diaphragm dome (open towards the
+   abdomen) is not.
 """
 
 from __future__ import annotations
@@ -17,18 +26,27 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
-BODY_HU = -500.0
-LUNG_HU = -400.0
-AIRWAY_HU = -900.0
+# Curvature (1/mm) of the paraboloid that smooths the lung apex: more curved than the apex, so
+# the dome survives while dips narrower than 2*sqrt(depth/curvature) (73 mm for 40 mm) close.
+DOME_CURVATURE = 0.03
+WORKING_MM = 1.4  # in-plane resolution the segmentation runs at
 
 
 @dataclass(frozen=True)
 class ThresholdSettings:
-    """Thresholds (HU) of the classical method."""
+    """Parameters of the classical method (config section `lungs.threshold`)."""
 
-    body_hu: float = BODY_HU
-    lung_hu: float = LUNG_HU
-    airway_hu: float = AIRWAY_HU
+    body_hu: float = -500.0  # denser than this: body (skin, fat is -100)
+    lung_hu: float = -300.0  # lighter than this inside the body: aerated lung
+    airway_hu: float = -900.0  # airway lumen, on a smoothed image
+    bone_hu: float = 250.0  # denser than this: bone (ribs bound the envelope)
+    bridge_mm: float = 40.0  # widest mediastinal bite bridged
+    speck_mm: float = 1.5  # dense specks thinner than this inside the envelope are noise
+    small_hole_cm2: float = 3.0  # holes up to this area per slice are vessels or bronchi
+
+    @classmethod
+    def from_config(cls, section: dict) -> "ThresholdSettings":
+        return cls(**{k: float(v) for k, v in section.items()})
 
 
 def _largest_components(mask: np.ndarray, count: int, structure=None) -> list[np.ndarray]:
@@ -40,13 +58,15 @@ def _largest_components(mask: np.ndarray, count: int, structure=None) -> list[np
     return [labels == (i + 1) for i in order]
 
 
-def body_mask(hu: np.ndarray, threshold: float = BODY_HU) -> np.ndarray:
+def body_mask(hu: np.ndarray, threshold: float, pixel_mm: float) -> np.ndarray:
     """The patient's body: largest connected dense region, holes filled slice by slice.
 
-    A per-slice opening first cuts thin bridges to the table and blankets.
+    A per-slice opening (about 1.5 mm) first cuts thin bridges to the table and blankets; wider
+    would break a thin chest wall and open the body outline.
     """
     dense = hu > threshold
-    dense = ndimage.binary_opening(dense, structure=np.ones((1, 3, 3), bool), iterations=2)
+    iterations = max(1, int(round(1.5 / pixel_mm)))
+    dense = ndimage.binary_opening(dense, structure=np.ones((1, 3, 3), bool), iterations=iterations)
     parts = _largest_components(dense, 1)
     if not parts:
         return np.zeros(hu.shape, bool)
@@ -56,7 +76,7 @@ def body_mask(hu: np.ndarray, threshold: float = BODY_HU) -> np.ndarray:
     return body
 
 
-def airway_mask(hu: np.ndarray, air: np.ndarray, spacing: tuple[float, float, float], threshold: float = AIRWAY_HU) -> np.ndarray:
+def airway_mask(hu: np.ndarray, air: np.ndarray, spacing: tuple[float, float, float], threshold: float) -> np.ndarray:
     """Trachea and main bronchi: region growing from the trachea in the top slices.
 
     The seed is the air component nearest the body's centre line in the highest slices that
@@ -96,47 +116,267 @@ def _side(part: np.ndarray, body_center_x: float) -> int:
     return 1 if np.argwhere(part)[:, 2].mean() < body_center_x else 2
 
 
-def _balanced_pair(parts: list[np.ndarray]) -> bool:
-    return len(parts) == 2 and min(p.sum() for p in parts) > 0.15 * max(p.sum() for p in parts)
+def _spans_midline(part: np.ndarray, body_center_x: float) -> bool:
+    """True when a region has a substantial share on both sides of the midline (both lungs)."""
+    x = np.argwhere(part)[:, 2]
+    minority = min((x < body_center_x).mean(), (x >= body_center_x).mean())
+    return minority > 0.1
 
 
 def split_lungs(lungs: np.ndarray, body_center_x: float) -> np.ndarray:
     """Label right (1) and left (2) lung.
 
-    Two similar-sized regions are the two lungs. One region holding both (lungs touching in front
-    of or behind the mediastinum) is eroded in-plane until it falls apart; every voxel then goes
-    to the nearer of the two eroded cores.
+    Separate regions on the two sides of the midline are the two lungs, however small one of them
+    is (a largely consolidated lung keeps only a little air). One region spanning the midline
+    (lungs touching in front of or behind the mediastinum) is eroded in-plane until it falls
+    apart; every voxel then goes to the nearer of the two eroded cores.
     """
     labels = np.zeros(lungs.shape, np.uint8)
     parts = _largest_components(lungs, 2)
-    if _balanced_pair(parts):
+    if not parts:
+        return labels
+    if not _spans_midline(parts[0], body_center_x):
         for part in parts:
-            labels[part] = _side(part, body_center_x)
+            side = _side(part, body_center_x)
+            if not (labels == side).any():
+                labels[part] = side
         return labels
     eroded = lungs.copy()
     for _ in range(10):
         eroded = ndimage.binary_erosion(eroded, structure=np.ones((1, 3, 3), bool))
         cores = _largest_components(eroded, 2)
-        if _balanced_pair(cores):
+        if len(cores) == 2 and not _spans_midline(cores[0], body_center_x) and _side(cores[0], body_center_x) != _side(cores[1], body_center_x):
             marker = np.zeros(lungs.shape, np.uint8)
             for core in cores:
                 marker[core] = _side(core, body_center_x)
             _, nearest = ndimage.distance_transform_edt(marker == 0, return_indices=True)
             labels[lungs] = marker[tuple(index[lungs] for index in nearest)]
             return labels
-    for part in parts[:1]:  # one lung only (e.g. after pneumonectomy or a cropped scan)
-        labels[part] = _side(part, body_center_x)
+    labels[parts[0]] = _side(parts[0], body_center_x)  # could not be split: one label
     return labels
 
 
-def fill_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill vessels and airways enclosed by each lung, slice by slice."""
+# ---- envelope of one lung ------------------------------------------------------------------
+
+
+def _fill_nan_nearest(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    if not valid.any():
+        return values
+    _, nearest = ndimage.distance_transform_edt(~valid, return_indices=True)
+    return values[tuple(nearest)]
+
+
+def _paraboloid(radius_px: tuple[int, int], curvature: tuple[float, float]) -> np.ndarray:
+    """A non-flat structuring element -c*d^2 (mm), matching the curvature of a dome."""
+    ry, rx = radius_px
+    yy, xx = np.mgrid[-ry: ry + 1, -rx: rx + 1]
+    return -(curvature[0] * yy ** 2 + curvature[1] * xx ** 2)
+
+
+def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Per slice, whether each pixel lies inside the rib cage seen from `center` (y, x pixels).
+
+    Rays every 2.5 degrees in every slice: the cage radius on a ray is the first bone beyond the
+    aerated lung. Ribs run obliquely, so a ray between two ribs takes the radius of the nearest
+    ray that hit one, in this or a neighbouring slice, up to about 25 mm away. A ray with no rib
+    that near (costal cartilage, mediastinum) ends where its aerated lung ends.
+    """
+    depth, height, width = aerated.shape
+    pixel = spacing[1]
+    step_deg = 2.5
+    angles = np.deg2rad(np.arange(0, 360, step_deg))
+    radii = np.arange(0, max(height, width) * 0.75)
+    ys = np.clip(np.rint(center[0] + np.sin(angles)[:, None] * radii[None, :]).astype(int), 0, height - 1)
+    xs = np.clip(np.rint(center[1] + np.cos(angles)[:, None] * radii[None, :]).astype(int), 0, width - 1)
+    reach = int(30.0 / pixel)
+    outer = np.full((depth, len(angles)), -1.0)
+    cage = np.full((depth, len(angles)), np.nan)
+    for k in np.nonzero(aerated.any(axis=(1, 2)))[0]:
+        lung_ray = aerated[k][ys, xs]
+        last = len(radii) - 1 - np.argmax(lung_ray[:, ::-1], axis=1)
+        outer[k] = np.where(lung_ray.any(axis=1), last, -1)
+        # Beyond the aerated lung, or from the centre on a ray with no air left at all.
+        start = outer[k][:, None]
+        stop = np.where(outer[k] >= 0, outer[k] + reach, len(radii))[:, None]
+        bone_ray = bone[k][ys, xs] & (radii[None, :] > start) & (radii[None, :] <= stop)
+        hit = bone_ray.any(axis=1)
+        cage[k, hit] = np.argmax(bone_ray, axis=1)[hit]
+    hits = np.isfinite(cage)
+    if not hits.any():
+        return np.ones(aerated.shape, bool)
+    # The lung stops short of the ribs by the pleura and extrapleural fat; measured where the two
+    # are close (healthy lung), that distance keeps the envelope at the expected lung surface.
+    gaps = (cage - outer)[hits & (outer >= 0)]
+    gaps = gaps[gaps <= 10.0 / pixel]
+    typical_gap = float(np.median(gaps)) if gaps.size else 0.0
+    # Nearest rib hit in (slice, angle), distances in mm (angle measured at the cage radius).
+    arc_mm = np.deg2rad(step_deg) * np.nanmedian(cage) * pixel
+    padded = np.concatenate([cage, cage, cage], axis=1)  # angles wrap around
+    distance, nearest = ndimage.distance_transform_edt(~np.isfinite(padded), sampling=(spacing[0], arc_mm), return_indices=True)
+    middle = slice(len(angles), 2 * len(angles))
+    borrowed = padded[nearest[0], nearest[1]][:, middle]
+    near = distance[:, middle] <= 25.0
+    limit = np.where(near, borrowed - max(typical_gap - 1.0, 0.0), np.maximum(outer, 0))
+    gy, gx = np.mgrid[:height, :width]
+    pixel_radius = np.hypot(gy - center[0], gx - center[1])
+    pixel_ray = np.rint((np.rad2deg(np.arctan2(gy - center[0], gx - center[1])) % 360) / step_deg).astype(int) % len(angles)
+    inside = np.ones(aerated.shape, bool)
+    for k in np.nonzero(aerated.any(axis=(1, 2)))[0]:
+        inside[k] = pixel_radius <= limit[k][pixel_ray]
+    return inside
+
+
+def _mediastinal_limit(aerated: np.ndarray, side: int, mid_x: float, spacing, bridge_mm: float) -> np.ndarray:
+    """Pixels on the lung's side of its (bite-bridged) mediastinal boundary.
+
+    Per (z, y) row, the boundary is the aerated lung's medial-most pixel; rows without lung take
+    the nearest row's value; a grey opening removes bites narrower than `bridge_mm`.
+    """
+    depth, height, width = aerated.shape
+    x = np.arange(width)
+    lateral = (mid_x - x) if side == 1 else (x - mid_x)  # distance from the midline, lung side > 0
+    has = aerated.any(axis=2)
+    medial = np.where(has, np.where(aerated, lateral[None, None, :], np.inf).min(axis=2), np.nan)
+    medial = _fill_nan_nearest(np.nan_to_num(medial, nan=0.0), has)
+    window = (max(1, int(bridge_mm / spacing[0])), max(1, int(bridge_mm / spacing[1])))
+    medial = ndimage.grey_opening(medial, size=window)
+    return lateral[None, None, :] >= medial[:, :, None] - 1
+
+
+def _surfaces(aerated: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column: lowest and highest aerated voxel (mm), and whether the column has lung."""
+    has = aerated.any(axis=0)
+    bottom = np.where(has, np.where(aerated, z[:, None, None], np.inf).min(axis=0), 0.0)
+    top = np.where(has, np.where(aerated, z[:, None, None], -np.inf).max(axis=0), 0.0)
+    return _fill_nan_nearest(bottom, has), _fill_nan_nearest(top, has), has
+
+
+def _mirror(image: np.ndarray, mid_x: float) -> np.ndarray:
+    """Reflect a (y, x) map about the body midline column mid_x."""
+    x = np.clip(np.rint(2 * mid_x - np.arange(image.shape[1])).astype(int), 0, image.shape[1] - 1)
+    return image[:, x]
+
+
+def _smooth_surface(surface: np.ndarray, spacing, operation) -> np.ndarray:
+    """Grey closing (or opening) of a height map (mm) with a dome-shaped paraboloid, 60 mm wide.
+
+    Computed on a copy subsampled to about 3 mm per pixel (the structuring element would
+    otherwise have tens of thousands of elements) and interpolated back.
+    """
+    step = max(1, int(round(3.0 / spacing[1])))
+    coarse = surface[::step, ::step]
+    pixel = spacing[1] * step
+    radius = max(1, int(60.0 / pixel))
+    smoothed = operation(coarse, structure=_paraboloid((radius, radius), (DOME_CURVATURE * pixel ** 2,) * 2))
+    if step == 1:
+        return smoothed
+    zoom = (surface.shape[0] / coarse.shape[0], surface.shape[1] / coarse.shape[1])
+    return ndimage.zoom(smoothed, zoom, order=1)[: surface.shape[0], : surface.shape[1]]
+
+
+def _height_limits(aerated: np.ndarray, other: np.ndarray, mid_x: float, spacing) -> np.ndarray:
+    """Pixels between the lung's base and apex, per column.
+
+    The base is the lowest aerated voxel of the column: on real scans no smooth model of the
+    diaphragm (paraboloid opening, quadratic fit, the other side mirrored) was accurate enough
+    to go lower without taking in the liver or spleen dome, so a lesion lying on the diaphragm
+    under a column's lowest air is missed rather than the dome included. The apex is smoothed
+    with a paraboloid closing, and the apices being nearly symmetric, where a lung's own apex
+    falls short of the other's, mirrored, by more than 10 mm the mirrored one is used (a lobe
+    consolidated from apex to fissure has no air to go by).
+    """
+    z = np.arange(aerated.shape[0]) * spacing[0]
+    bottom, top, has = _surfaces(aerated, z)
+    footprint = ndimage.binary_closing(has, structure=np.ones((5, 5), bool), iterations=3)
+    if other.any():
+        _, other_top, other_has = _surfaces(other, z)
+        mirrored_top = _mirror(other_top, mid_x)
+        top = np.where(_mirror(other_has, mid_x) & (mirrored_top > top + 10.0), mirrored_top, top)
+    top = _smooth_surface(top, spacing, ndimage.grey_closing)
+    inside = (z[:, None, None] >= bottom[None]) & (z[:, None, None] <= top[None])
+    return inside & footprint[None]
+
+
+def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing, settings: ThresholdSettings) -> np.ndarray:
+    """Add consolidation and dense ground glass inside each lung's envelope to `labels`."""
+    out = labels.copy()
+    bone = (hu >= settings.bone_hu) & body
+    dense = body & (hu >= settings.lung_hu) & (hu < settings.bone_hu) & (labels == 0)
+    mid_x = np.argwhere(body[body.shape[0] // 2])[:, 1].mean() if body[body.shape[0] // 2].any() else hu.shape[2] / 2
+    speck = max(1, int(round(settings.speck_mm / spacing[1])))
+    opening = np.ones((1, 2 * speck + 1, 2 * speck + 1), bool)
+    for side in (1, 2):
+        aerated = labels == side
+        if aerated.sum() < 100:
+            continue
+        center = np.argwhere(aerated.any(axis=0)).mean(axis=0)
+        envelope = _height_limits(aerated, labels == 3 - side, mid_x, spacing)
+        envelope &= _mediastinal_limit(aerated, side, mid_x, spacing, settings.bridge_mm)
+        envelope &= _cage_limits(aerated, bone, center, spacing)
+        gaps = ndimage.binary_opening(dense & envelope, structure=opening)
+        gap_labels, n = ndimage.label(gaps)
+        if n == 0:
+            continue
+        touching = np.unique(gap_labels[ndimage.binary_dilation(aerated) & gaps])
+        keep = np.isin(gap_labels, touching[touching > 0])
+        keep = ndimage.binary_dilation(keep, structure=opening) & dense & envelope  # restore the rim
+        out[keep & (out == 0)] = side
+    return out
+
+
+# ---- holes ----------------------------------------------------------------------------------
+
+
+def _open_holes(mask: np.ndarray, holes: np.ndarray, order: range) -> np.ndarray:
+    """2-D holes that continue, through the slices in `order`, into tissue outside the lung.
+
+    A hole is open when most of it lies over non-lung tissue (or over an open hole) in the
+    previous slice of `order`: the diaphragm dome seen from below, for instance.
+    """
+    opened = np.zeros(mask.shape, bool)
+    previous = None
+    for k in order:
+        if previous is not None and holes[k].any():
+            outside = (~mask[previous] & ~holes[previous]) | opened[previous]
+            labels, n = ndimage.label(holes[k])
+            share = ndimage.mean(outside, labels, range(1, n + 1))
+            opened[k] = np.isin(labels, 1 + np.nonzero(np.asarray(share) >= 0.5)[0])
+        previous = k
+    return opened
+
+
+def fill_holes(labels: np.ndarray, spacing, small_hole_cm2: float) -> np.ndarray:
+    """Fill holes enclosed by each lung in a slice: small ones always (vessels, bronchi), large
+    ones only if lung also closes them below and above (not the diaphragm dome, which opens
+    towards the abdomen)."""
     filled = labels.copy()
+    small_px = small_hole_cm2 * 100.0 / (spacing[1] * spacing[2])
     for side in (1, 2):
         mask = labels == side
+        holes = np.zeros(mask.shape, bool)
         for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
-            filled[k][ndimage.binary_fill_holes(mask[k]) & (filled[k] == 0)] = side
+            holes[k] = ndimage.binary_fill_holes(mask[k]) & ~mask[k]
+        large = np.zeros(mask.shape, bool)
+        for k in np.nonzero(holes.any(axis=(1, 2)))[0]:
+            hole_labels, n = ndimage.label(holes[k])
+            sizes = np.bincount(hole_labels.ravel())[1:]
+            large[k] = np.isin(hole_labels, 1 + np.nonzero(sizes > small_px)[0])
+        depth = mask.shape[0]
+        opened = _open_holes(mask, holes, range(depth)) | _open_holes(mask, holes, range(depth - 1, -1, -1))
+        fill = holes & ~(large & opened)
+        filled[fill & (filled == 0)] = side
     return filled
+
+
+def drop_crumbs(labels: np.ndarray, spacing, min_ml: float = 1.0) -> np.ndarray:
+    """Remove pieces of a lung label smaller than `min_ml` (left over by airway removal)."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    for side in (1, 2):
+        pieces, n = ndimage.label(labels == side)
+        if n > 1:
+            sizes = np.bincount(pieces.ravel())[1:] * voxel_ml
+            labels[np.isin(pieces, 1 + np.nonzero(sizes < min_ml)[0])] = 0
+    return labels
 
 
 def _crop_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
@@ -147,9 +387,25 @@ def _crop_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
 
 
 def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings: ThresholdSettings = ThresholdSettings()) -> np.ndarray:
-    """Lung labels (0, 1 right, 2 left) of an LPS-ordered (z, y, x) volume with `spacing` mm."""
+    """Lung labels (0, 1 right, 2 left) of an LPS-ordered (z, y, x) volume with `spacing` mm.
+
+    Fine in-plane grids (512x512 scans, 0.6-0.8 mm) are segmented at about WORKING_MM per pixel
+    (block means) and the labels repeated back: four times less work, same lungs.
+    """
+    factor = max(1, int(round(WORKING_MM / spacing[1])))
+    if factor == 1:
+        return _segment(hu, spacing, settings)
+    depth, height, width = hu.shape
+    pad = ((0, 0), (0, -height % factor), (0, -width % factor))
+    padded = np.pad(hu, pad, mode="edge")
+    small = padded.reshape(depth, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor).mean(axis=(2, 4))
+    labels = _segment(small, (spacing[0], spacing[1] * factor, spacing[2] * factor), settings)
+    return labels.repeat(factor, axis=1).repeat(factor, axis=2)[:, :height, :width]
+
+
+def _segment(hu: np.ndarray, spacing: tuple[float, float, float], settings: ThresholdSettings) -> np.ndarray:
     labels = np.zeros(hu.shape, np.uint8)
-    body = body_mask(hu, settings.body_hu)
+    body = body_mask(hu, settings.body_hu, spacing[1])
     if not body.any():
         return labels
     box = _crop_box(body)
@@ -163,7 +419,9 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings:
     lungs = np.logical_or.reduce(parts) if parts else np.zeros(hu.shape, bool)
     middle = body[body.shape[0] // 2]
     center_x = np.argwhere(middle)[:, 1].mean() if middle.any() else hu.shape[2] / 2
-    cropped = fill_holes(split_lungs(lungs, center_x))
+    cropped = split_lungs(lungs, center_x)
+    cropped = add_dense_lung(cropped, hu, body & ~airways, spacing, settings)
+    cropped = fill_holes(cropped, spacing, settings.small_hole_cm2)
     cropped[airways] = 0
-    labels[box] = cropped
+    labels[box] = drop_crumbs(cropped, spacing)
     return labels

@@ -10,4 +10,6 @@ snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]):
     records = {"ingest": Path(snakemake.input.ingest) / RECORD_NAME}
+    if "lungs" in snakemake.input.keys():
+        records["lungs"] = snakemake.input.lungs
     write_patient_qc(snakemake.wildcards.patient, records, snakemake.output[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lungcam.config import load_config
-from lungcam.ingest import IngestSettings
+from lungcam.ingest import IngestSettings, ingest_patient
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows, write_sample_sheet
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 from lungcam.records import write_record
@@ -64,3 +65,59 @@ def copy_files(sources, target: Path) -> Path:
     for source in sources:
         shutil.copy(source, target / Path(source).name)
     return target
+
+
+REAL_CASES = {"P001": 148, "cap001": 168, "normal001": 154}
+
+
+def tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def real_ingest(data, tmp_path_factory, config):
+    """Every real reference series ingested once: (stage root, records, digests before, after)."""
+    settings = IngestSettings.from_config(config["ingest"])
+    out = tmp_path_factory.mktemp("ingest")
+    folders = {pid: data / "covid-ct-md" / pid for pid in REAL_CASES}
+    folders["GE"] = data / "dcm-qa-ct" / "GE"
+    folders["TS"] = data / "totalsegmentator-example" / "ct_dicom"
+    folders["LM"] = data / "lungmask-testdata"
+    before = {pid: tree_digest(folder) for pid, folder in folders.items()}
+    records = {pid: ingest_patient(pid, folder, out / pid, settings) for pid, folder in folders.items()}
+    after = {pid: tree_digest(folder) for pid, folder in folders.items()}
+    return out, records, before, after
+
+
+def write_painted_study(dicom_dir: Path, truth_path: Path, seed: int = 7, position: str = "FFS") -> None:
+    """A synthetic chest written as DICOM with the lungs painted in flat HU values.
+
+    The values are those tests/lungmask_weights.band_classifier tells apart.
+
+    Body +40 HU, right lung -500, left lung -200, outside -1000, no noise; feet first, so that the
+    volume reaches lungmask only after reorientation. `truth_path` gets the lung labels.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from lungcam.phantom import plan_cohort
+    from lungcam.phantom.generate import PhantomOptions, Scan, render_synthetic, save_mask, write_study
+
+    from .lungmask_weights import AIR_HU, LEFT_HU, RIGHT_HU, TISSUE_HU
+
+    plan = plan_cohort(1, seed)[0]
+    nuisance = replace(plan.nuisance, patient_position=position, slice_thickness_mm=5.0)
+    scan, _ = render_synthetic(plan, nuisance, 128)
+    body = scan.hu > -500
+    painted = np.where(body, TISSUE_HU, AIR_HU).astype(np.float32)
+    painted[scan.lungs == 1] = RIGHT_HU
+    painted[scan.lungs == 2] = LEFT_HU
+    painted_scan = Scan(painted, scan.lungs, scan.lesions, scan.xs, scan.ys, scan.zs, noise_free=False)
+    write_study(painted_scan, plan, nuisance, PhantomOptions(128, localizer=False, thick_series=False), dicom_dir)
+    save_mask(scan.lungs, scan.affine(), truth_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -16,35 +15,7 @@ from lungcam.dcm2niix import read_sidecar
 from lungcam.hu_check import verify_hu
 from lungcam.ingest import RECORD_NAME, SIDECAR_NAME, VOLUME_NAME, ingest_patient, publish
 
-from .conftest import copy_files
-
-REAL_CASES = {"P001": 148, "cap001": 168, "normal001": 154}
-
-
-def tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def real_ingest(data, tmp_path_factory, config):
-    from lungcam.ingest import IngestSettings
-
-    settings = IngestSettings.from_config(config["ingest"])
-    out = tmp_path_factory.mktemp("ingest")
-    folders = {pid: data / "covid-ct-md" / pid for pid in REAL_CASES}
-    folders["GE"] = data / "dcm-qa-ct" / "GE"
-    folders["TS"] = data / "totalsegmentator-example" / "ct_dicom"
-    folders["LM"] = data / "lungmask-testdata"
-    before = {pid: tree_digest(folder) for pid, folder in folders.items()}
-    records = {pid: ingest_patient(pid, folder, out / pid, settings) for pid, folder in folders.items()}
-    after = {pid: tree_digest(folder) for pid, folder in folders.items()}
-    return out, records, before, after
-
+from .conftest import REAL_CASES, copy_files
 
 @pytest.mark.parametrize("pid", sorted(REAL_CASES))
 def test_covid_ct_md_cases_convert_with_hu(real_ingest, pid):

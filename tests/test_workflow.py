@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import yaml
@@ -107,6 +108,11 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
     assert qc["bad-head"]["ingest"]["header"]["gantry_tilt_deg"] == pytest.approx(18.5, abs=0.2)
     published = sorted(p.name for p in (work / "results" / "nifti").glob("*.nii.gz"))
     assert published == sorted(f"{p.patient_id}.nii.gz" for p in plans[:2])
+    assert sorted(p.name for p in (work / "results" / "lungs").iterdir()) == published
+    assert sorted(p.name for p in (work / "work" / "cache").iterdir()) == sorted(p.patient_id for p in plans[:2])
+    for plan in plans[:2]:
+        assert qc[plan.patient_id]["stages"] == {"ingest": "ok", "lungs": "ok"}
+        assert qc[plan.patient_id]["lungs"]["total_ml"] > 1000
 
     # Nothing changed: nothing to do. One patient added: only that patient is converted.
     assert "Nothing to be done" in snakemake(work, "--config", f"samples={sheet}", "-n").stdout
@@ -120,8 +126,10 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
     after = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
     assert {p for p in after if before.get(p) != after[p]} == {
         work / "results" / "qc" / f"{new.patient_id}.json",
+        work / "results" / "qc" / f"{new.patient_id}_lungs.png",
         work / "results" / "nifti" / f"{new.patient_id}.nii.gz",
         work / "results" / "nifti" / f"{new.patient_id}.json",
+        work / "results" / "lungs" / f"{new.patient_id}.nii.gz",
     }
 
 
@@ -135,3 +143,39 @@ def test_sample_sheet_error_stops_before_any_job(tmp_path):
     assert "line 2 (patient_id 'P1'): unknown label 'FLU'" in output
     assert "line 3 (patient_id '../x'): patient_id: '../x' does not match" in output
     assert not (tmp_path / "run" / "results").exists()
+
+
+@pytest.mark.slow
+def test_lungmask_method_with_weights_from_the_download_rule(tmp_path):
+    """lungs.method lungmask: the download rule fetches the weights (a file:// URL here), then
+    the lungs rule runs lungmask and writes both lungs, on the scan's grid, on the right sides."""
+    import os
+
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    from .conftest import write_painted_study
+    from .lungmask_weights import write_weights
+
+    write_painted_study(tmp_path / "in" / "dicom", tmp_path / "in" / "truth.nii.gz")
+    weights = write_weights(tmp_path / "release")
+    sheet = tmp_path / "in" / "patients.tsv"
+    sheet.write_text(f"patient_id\tlabel\tdicom_dir\nP1\tNP\t{tmp_path / 'in' / 'dicom'}\n")
+    config = write_config(tmp_path / "run", {
+        "samples": str(sheet),
+        "lungs": {"method": "lungmask", "lungmask": {"weights_url": weights.as_uri(), "force_cpu": True}},
+    })
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}  # no torch hub cache to fall back on
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"), "--cores", "2", "--configfile", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "run" / "resources" / "lungmask" / weights.name).read_bytes() == weights.read_bytes()
+    volume = nib.load(tmp_path / "run" / "results" / "nifti" / "P1.nii.gz")
+    labels = nib.load(tmp_path / "run" / "results" / "lungs" / "P1.nii.gz")
+    assert labels.shape == volume.shape and np.allclose(labels.affine, volume.affine)
+    truth = np.asarray(resample_from_to(nib.load(tmp_path / "in" / "truth.nii.gz"), volume, order=0).dataobj)
+    found = np.asarray(labels.dataobj)
+    for side in (1, 2):
+        overlap = ((found == side) & (truth == side)).sum()
+        assert 2 * overlap / ((found == side).sum() + (truth == side).sum()) > 0.9
+    assert read_record(tmp_path / "run" / "results" / "qc" / "P1.json")["lungs"]["method"] == "lungmask R231"

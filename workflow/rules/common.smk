@@ -5,8 +5,10 @@ the run with a message naming it.
 """
 
 import os
+from pathlib import Path
 
 from lungcam.config import validate_config
+from lungcam.lungmask_backend import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows
 from lungcam.records import read_record
 from lungcam.samplesheet import load_sample_sheet
@@ -56,12 +58,57 @@ def ingest_record(patient: str) -> dict:
     return read_record(os.path.join(stage, "record.json"))
 
 
+def lungs_record(patient: str) -> dict:
+    """The lungs record of `patient` (waits for the lungs checkpoint of that patient)."""
+    return read_record(checkpoints.lungs.get(patient=patient).output.record)
+
+
 def patient_qc_inputs(wildcards) -> dict:
-    """Stage records of one patient; an ok patient's published outputs are requested too."""
-    inputs = {"ingest": f"{WORK}/ingest/{wildcards.patient}"}
-    if ingest_record(wildcards.patient)["status"] == "ok":
-        inputs["nifti"] = f"{RESULTS}/nifti/{wildcards.patient}.nii.gz"
+    """Stage records of one patient, and the outputs of every stage the patient reached.
+
+    The patient's QC file is the last per-patient output, so requesting it builds the patient's
+    whole chain up to the stage that excluded it (if any).
+    """
+    patient = wildcards.patient
+    inputs = {"ingest": f"{WORK}/ingest/{patient}"}
+    if ingest_record(patient)["status"] == "ok":
+        inputs["nifti"] = f"{RESULTS}/nifti/{patient}.nii.gz"
+        inputs["lungs"] = f"{WORK}/lungs/{patient}.json"
+        if lungs_record(patient)["status"] == "ok":
+            inputs["cache"] = f"{WORK}/cache/{patient}"
     return inputs
+
+
+# ---- lungmask weights ----------------------------------------------------------------------
+
+LUNGMASK = config["lungs"]["method"] == "lungmask"
+LUNGMASK_SETTINGS = LungmaskSettings.from_config(config["lungs"]["lungmask"])
+LOBES = LUNGMASK and LUNGMASK_SETTINGS.model == "LTRCLobes"
+LUNGMASK_WEIGHTS = weights_path(LUNGMASK_SETTINGS)
+LUNGMASK_FILL = weights_path(LUNGMASK_SETTINGS, "R231", LUNGMASK_SETTINGS.fill_weights) if LOBES else None
+if LUNGMASK:  # a configured weights file must exist: no rule can make it
+    for configured, path, model in ((LUNGMASK_SETTINGS.weights, LUNGMASK_WEIGHTS, LUNGMASK_SETTINGS.model), (LUNGMASK_SETTINGS.fill_weights, LUNGMASK_FILL, "R231")):
+        if configured:
+            require_weights(path, model, LUNGMASK_SETTINGS.url(model))
+# (path, url) of the weight files the download rule can fetch into resources/.
+LUNGMASK_DOWNLOADS = [
+    (path, LUNGMASK_SETTINGS.url(model))
+    for path, model in ((LUNGMASK_WEIGHTS, LUNGMASK_SETTINGS.model), (LUNGMASK_FILL, "R231"))
+    if path is not None and Path(path).parent == RESOURCE_DIR
+] or [(RESOURCE_DIR / Path(LUNGMASK_SETTINGS.url()).name, LUNGMASK_SETTINGS.url())]
+
+
+def lungs_inputs(wildcards) -> dict:
+    inputs = {"volume": f"{RESULTS}/nifti/{wildcards.patient}.nii.gz"}
+    if LUNGMASK:
+        inputs["weights"] = str(LUNGMASK_WEIGHTS)
+        if LOBES:
+            inputs["fill_weights"] = str(LUNGMASK_FILL)
+    return inputs
+
+
+def lobes_output() -> dict:
+    return {"lobes": f"{RESULTS}/lungs/{{patient}}_lobes.nii.gz"} if LOBES else {}
 
 
 def log_path(rule_name: str) -> str:

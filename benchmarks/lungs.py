@@ -1,0 +1,96 @@
+"""Lung masks: threshold method time and peak memory per real case; lungmask CPU time per slice.
+
+Each real case (COVID-CT-MD P001, cap001, normal001; 512x512, 148-168 slices) is converted
+with dcm2niix, then segmented by the threshold method in a fresh child process limited to one
+core (OMP/MKL/OpenBLAS threads 1), which reports the method's wall time and the process's peak
+resident memory. As a reference, lungmask's U-Net (R231 architecture, weights generated since
+they cannot be downloaded here; the cost does not depend on their values) is timed per slice on
+one core in the same run. Targets: at most 10 s and 3 GB per real case.
+
+    .venv/bin/python benchmarks/lungs.py [--data ../shared/data] [--lungmask-slices 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = ("P001", "cap001", "normal001")
+SINGLE_CORE = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+WORKER = """
+import json, resource, sys, time
+from lungcam.lungs_threshold import segment_lungs
+from lungcam.orientation import load_hu_lps
+hu, view = load_hu_lps(sys.argv[1])
+start = time.perf_counter()
+labels = segment_lungs(hu, view.spacing)
+seconds = time.perf_counter() - start
+voxel_ml = view.spacing[0] * view.spacing[1] * view.spacing[2] / 1000
+print(json.dumps({"seconds": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+                  "slices": hu.shape[0], "lung_ml": float((labels > 0).sum() * voxel_ml)}))
+"""
+
+LUNGMASK_WORKER = """
+import json, sys, time, numpy as np, torch
+sys.path.insert(0, sys.argv[3])
+from lungmask_weights import write_weights
+from lungcam.lungmask_backend import LungmaskSettings, segment_lungmask
+from lungcam.orientation import load_hu_lps
+from pathlib import Path
+torch.set_num_threads(1)
+hu, view = load_hu_lps(sys.argv[1])
+count = int(sys.argv[2])
+middle = hu.shape[0] // 2
+block = np.ascontiguousarray(hu[middle - count // 2: middle - count // 2 + count])
+weights = write_weights(Path(sys.argv[4]))
+settings = LungmaskSettings("R231", str(weights), "", "", 20, True)
+segment_lungmask(block[:2], settings, weights)  # load and warm up
+start = time.perf_counter()
+segment_lungmask(block, settings, weights)
+print(json.dumps({"seconds_per_slice": (time.perf_counter() - start) / count}))
+"""
+
+
+def convert(folder: Path, out: Path) -> Path:
+    from lungcam import dcm2niix
+
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([dcm2niix.executable(), "-z", "y", "-b", "n", "-f", "scan", "-o", str(out), str(folder)], check=True, capture_output=True)
+    return out / "scan.nii.gz"
+
+
+def child(code: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env={**os.environ, **SINGLE_CORE}, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--lungmask-slices", type=int, default=8)
+    args = parser.parse_args()
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    met = True
+    with tempfile.TemporaryDirectory() as scratch:
+        print(f"{'case':10s} {'slices':>6s} {'seconds':>8s} {'peak GB':>8s} {'lungs L':>8s}")
+        volumes = {}
+        for case in CASES:
+            volumes[case] = convert(args.data / "covid-ct-md" / case, Path(scratch) / case)
+            figures = child(WORKER, str(volumes[case]))
+            met &= figures["seconds"] <= 10.0 and figures["peak_gb"] <= 3.0
+            print(f"{case:10s} {figures['slices']:6d} {figures['seconds']:8.1f} {figures['peak_gb']:8.2f} {figures['lung_ml'] / 1000:8.2f}")
+        reference = child(LUNGMASK_WORKER, str(volumes["P001"]), str(args.lungmask_slices), tests, str(Path(scratch) / "weights"))
+        per_slice = reference["seconds_per_slice"]
+        print(f"\nlungmask R231 on one core: {per_slice:.2f} s per slice, {per_slice * 148:.0f} s for P001's 148 slices")
+    print(f"threshold method target (<= 10 s and <= 3 GB per case on one core): {'met' if met else 'NOT met'}")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""QC pictures: CT slices in a lung window with outlines drawn over them.
+
+One row of panels (three axial slices through the lungs and one coronal), radiological
+convention (patient right on the viewer's left, anterior up, head up), pixels at their true
+aspect ratio. Written with matplotlib's non-interactive backend, so it runs on nodes without a
+display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+LUNG_WINDOW = (-1350.0, 150.0)
+OUTLINE_COLOURS = {1: "#e41a1c", 2: "#00bfff"}  # right lung red, left lung blue
+
+
+def lung_slices(labels: np.ndarray, count: int = 3) -> list[int]:
+    """Axial slice indices spread over the lungs' z extent (25%, 50%, 75% for three)."""
+    z = np.nonzero(labels.any(axis=(1, 2)))[0]
+    if z.size == 0:
+        return list(np.linspace(0, labels.shape[0] - 1, count + 2).astype(int)[1:-1])
+    return [int(z[int(f * (z.size - 1))]) for f in np.linspace(0, 1, count + 2)[1:-1]]
+
+
+def lung_montage(hu_lps: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], path: Path | str, title: str) -> None:
+    """Write axial and coronal views of an LPS (z, y, x) volume with each label's outline."""
+    axial = lung_slices(labels)
+    inside = np.argwhere(labels > 0)
+    coronal_y = int(np.median(inside[:, 1])) if inside.size else hu_lps.shape[1] // 2
+    fig, axes = plt.subplots(1, 4, figsize=(16.0, 4.4), facecolor="black")
+    views = [(hu_lps[k], labels[k], spacing[1] / spacing[2], f"axial {k}") for k in axial]
+    views.append((hu_lps[::-1, coronal_y], labels[::-1, coronal_y], spacing[0] / spacing[2], "coronal"))
+    for ax, (image, outline, aspect, name) in zip(axes, views):
+        ax.imshow(image, cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=aspect, interpolation="nearest")
+        for value, colour in OUTLINE_COLOURS.items():
+            if (outline == value).any():
+                ax.contour(outline == value, levels=[0.5], colors=colour, linewidths=0.8)
+        ax.set_title(name, color="white", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, color="white", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)

@@ -1,0 +1,18 @@
+"""Checkpoint `lungs`: lung labels, lung QC and montage of one patient (lungcam.lungs)."""
+
+from lungcam.joblog import job_log
+from lungcam.lungs import LungSettings, run_lungs
+
+snakemake = globals()["snakemake"]
+
+with job_log(snakemake.log[0]):
+    out = snakemake.output
+    outputs = {"labels": out.labels, "montage": out.montage, "record": out.record, "lobes": out.get("lobes")}
+    run_lungs(
+        snakemake.wildcards.patient,
+        snakemake.input.volume,
+        outputs,
+        LungSettings.from_config(snakemake.params.settings),
+        weights=snakemake.input.get("weights"),
+        fill_weights=snakemake.input.get("fill_weights"),
+    )

@@ -1,0 +1,172 @@
+"""Lungs stage: threshold masks on phantoms and real scans, lungmask integration, lung QC."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.processing import resample_from_to
+
+from lungcam.ingest import VOLUME_NAME, ingest_patient
+from lungcam.lungmask_backend import LungmaskWeightsError, download_weights, require_weights
+from lungcam.lungs import LungQCSettings, LungSettings, lung_checks, run_lungs
+from lungcam.phantom import cohort_layout
+
+from .conftest import REAL_CASES
+
+R231_REFERENCE_PER_SLICE = {1: 32376, 2: 18268}  # lungmask's own test: R231 on its 2 test slices
+
+
+@pytest.fixture(scope="module")
+def lung_settings(config) -> LungSettings:
+    return LungSettings.from_config(config["lungs"])
+
+
+def run(pid: str, volume: Path, out: Path, settings: LungSettings, **kwargs) -> tuple[dict, np.ndarray]:
+    outputs = {"labels": out / f"{pid}.nii.gz", "montage": out / f"{pid}.png", "record": out / f"{pid}.json", "lobes": out / f"{pid}_lobes.nii.gz"}
+    record = run_lungs(pid, volume, outputs, settings, **kwargs)
+    assert outputs["montage"].stat().st_size > 10_000
+    return record, np.asarray(nib.load(outputs["labels"]).dataobj)
+
+
+def on_grid(path: Path, volume: Path) -> np.ndarray:
+    return np.asarray(resample_from_to(nib.load(path), nib.load(volume), order=0).dataobj)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def right_is_patient_right(labels: np.ndarray, affine: np.ndarray) -> bool:
+    """Label 1 lies at larger RAS x (patient right) than label 2."""
+    x = {side: nib.affines.apply_affine(affine, np.argwhere(labels == side)[::50])[:, 0].mean() for side in (1, 2)}
+    return x[1] > x[2]
+
+
+def test_threshold_masks_match_phantom_truth(small_cohort, tmp_path, ingest_settings, lung_settings):
+    root, plans = small_cohort
+    for plan in plans:
+        paths = cohort_layout(root, plan.patient_id)
+        ingest_patient(plan.patient_id, paths["dicom"], tmp_path / plan.patient_id, ingest_settings)
+        volume = tmp_path / plan.patient_id / VOLUME_NAME
+        record, labels = run(plan.patient_id, volume, tmp_path / "lungs", lung_settings)
+        truth = on_grid(paths["lungs"], volume)
+        assert record["status"] == "ok", record["reasons"]
+        assert dice(labels > 0, truth > 0) >= 0.97, plan.patient_id
+        both = (labels > 0) & (truth > 0)
+        assert (labels[both] == truth[both]).mean() > 0.999  # sides agree
+        lesions = on_grid(paths["lesions"], volume) > 0
+        if plan.label == "COVID-19":
+            assert (labels[lesions] > 0).mean() >= 0.9  # peripheral ground glass is lung
+        if plan.label == "CAP":
+            assert (labels[lesions] > 0).mean() >= 0.4  # see README: large consolidations are the limit
+
+
+def test_lungmask_test_slices_match_r231_reference(real_ingest, tmp_path, lung_settings):
+    out, _, _, _ = real_ingest
+    volume = out / "LM" / VOLUME_NAME
+    _, labels = run("LM", volume, tmp_path, lung_settings)
+    for side, reference in R231_REFERENCE_PER_SLICE.items():
+        per_slice = (labels == side).sum() / labels.shape[2]
+        assert abs(per_slice - reference) / reference <= 0.10, (side, per_slice, reference)
+    assert right_is_patient_right(labels, nib.load(volume).affine)
+
+
+@pytest.fixture(scope="module")
+def real_lungs(real_ingest, tmp_path_factory, lung_settings):
+    out, _, _, _ = real_ingest
+    lungs = tmp_path_factory.mktemp("lungs")
+    return {pid: run(pid, out / pid / VOLUME_NAME, lungs, lung_settings) for pid in REAL_CASES}
+
+
+@pytest.mark.parametrize("pid", sorted(REAL_CASES))
+def test_real_cases_have_two_plausible_lungs(real_lungs, real_ingest, pid):
+    record, labels = real_lungs[pid]
+    assert record["status"] == "ok", record["reasons"]
+    assert record["right_ml"] > 1000 and record["left_ml"] > 1000
+    assert 2500 <= record["total_ml"] <= 8000
+    assert record["right_components"] <= 3 and record["left_components"] <= 3
+    out, _, _, _ = real_ingest
+    assert right_is_patient_right(labels, nib.load(out / pid / VOLUME_NAME).affine)
+
+
+@pytest.mark.parametrize("pid", ["P001", "cap001"])
+def test_slices_labelled_infected_contain_lung(real_lungs, data, pid):
+    _, labels = real_lungs[pid]
+    with open(data / "covid-ct-md" / "slice_labels.tsv") as handle:
+        infected = [int(r["slice_index"]) for r in csv.DictReader(handle, delimiter="\t") if r["patient_id"] == pid and r["infection"] == "1"]
+    assert infected
+    has_lung = (labels > 0).any(axis=(0, 1))  # NIfTI k: 0 is the lowest slice (LAS)
+    top_down = has_lung[::-1]  # slice_index counts from the top down
+    assert np.mean([top_down[i] for i in infected]) >= 0.95
+
+
+def test_head_scan_is_excluded_by_lung_qc(data, tmp_path, ingest_settings, lung_settings):
+    settings = replace(ingest_settings, excluded_body_parts=frozenset())
+    ingest_patient("GE", data / "dcm-qa-ct" / "GE", tmp_path / "GE", settings)
+    record, _ = run("GE", tmp_path / "GE" / VOLUME_NAME, tmp_path, lung_settings)
+    assert record["status"] == "excluded"
+    assert any("missing or tiny" in r or "below lungs.qc.min_total_ml" in r for r in record["reasons"])
+
+
+def test_lung_checks():
+    qc = LungQCSettings(min_side_ml=150, min_total_ml=1000, max_total_ml=10000)
+    base = {"right_ml": 2500.0, "left_ml": 2200.0, "total_ml": 4700.0, "left_right_ratio": 0.88, "right_components": 1, "left_components": 1, "fov_edge_fraction": 0.0}
+    assert lung_checks(base, qc) == ([], [])
+    one = {**base, "left_ml": 20.0, "total_ml": 2520.0, "left_right_ratio": 0.008}
+    assert lung_checks(one, qc)[0] == ["left lung missing or tiny (20 mL < lungs.qc.min_side_ml 150)"]
+    small = {**base, "right_ml": 400.0, "left_ml": 300.0, "total_ml": 700.0}
+    assert "below lungs.qc.min_total_ml" in lung_checks(small, qc)[0][0]
+    leaked = {**base, "right_ml": 6500.0, "left_ml": 6000.0, "total_ml": 12500.0}
+    assert "above lungs.qc.max_total_ml" in lung_checks(leaked, qc)[0][0]
+    cut = {**base, "fov_edge_fraction": 0.05}
+    assert "edge of the field of view" in lung_checks(cut, qc)[1][0]
+
+
+# ---- lungmask -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def painted(tmp_path_factory):
+    from .conftest import write_painted_study
+    from .lungmask_weights import write_weights
+
+    root = tmp_path_factory.mktemp("painted")
+    write_painted_study(root / "dicom", root / "truth.nii.gz")
+    return root, write_weights(root / "weights")
+
+
+@pytest.mark.slow
+def test_lungmask_labels_sides_on_the_scan_grid(painted, tmp_path, ingest_settings, lung_settings):
+    root, weights = painted
+    record = ingest_patient("P", root / "dicom", tmp_path / "P", ingest_settings)
+    assert record["volume"]["orientation"] == "RAI"  # feet first: lungmask sees it only after reorientation
+    volume = tmp_path / "P" / VOLUME_NAME
+    settings = replace(lung_settings, method="lungmask", lungmask=replace(lung_settings.lungmask, force_cpu=True))
+    record, labels = run("P", volume, tmp_path, settings, weights=weights)
+    truth = on_grid(root / "truth.nii.gz", volume)
+    assert record["method"] == "lungmask R231"
+    for side in (1, 2):
+        assert dice(labels == side, truth == side) > 0.9, side
+    assert nib.load(tmp_path / "P.nii.gz").affine.tolist() == nib.load(volume).affine.tolist()
+
+
+def test_download_checks_the_hash_in_the_name(tmp_path):
+    good = tmp_path / "src" / "weights-7509e5bd.pth"
+    good.parent.mkdir()
+    good.write_bytes(b"hello world")  # sha256 starts with b94d27b9
+    with pytest.raises(ValueError, match="does not match"):
+        download_weights(good.as_uri(), tmp_path / "out" / good.name)
+    assert not (tmp_path / "out" / good.name).exists()
+    right = good.with_name("weights-b94d27b9.pth")
+    good.rename(right)
+    assert download_weights(right.as_uri(), tmp_path / "out" / right.name).read_bytes() == b"hello world"
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path):
+    with pytest.raises(LungmaskWeightsError, match="download_lungmask_weights"):
+        require_weights(tmp_path / "none.pth", "R231", "https://example.org/unet_r231-d5d2fc3d.pth")

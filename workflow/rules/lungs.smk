@@ -1,0 +1,49 @@
+"""Lungs: lung labels on each scan's own grid, lung QC and a QC montage.
+
+`lungs` is a checkpoint: an implausible mask excludes the patient, whose later stages are then
+not requested. With lungs.method: lungmask, its weights are an input; when they are not found
+locally, `download_lungmask_weights` (a local rule: it runs where Snakemake runs, typically a
+login node with internet) fetches them once into resources/lungmask/.
+"""
+
+
+checkpoint lungs:
+    input:
+        unpack(lungs_inputs),
+    output:
+        labels=f"{RESULTS}/lungs/{{patient}}.nii.gz",
+        montage=f"{RESULTS}/qc/{{patient}}_lungs.png",
+        record=f"{WORK}/lungs/{{patient}}.json",
+        **lobes_output(),
+    params:
+        settings=lookup(dpath="lungs", within=config),
+    log:
+        log_path("lungs"),
+    benchmark:
+        benchmark_path("lungs")
+    resources:
+        mem_mb=6000,
+        gpu=1 if LUNGMASK else 0,
+    conda:
+        "../../envs/lungs.yaml"
+    script:
+        "../../scripts/lungs.py"
+
+
+localrules:
+    download_lungmask_weights,
+
+
+rule download_lungmask_weights:
+    output:
+        [str(path) for path, _ in LUNGMASK_DOWNLOADS],
+    params:
+        urls=[url for _, url in LUNGMASK_DOWNLOADS],
+    log:
+        f"{LOGS}/download_lungmask_weights.log",
+    benchmark:
+        f"{LOGS}/benchmarks/download_lungmask_weights.tsv"
+    conda:
+        "../../envs/lungs.yaml"
+    script:
+        "../../scripts/download_lungmask_weights.py"
