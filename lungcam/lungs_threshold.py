@@ -178,8 +178,9 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
 
     Rays every 2.5 degrees in every slice: the cage radius on a ray is the first bone beyond the
     aerated lung. Ribs run obliquely, so a ray between two ribs takes the radius of the nearest
-    ray that hit one, in this or a neighbouring slice, up to about 25 mm away. A ray with no rib
-    that near (costal cartilage, mediastinum) ends where its aerated lung ends.
+    ray that hit one, in this or a neighbouring slice, up to about 25 mm away. A ray extends
+    beyond its air only where, at that angle within 30 mm up or down, the lung touches the ribs;
+    otherwise (costal cartilage, mediastinum, paravertebral muscle) it ends where its air ends.
     """
     depth, height, width = aerated.shape
     pixel = spacing[1]
@@ -204,19 +205,34 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
     hits = np.isfinite(cage)
     if not hits.any():
         return np.ones(aerated.shape, bool)
-    # The lung stops short of the ribs by the pleura and extrapleural fat; measured where the two
-    # are close (healthy lung), that distance keeps the envelope at the expected lung surface.
-    gaps = (cage - outer)[hits & (outer >= 0)]
-    gaps = gaps[gaps <= 10.0 / pixel]
-    typical_gap = float(np.median(gaps)) if gaps.size else 0.0
-    # Nearest rib hit in (slice, angle), distances in mm (angle measured at the cage radius).
-    arc_mm = np.deg2rad(step_deg) * np.nanmedian(cage) * pixel
-    padded = np.concatenate([cage, cage, cage], axis=1)  # angles wrap around
-    distance, nearest = ndimage.distance_transform_edt(~np.isfinite(padded), sampling=(spacing[0], arc_mm), return_indices=True)
-    middle = slice(len(angles), 2 * len(angles))
-    borrowed = padded[nearest[0], nearest[1]][:, middle]
-    near = distance[:, middle] <= 25.0
-    limit = np.where(near, borrowed - max(typical_gap - 1.0, 0.0), np.maximum(outer, 0))
+    # The lung stops short of the ribs by the pleura and extrapleural fat. That gap, measured on
+    # rays where the two are close (healthy lung) and carried to the other rays from the nearest
+    # such ray, keeps the envelope at the expected lung surface rather than at the ribs.
+    arc_mm = np.deg2rad(step_deg) * np.nanmedian(cage) * pixel  # one angle step at the cage radius
+
+    def nearest_valid(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Value of the nearest valid ray in (slice, angle) and its distance in mm (angles wrap)."""
+        padded = np.concatenate([values, values, values], axis=1)
+        mask = np.concatenate([valid, valid, valid], axis=1)
+        distance, nearest = ndimage.distance_transform_edt(~mask, sampling=(spacing[0], arc_mm), return_indices=True)
+        middle = slice(len(angles), 2 * len(angles))
+        return padded[nearest[0], nearest[1]][:, middle], distance[:, middle]
+
+    # Between two ribs a ray can reach the scapula first; the rib cage is the innermost bone
+    # around a ray (15 mm up and down, 5 degrees either side).
+    inner = ndimage.minimum_filter(np.where(hits, cage, np.inf), size=(2 * int(round(15.0 / spacing[0])) + 1, 5), mode="wrap")
+    cage = np.where(hits, np.minimum(cage, inner), np.nan)
+    gap = cage - outer
+    healthy = hits & (outer >= 0) & (gap <= 10.0 / pixel)
+    if not healthy.any():
+        return np.ones(aerated.shape, bool)
+    local_gap, _ = nearest_valid(np.where(healthy, gap, 0.0), healthy)
+    borrowed, distance = nearest_valid(np.nan_to_num(cage), hits)
+    # A lesion's bite: at this angle the lung reaches the ribs in nearby slices. Where it never
+    # does (muscle beside the spine, cartilage in front) the gap is anatomy, not a lesion.
+    window = (2 * int(round(30.0 / spacing[0])) + 1, 3)
+    touched_nearby = ndimage.maximum_filter(healthy.astype(np.uint8), size=window, mode="wrap") > 0
+    limit = np.where((distance <= 25.0) & touched_nearby, borrowed - local_gap, np.maximum(outer, 0))
     gy, gx = np.mgrid[:height, :width]
     pixel_radius = np.hypot(gy - center[0], gx - center[1])
     pixel_ray = np.rint((np.rad2deg(np.arctan2(gy - center[0], gx - center[1])) % 360) / step_deg).astype(int) % len(angles)
