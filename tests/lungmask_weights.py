@@ -19,16 +19,18 @@ RIGHT_HU, LEFT_HU, TISSUE_HU, AIR_HU = -500.0, -200.0, 40.0, -1000.0
 RAMPS = (0.2, 0.4, 0.58)  # feature k = relu(x - RAMPS[k])
 
 
-def r231_architecture():
+def r231_architecture(n_classes: int = 3):
     from lungmask.resunet import UNet
 
-    return UNet(n_classes=3, padding=True, depth=5, up_mode="upsample", batch_norm=True, residual=False)
+    return UNet(n_classes=n_classes, padding=True, depth=5, up_mode="upsample", batch_norm=True, residual=False)
 
 
-def band_classifier():
+def band_classifier(n_classes: int = 3, right: int = 1, left: int = 2):
+    """R231 architecture (3 classes) or LTRCLobes (6): painted right lung -> class `right`,
+    left lung -> class `left`, everything else -> 0."""
     import torch
 
-    model = r231_architecture()
+    model = r231_architecture(n_classes)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()
@@ -48,18 +50,19 @@ def band_classifier():
             last_block[0].weight[k, bridge + k, 1, 1] = 1.0
             last_block[3].weight[k, k, 1, 1] = 1.0
         model.last.bias[0] = 0.5
-        model.last.weight[1, 0, 0, 0], model.last.weight[1, 1, 0, 0] = 10.0, -30.0
-        model.last.weight[2, 1, 0, 0], model.last.weight[2, 2, 0, 0] = 10.0, -40.0
+        model.last.bias[[c for c in range(n_classes) if c not in (0, right, left)]] = -100.0
+        model.last.weight[right, 0, 0, 0], model.last.weight[right, 1, 0, 0] = 10.0, -30.0
+        model.last.weight[left, 1, 0, 0], model.last.weight[left, 2, 0, 0] = 10.0, -40.0
     return model.eval()
 
 
-def write_weights(folder: Path, stem: str = "unet_r231") -> Path:
+def write_weights(folder: Path, stem: str = "unet_r231", **classifier) -> Path:
     """Save the state dict as `<stem>-<sha256 prefix>.pth`, named like lungmask's releases."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     scratch = folder / f"{stem}.tmp"
-    torch.save(band_classifier().state_dict(), scratch)
+    torch.save(band_classifier(**classifier).state_dict(), scratch)
     digest = hashlib.sha256(scratch.read_bytes()).hexdigest()[:8]
     target = folder / f"{stem}-{digest}.pth"
     scratch.rename(target)

@@ -155,6 +155,39 @@ def test_lungmask_labels_sides_on_the_scan_grid(painted, tmp_path, ingest_settin
     assert nib.load(tmp_path / "P.nii.gz").affine.tolist() == nib.load(volume).affine.tolist()
 
 
+@pytest.mark.slow
+def test_lungmask_lobes_fused_with_r231(painted, tmp_path, ingest_settings, lung_settings):
+    from .lungmask_weights import write_weights
+
+    root, r231 = painted
+    lobes_weights = write_weights(tmp_path / "weights", "unet_ltrclobes", n_classes=6, right=3, left=1)
+    ingest_patient("P", root / "dicom", tmp_path / "P", ingest_settings)
+    volume = tmp_path / "P" / VOLUME_NAME
+    settings = replace(lung_settings, method="lungmask", lungmask=replace(lung_settings.lungmask, model="LTRCLobes", force_cpu=True))
+    record, labels = run("P", volume, tmp_path, settings, weights=lobes_weights, fill_weights=r231)
+    assert record["method"] == "lungmask LTRCLobes"
+    lobes = np.asarray(nib.load(tmp_path / "P_lobes.nii.gz").dataobj)
+    truth = on_grid(root / "truth.nii.gz", volume)
+    assert dice(lobes == 3, truth == 1) > 0.9 and dice(lobes == 1, truth == 2) > 0.9  # right upper, left upper
+    for side in (1, 2):
+        assert dice(labels == side, truth == side) > 0.9
+
+
+def test_weights_resolution_order(tmp_path, monkeypatch):
+    from lungcam.lungmask_backend import LungmaskSettings, weights_path
+
+    settings = LungmaskSettings("R231", "", "", "", 20, False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert weights_path(settings) == Path("resources/lungmask/unet_r231-d5d2fc3d.pth")
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "unet_r231-d5d2fc3d.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    assert weights_path(settings) == cached
+    assert weights_path(replace(settings, weights="/data/mine.pth")) == Path("/data/mine.pth")
+    url = "file:///w/unet_r231-0123abcd.pth"
+    assert weights_path(replace(settings, weights_url=url)) == Path("resources/lungmask/unet_r231-0123abcd.pth")
+
+
 def test_download_checks_the_hash_in_the_name(tmp_path):
     good = tmp_path / "src" / "weights-7509e5bd.pth"
     good.parent.mkdir()
