@@ -19,6 +19,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/lungs.smk"
 include: "workflow/rules/cache.smk"
+include: "workflow/rules/train.smk"
 
 
 onstart:
@@ -34,3 +35,4 @@ rule all:
     input:
         qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
         demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
+        cohort=final_targets(),

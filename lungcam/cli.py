@@ -65,6 +65,20 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0 if record["status"] == "ok" else 3
 
 
+def run_train_fold(args: argparse.Namespace) -> int:
+    """One fold's training; run directly or under torchrun for several GPUs."""
+    import pandas as pd
+
+    from .training import TrainSettings, train_fold
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = TrainSettings.from_config(json.loads(args.settings))
+    patients = pd.read_csv(args.folds, sep="\t", dtype={"patient_id": str})
+    outputs = {"model": args.model, "curves": args.curves, "curves_png": args.curves_png, "predictions": args.predictions}
+    train_fold(settings, json.loads(args.classes), args.bank, patients, args.fold, args.work, outputs, threads=args.threads)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = load_config()["demo"]
     parser = argparse.ArgumentParser(prog="lungcam", description=__doc__.splitlines()[0])
@@ -86,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("dicom_dir")
     ingest.add_argument("out", help="stage folder to write (scan.nii.gz, scan.json, record.json)")
     ingest.set_defaults(run=run_ingest)
+
+    train = commands.add_parser("train-fold", help="train one cross-validation fold (or 'final') from a slice bank")
+    train.add_argument("--bank", required=True, help="slice bank folder")
+    train.add_argument("--folds", required=True, help="folds.tsv (patient_id, label, fold)")
+    train.add_argument("--fold", required=True, help="fold number, or 'final' to train on all patients")
+    train.add_argument("--work", required=True, help="folder for the resumable training state")
+    train.add_argument("--model", required=True)
+    train.add_argument("--curves", required=True)
+    train.add_argument("--curves-png", required=True)
+    train.add_argument("--predictions", default="", help="out-of-fold predictions (not for 'final')")
+    train.add_argument("--settings", required=True, help="the train config section as JSON")
+    train.add_argument("--classes", required=True, help="the task's classes as a JSON list")
+    train.add_argument("--threads", type=int, default=1)
+    train.set_defaults(run=run_train_fold)
     return parser
 
 

@@ -58,6 +58,13 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def apply_demo_overrides(config: dict) -> dict:
+    """In demo mode, replace train and cache keys with those of demo.train and demo.cache."""
+    for section in ("train", "cache"):
+        config[section] = {**config[section], **config["demo"][section]}
+    return validate_config(config)
+
+
 def load_config(path: Path | None = None, overrides: dict | None = None) -> dict:
     """Read a YAML config (or start empty), apply overrides, validate and fill defaults."""
     config = {}

@@ -19,7 +19,7 @@ def defaults_of(schema: dict) -> dict:
     """The default values a schema declares, nested like the config."""
     out = {}
     for key, sub in schema.get("properties", {}).items():
-        if sub.get("type") == "object":
+        if "properties" in sub:
             out[key] = defaults_of(sub)
         elif "default" in sub:
             out[key] = sub["default"]

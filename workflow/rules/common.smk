@@ -4,10 +4,13 @@ Validation happens here, once, before any job starts: a bad config key or sample
 the run with a message naming it.
 """
 
+import json
 import os
+import sys
 from pathlib import Path
 
-from lungcam.config import validate_config
+from lungcam.config import apply_demo_overrides, validate_config
+from lungcam.folds import task_classes
 from lungcam.lungmask_backend import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows
 from lungcam.records import read_record
@@ -18,10 +21,14 @@ import pandas as pd
 # Jobs import the lungcam package from this repository, also inside per-rule conda
 # environments and on cluster nodes (envvars passes it on).
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p)
+# Shell rules call `python`/`torchrun`: those next to the interpreter running Snakemake, unless a
+# per-rule conda environment (activated in the job) puts its own first.
+os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
 
 
 envvars:
     "PYTHONPATH",
+    "PATH",
 
 
 validate_config(config)
@@ -32,15 +39,37 @@ LOGS = "logs"
 DEMO_ROOT = "demo"
 DEMO = config["samples"] == "demo"
 
+MODE = config["mode"]
 if DEMO:
+    apply_demo_overrides(config)
     unknown = set(config["classes"]) - {"COVID-19", "CAP", "NP"}
     if unknown:
         raise ValueError(f"the demo cohort knows the classes COVID-19, CAP and NP, not {sorted(unknown)}")
     DEMO_PLANS = {p.patient_id: p for p in plan_cohort(config["demo"]["patients_per_class"], config["demo"]["seed"], tuple(config["classes"]))}
     SAMPLES = pd.DataFrame(sample_rows(list(DEMO_PLANS.values()), DEMO_ROOT)).set_index("patient_id", drop=False)
 else:
-    SAMPLES = load_sample_sheet(config["samples"], config["classes"])
+    SAMPLES = load_sample_sheet(config["samples"], config["classes"], require_labels=MODE == "train")
 PATIENTS = list(SAMPLES.index)
+
+# ---- training ------------------------------------------------------------------------------
+
+TASK_CLASSES = task_classes(config["train"]["task"], config["classes"])
+TASK_CLASSES_JSON = json.dumps(TASK_CLASSES)
+TRAIN_SETTINGS_JSON = json.dumps(config["train"], sort_keys=True)
+TRAIN_GPUS = config["train"]["gpus"] if config["train"]["device"] != "cpu" else 0
+TRAIN_LAUNCHER = (
+    f"torchrun --standalone --nproc_per_node {config['train']['gpus']}" if config["train"]["gpus"] > 1 else "python"
+)
+if MODE == "predict" and not Path(config["predict"]["model"]).is_file():
+    raise ValueError(f"mode predict needs predict.model, a model file; '{config['predict']['model']}' does not exist")
+
+
+def final_targets() -> list[str]:
+    """Cohort-level outputs requested by `rule all`."""
+    targets = [f"{RESULTS}/predictions.tsv"]
+    if MODE == "train" and config["train"]["final_model"]:
+        targets.append(f"{RESULTS}/model/final.pt")
+    return targets
 
 
 wildcard_constraints:

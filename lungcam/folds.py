@@ -1,0 +1,55 @@
+"""Patient-level stratified cross-validation folds and the classification tasks.
+
+Folds split patients, never slices: all slices of a patient are in one fold, so no patient is
+ever seen in training and test. Inside each training set a stratified validation subset chooses
+the best checkpoint and stops training early.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+TASKS = {
+    "multiclass": None,  # all configured classes
+    "covid_vs_np": ("COVID-19", "NP"),
+    "covid_vs_cap": ("COVID-19", "CAP"),
+}
+
+
+def task_classes(task: str, classes: list[str]) -> list[str]:
+    """The classes a task distinguishes, in the configured order."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {list(TASKS)}")
+    wanted = TASKS[task]
+    if wanted is None:
+        return list(classes)
+    missing = [c for c in wanted if c not in classes]
+    if missing:
+        raise ValueError(f"task {task} needs the classes {wanted}; {missing} not configured")
+    return [c for c in classes if c in wanted]
+
+
+def assign_folds(patients: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """Add a `fold` column (0..k-1): stratified by label, shuffled with `seed`."""
+    counts = patients["label"].value_counts()
+    if (counts < k).any():
+        raise ValueError(f"{k}-fold cross-validation needs at least {k} patients per class; have {counts.to_dict()}")
+    out = patients.reset_index(drop=True).copy()
+    out["fold"] = -1
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(out, out["label"])):
+        out.loc[test, "fold"] = fold
+    return out
+
+
+def validation_split(train: pd.DataFrame, fraction: float, seed: int, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training, validation) patients: `fraction` of each class, at least one, for validation."""
+    rng = np.random.default_rng([seed, fold, 17])
+    held = []
+    for _, group in train.groupby("label", sort=True):
+        n = max(1, int(round(fraction * len(group))))
+        held += list(group.index[rng.permutation(len(group))[:n]])
+    validation = train.loc[sorted(held)]
+    return train.drop(index=held), validation

@@ -1,0 +1,105 @@
+"""Model files, and patient-level predictions from slices.
+
+A model file carries everything needed to use it on another cohort: architecture, class names,
+preprocessing (input size, slice selection, cache spacing and window), training settings, the
+code version and the patients it was trained on (their pseudonymous ids only).
+
+`hu2020` classifies slices; a patient's prediction aggregates its slice probabilities
+(config `train.aggregation`: the mean of each class's top-k slice probabilities, renormalised;
+or the mean; or the maximum). `mil` predicts the patient directly from all its lung slices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .models import build_model
+from .slice_bank import SliceBank, zscore
+
+FORMAT = "lungcam-model/1"
+AGGREGATIONS = ("topk_mean", "mean", "max")
+
+
+def save_model(path: Path | str, model: torch.nn.Module, metadata: dict) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "code_version": __version__, **metadata, "state_dict": state}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on `device`, metadata) from a model file."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a lungcam model file")
+    settings = payload["settings"]
+    model = build_model(payload["model"], len(payload["classes"]), settings["width"], settings["dropout"])
+    model.load_state_dict(payload["state_dict"])
+    metadata = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.to(device).eval(), metadata
+
+
+def aggregate_slices(probabilities: np.ndarray, method: str, top_k: int) -> np.ndarray:
+    """One patient's class probabilities from its slices' (slices, classes) probabilities."""
+    if method == "mean":
+        pooled = probabilities.mean(axis=0)
+    elif method == "max":
+        pooled = probabilities.max(axis=0)
+    elif method == "topk_mean":
+        k = min(top_k, len(probabilities))
+        pooled = np.sort(probabilities, axis=0)[-k:].mean(axis=0)
+    else:
+        raise ValueError(f"unknown aggregation {method!r}; use one of {AGGREGATIONS}")
+    return pooled / pooled.sum()
+
+
+@torch.no_grad()
+def slice_probabilities(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 64, amp: bool = False) -> np.ndarray:
+    """Softmax probabilities (slices, classes) of a Hu2020Net for uint8 slices (n, h, w)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = zscore(torch.from_numpy(np.asarray(images[start: start + batch_size])).to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(batch)
+        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.n_classes))
+
+
+@torch.no_grad()
+def bag_probabilities(model: torch.nn.Module, images: np.ndarray, device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(patient probabilities, attention per slice) of an AttentionMIL for one bag."""
+    bag = zscore(torch.from_numpy(np.asarray(images)).to(device))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        scale_logits, attention = model.bag_scale_logits(bag)
+    return torch.softmax(scale_logits.float().mean(dim=0), dim=-1).cpu().numpy(), attention.float().cpu().numpy()
+
+
+def predict_patients(model: torch.nn.Module, metadata: dict, bank: SliceBank, patients: list[str], device: torch.device, amp: bool = False) -> pd.DataFrame:
+    """Class probabilities per patient: columns patient_id and prob_<class> for every class."""
+    model.eval()
+    settings = metadata["settings"]
+    rows = bank.patient_rows()
+    records = []
+    for patient in patients:
+        images = bank.images[np.sort(rows[patient])]
+        if metadata["model"] == "mil":
+            probabilities, _ = bag_probabilities(model, images, device, amp)
+        else:
+            probabilities = aggregate_slices(slice_probabilities(model, images, device, amp=amp), settings["aggregation"], settings["top_k"])
+        records.append({"patient_id": patient, **{f"prob_{c}": float(p) for c, p in zip(metadata["classes"], probabilities)}})
+    return pd.DataFrame(records)
+
+
+def with_decisions(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Add `predicted`: the class with the highest probability."""
+    probabilities = predictions[[f"prob_{c}" for c in classes]].to_numpy()
+    out = predictions.copy()
+    out["predicted"] = [classes[i] for i in probabilities.argmax(axis=1)]
+    return out

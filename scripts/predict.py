@@ -1,0 +1,20 @@
+"""Rule `predict` (mode predict): apply a trained model file to the cohort (lungcam.inference)."""
+
+from lungcam.inference import load_model, predict_patients, with_decisions
+from lungcam.joblog import job_log
+from lungcam.slice_bank import SliceBank
+from lungcam.training import pick_device
+
+snakemake = globals()["snakemake"]
+
+with job_log(snakemake.log[0]) as log:
+    device = pick_device(snakemake.params.device)
+    model, metadata = load_model(snakemake.input.model, device)
+    bank = SliceBank.load(snakemake.input.bank)
+    patients = sorted(bank.patient_rows())
+    table = with_decisions(predict_patients(model, metadata, bank, patients, device), metadata["classes"])
+    labels = snakemake.params.labels
+    table.insert(1, "label", [labels.get(p, "") for p in table["patient_id"]])
+    table.insert(2, "fold", "predict")
+    table.to_csv(snakemake.output[0], sep="\t", index=False, float_format="%.6f")
+    log.info("predicted %d patients with %s (%s)", len(table), snakemake.input.model, metadata["model"])

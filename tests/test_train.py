@@ -1,0 +1,210 @@
+"""Classifier training: folds, models, loss, aggregation, determinism, resume, data parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lungcam.config import load_config
+from lungcam.folds import assign_folds, task_classes, validation_split
+from lungcam.inference import aggregate_slices, load_model
+from lungcam.models import AttentionMIL, Hu2020Net, focal_cross_entropy
+from lungcam.slice_bank import IMAGES_NAME, INDEX_NAME, SliceBank, zscore
+from lungcam.training import STATE_NAME, TrainSettings, train_fold
+
+from .conftest import REPO
+
+CLASSES = ["COVID-19", "CAP", "NP"]
+
+
+def toy_bank(folder: Path, per_class: int = 4, slices: int = 6, size: int = 32, seed: int = 0) -> pd.DataFrame:
+    """A slice bank of noise images; COVID-19 and CAP patients have a faint or a bright blob."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    patients, images, rows = [], [], []
+    yy, xx = np.mgrid[:size, :size]
+    for c, label in enumerate(CLASSES):
+        for i in range(per_class):
+            pid = f"{label[:3].lower()}{i}"
+            patients.append({"patient_id": pid, "label": label})
+            for s in range(slices):
+                image = rng.normal(100, 20, (size, size))
+                if label != "NP" and s % 2 == 0:
+                    cy, cx = rng.integers(6, size - 6, 2)
+                    image += (60 if label == "COVID-19" else 140) * (np.hypot(yy - cy, xx - cx) < 4)
+                rows.append({"patient_id": pid, "row": len(images), "cache_slice": s})
+                images.append(np.clip(image, 0, 255).astype(np.uint8))
+    np.save(folder / IMAGES_NAME, np.stack(images))
+    pd.DataFrame(rows).to_csv(folder / INDEX_NAME, sep="\t", index=False)
+    return pd.DataFrame(patients)
+
+
+def toy_settings(**changes) -> TrainSettings:
+    train = load_config()["train"]
+    base = TrainSettings.from_config({**train, "input_size": 32, "width": 0.25, "learning_rate": 0.003, "max_epochs": 4, "patience": 10,
+                                      "batch_size": 8, "bag_size": 6, "workers": 0, "device": "cpu", "folds": 2, "top_k": 2})
+    return replace(base, **changes)
+
+
+def outputs(folder: Path) -> dict:
+    return {k: folder / name for k, name in (("model", "model.pt"), ("curves", "curves.tsv"), ("curves_png", "curves.png"), ("predictions", "pred.tsv"))}
+
+
+def test_folds_are_patient_level_and_stratified():
+    patients = pd.DataFrame({"patient_id": [f"p{i}" for i in range(30)], "label": CLASSES * 10})
+    folds = assign_folds(patients, 5, seed=1)
+    assert folds["patient_id"].is_unique  # no patient in two folds
+    assert set(folds["fold"]) == set(range(5))
+    per_fold = folds.groupby(["fold", "label"]).size().unstack()
+    assert (per_fold == 2).all().all()
+    assert assign_folds(patients, 5, seed=1).equals(folds)  # reproducible
+    train, validation = validation_split(folds[folds["fold"] != 0], 0.15, seed=1, fold=0)
+    assert not set(train["patient_id"]) & set(validation["patient_id"])
+    assert set(validation["label"]) == set(CLASSES)
+    with pytest.raises(ValueError, match="at least 5 patients per class"):
+        assign_folds(patients.iloc[:12], 5, seed=1)
+
+
+def test_tasks():
+    assert task_classes("multiclass", CLASSES) == CLASSES
+    assert task_classes("covid_vs_np", CLASSES) == ["COVID-19", "NP"]
+    assert task_classes("covid_vs_cap", CLASSES) == ["COVID-19", "CAP"]
+
+
+def test_hu2020_architecture():
+    model = Hu2020Net(3)
+    convs = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [32, 32, 64, 64, 128, 128, 128, 256, 256, 256, 256, 256, 256]
+    maps = model.maps(torch.zeros(2, 1, 224, 224))
+    assert [tuple(m.shape) for m in maps] == [(2, 3, 28, 28), (2, 3, 14, 14), (2, 3, 7, 7)]  # pool3, pool4, pool5
+    model.eval()
+    x = torch.randn(2, 1, 224, 224)
+    assert torch.allclose(model(x), model.scale_logits(x).mean(0))
+
+
+def test_mil_attention_pools_slice_logits():
+    model = AttentionMIL(3, width=0.25).eval()
+    bag = torch.randn(5, 1, 64, 64)
+    logits, attention = model.bag_scale_logits(bag)
+    assert logits.shape == (3, 3) and attention.shape == (5,)
+    assert torch.isclose(attention.sum(), torch.tensor(1.0))
+    slice_logits = model.slices.scale_logits(bag)
+    assert torch.allclose(logits, torch.einsum("s,ksc->kc", attention, slice_logits), atol=1e-5)
+
+
+def test_focal_loss():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    target = torch.tensor([0, 2])
+    alpha = torch.tensor([1.0, 2.0, 3.0])
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    p = torch.exp(-ce)
+    expected = (alpha[target] * (1 - p) * ce).mean()
+    assert torch.isclose(focal_cross_entropy(logits, target, alpha, gamma=1.0), expected)
+    assert torch.isclose(focal_cross_entropy(logits, target, alpha, gamma=0.0), (alpha[target] * ce).mean())
+
+
+def test_aggregation():
+    slices = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    assert np.allclose(aggregate_slices(slices, "topk_mean", 2), np.array([0.75, 0.65]) / 1.4)
+    assert np.allclose(aggregate_slices(slices, "mean", 2), [0.55, 0.45])
+    assert np.allclose(aggregate_slices(slices, "max", 2), np.array([0.9, 0.8]) / 1.7)
+
+
+def test_zscore_per_slice():
+    batch = torch.stack([torch.full((8, 8), 10, dtype=torch.uint8), torch.arange(64, dtype=torch.uint8).reshape(8, 8)])
+    z = zscore(batch)
+    assert z.shape == (2, 1, 8, 8)
+    assert torch.allclose(z[1].mean(), torch.tensor(0.0), atol=1e-6) and torch.allclose(z[1].std(), torch.tensor(1.0), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bank")
+    patients = assign_folds(toy_bank(folder), 2, seed=3)
+    patients.to_csv(folder / "folds.tsv", sep="\t", index=False)
+    return folder, patients
+
+
+@pytest.mark.parametrize("model", ["hu2020", "mil"])
+def test_training_is_deterministic_on_cpu(bank, tmp_path, model):
+    folder, patients = bank
+    settings = toy_settings(model=model, max_epochs=2)
+    results = [train_fold(settings, CLASSES, folder, patients, 0, tmp_path / run, outputs(tmp_path / run)) for run in ("a", "b")]
+    pd.testing.assert_frame_equal(results[0], results[1])
+    weights = [torch.load(tmp_path / run / "model.pt", weights_only=False)["state_dict"] for run in ("a", "b")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert set(results[0]["patient_id"]) == set(patients.loc[patients["fold"] == 0, "patient_id"])
+    assert list(results[0].columns) == ["patient_id", "label", "fold", "prob_COVID-19", "prob_CAP", "prob_NP", "predicted"]
+    curves = pd.read_csv(tmp_path / "a" / "curves.tsv", sep="\t")
+    assert list(curves["epoch"]) == [0, 1] and (tmp_path / "a" / "curves.png").stat().st_size > 5000
+
+
+def test_model_file_carries_what_prediction_needs(bank, tmp_path):
+    folder, patients = bank
+    train_fold(toy_settings(max_epochs=1), CLASSES, folder, patients, 1, tmp_path, outputs(tmp_path))
+    model, metadata = load_model(tmp_path / "model.pt")
+    assert metadata["classes"] == CLASSES and metadata["model"] == "hu2020" and metadata["fold"] == 1
+    assert metadata["preprocessing"]["input_size"] == 32 and metadata["settings"]["top_k"] == 2
+    assert metadata["code_version"] and set(metadata["trained_on"]) == set(patients.loc[patients["fold"] == 0, "patient_id"])
+
+
+def cli_command(folder: Path, out: Path, settings: TrainSettings, fold: str = "0") -> list[str]:
+    return [
+        "-m", "lungcam.cli", "train-fold", "--bank", str(folder), "--folds", str(folder / "folds.tsv"), "--fold", fold,
+        "--work", str(out / "work"), "--model", str(out / "model.pt"), "--curves", str(out / "curves.tsv"),
+        "--curves-png", str(out / "curves.png"), "--predictions", str(out / "pred.tsv"),
+        "--settings", json.dumps(asdict(settings)), "--classes", json.dumps(CLASSES),
+    ]
+
+
+def test_killed_training_resumes_to_the_same_result(bank, tmp_path):
+    """Kill training after its second epoch checkpoint, restart it: same weights and predictions."""
+    folder, patients = bank
+    settings = toy_settings(model="hu2020", max_epochs=5)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, *cli_command(folder, tmp_path / "whole", settings)], check=True, env=env, capture_output=True)
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, *cli_command(folder, interrupted, settings)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = interrupted / "work" / STATE_NAME
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists() and torch.load(state, weights_only=False)["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "model.pt").exists()  # it really was stopped before the end
+    subprocess.run([sys.executable, *cli_command(folder, interrupted, settings)], check=True, env=env, capture_output=True)
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)["state_dict"]
+    resumed = torch.load(interrupted / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "whole" / "pred.tsv", sep="\t"), pd.read_csv(interrupted / "pred.tsv", sep="\t"))
+    history = pd.read_csv(interrupted / "curves.tsv", sep="\t")
+    assert list(history["epoch"]) == list(range(5))
+
+
+@pytest.mark.slow
+def test_data_parallel_training_with_two_processes(bank, tmp_path):
+    """torchrun with two CPU processes (gloo backend) trains one model together."""
+    folder, patients = bank
+    settings = toy_settings(max_epochs=2, gpus=2)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *cli_command(folder, tmp_path, settings)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, metadata = load_model(tmp_path / "model.pt")
+    assert len(pd.read_csv(tmp_path / "pred.tsv", sep="\t")) == (patients["fold"] == 0).sum()
+    curves = pd.read_csv(tmp_path / "curves.tsv", sep="\t")
+    steps_one_process = int(np.ceil(len(SliceBank.load(folder).images) / 2 / 8))  # rough: half the patients train
+    assert curves["steps"].iloc[0] < steps_one_process  # each process took only part of the batches
