@@ -36,3 +36,11 @@ rule all:
         qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
         demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
         cohort=final_targets(),
+
+
+rule prepare:
+    """Every patient through ingest, lungs and the model-input cache, without training: run it
+    on CPU nodes before sending the training to GPUs (`snakemake prepare`)."""
+    input:
+        qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
+        demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],

@@ -45,8 +45,11 @@ def assign_folds(patients: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
 
 
 def validation_split(train: pd.DataFrame, fraction: float, seed: int, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training, validation) patients: `fraction` of each class, at least one, for validation."""
-    rng = np.random.default_rng([seed, fold, 17])
+    """(training, validation) patients: `fraction` of each class, at least one, for validation.
+
+    `fold` is the fold number, or -1 for the final model trained on every patient.
+    """
+    rng = np.random.default_rng([seed, fold + 1, 17])
     held = []
     for _, group in train.groupby("label", sort=True):
         n = max(1, int(round(fraction * len(group))))

@@ -34,11 +34,29 @@ def save_model(path: Path | str, model: torch.nn.Module, metadata: dict) -> None
     tmp.replace(path)
 
 
+def _read_payload(path: Path | str) -> dict:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a lungcam model file ({FORMAT})")
+    return payload
+
+
+def read_model_metadata(path: Path | str) -> dict:
+    """A model file's metadata (classes, settings, preprocessing, ...) without its weights."""
+    return {k: v for k, v in _read_payload(path).items() if k != "state_dict"}
+
+
+def check_preprocessing(model_preprocessing: dict, bank_preprocessing: dict) -> None:
+    """Refuse to apply a model to slices prepared differently from those it was trained on."""
+    differ = sorted(k for k in set(model_preprocessing) | set(bank_preprocessing) if model_preprocessing.get(k) != bank_preprocessing.get(k))
+    if differ:
+        details = "; ".join(f"{k}: model {model_preprocessing.get(k)!r}, slices {bank_preprocessing.get(k)!r}" for k in differ)
+        raise ValueError(f"the slices were not prepared as the model's training slices were ({details})")
+
+
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on `device`, metadata) from a model file."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a lungcam model file")
+    payload = _read_payload(path)
     settings = payload["settings"]
     model = build_model(payload["model"], len(payload["classes"]), settings["width"], settings["dropout"])
     model.load_state_dict(payload["state_dict"])

@@ -4,7 +4,8 @@ Training reads random slices many times per epoch. Resizing cache slices on the 
 more than the network on a GPU, so the lung slices of all patients are resized once to
 `input_size` x `input_size` (bilinear, antialiased) and stored contiguously per patient in
 `images.npy` (opened memory-mapped); `index.tsv` says which rows belong to which patient and
-which cache slice each row is. A slice is a lung slice when its lung area is at least
+which cache slice each row is; `bank.json` records the preprocessing (input size, slice
+selection, cache settings), which model files carry so that prediction repeats it. A slice is a lung slice when its lung area is at least
 `min_lung_fraction` of the patient's largest lung slice. Per-slice z-scoring happens on the
 device, batch by batch (`zscore`).
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pandas as pd
 import torch
@@ -21,6 +24,7 @@ from torch.nn import functional as F
 
 IMAGES_NAME = "images.npy"
 INDEX_NAME = "index.tsv"
+PREPROCESSING_NAME = "bank.json"
 
 
 def lung_slice_indices(lungs: np.ndarray, min_lung_fraction: float) -> np.ndarray:
@@ -38,8 +42,14 @@ def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
     return resized.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def build_slice_bank(cache_dirs: dict[str, Path | str], out_dir: Path | str, size: int, min_lung_fraction: float) -> pd.DataFrame:
-    """Write images.npy and index.tsv for the patients in `cache_dirs` (in that order)."""
+def bank_preprocessing(size: int, min_lung_fraction: float, cache: dict) -> dict:
+    """Everything that turns a CT into the model's input, as recorded in banks and model files."""
+    return {"input_size": int(size), "min_lung_fraction": float(min_lung_fraction), "zscore": "per slice", "cache": dict(sorted(cache.items()))}
+
+
+def build_slice_bank(cache_dirs: dict[str, Path | str], out_dir: Path | str, size: int, min_lung_fraction: float, cache: dict) -> pd.DataFrame:
+    """Write images.npy, index.tsv and bank.json for the patients in `cache_dirs` (in that order);
+    `cache` is the config's cache section the caches were made with."""
     from .cache import load_cache  # nibabel is needed to build a bank, not to train from one
 
     out = Path(out_dir)
@@ -60,6 +70,7 @@ def build_slice_bank(cache_dirs: dict[str, Path | str], out_dir: Path | str, siz
     del images
     index = pd.DataFrame(rows, columns=["patient_id", "row", "cache_slice"])
     index.to_csv(out / INDEX_NAME, sep="\t", index=False)
+    (out / PREPROCESSING_NAME).write_text(json.dumps(bank_preprocessing(size, min_lung_fraction, cache), indent=1) + "\n")
     return index
 
 
@@ -67,11 +78,13 @@ def build_slice_bank(cache_dirs: dict[str, Path | str], out_dir: Path | str, siz
 class SliceBank:
     images: np.ndarray  # (n, size, size) uint8, memory-mapped
     index: pd.DataFrame
+    preprocessing: dict
 
     @classmethod
     def load(cls, folder: Path | str) -> "SliceBank":
         folder = Path(folder)
-        return cls(np.load(folder / IMAGES_NAME, mmap_mode="r"), pd.read_csv(folder / INDEX_NAME, sep="\t"))
+        preprocessing = json.loads((folder / PREPROCESSING_NAME).read_text())
+        return cls(np.load(folder / IMAGES_NAME, mmap_mode="r"), pd.read_csv(folder / INDEX_NAME, sep="\t"), preprocessing)
 
     def rows(self, patient: str) -> np.ndarray:
         return self.index.loc[self.index["patient_id"] == patient, "row"].to_numpy()

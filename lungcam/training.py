@@ -161,15 +161,36 @@ def _epoch_batches(settings: TrainSettings, patient_rows: dict[str, np.ndarray],
     return [order[i: i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
 
 
-def _flip(images: torch.Tensor, whole_bag: bool) -> torch.Tensor:
-    """Left-right flip of a random half of the slices, or of a whole bag with probability 1/2.
+def augment(images: torch.Tensor, whole_bag: bool) -> torch.Tensor:
+    """Random left-right flip, small affine (rotation 10 deg, scale 10%, shift 5%), contrast and
+    noise, of z-scored slices (n, 1, h, w); a bag is transformed as one.
 
-    The random draws come from torch's generator, seeded per epoch, so flips replay on resume.
+    With a few dozen patients a network can learn each patient's scanner and anatomy by heart;
+    these draws make that harder than learning the lesions. They come from torch's generator,
+    seeded per epoch, so a resumed run draws the same.
     """
-    if whole_bag:
-        return images.flip(-1) if torch.rand(()) < 0.5 else images
-    chosen = (torch.rand(images.shape[0]) < 0.5).to(images.device)
-    return torch.where(chosen[:, None, None, None], images.flip(-1), images)
+    n = 1 if whole_bag else images.shape[0]
+    device = images.device
+    flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+    angle = torch.deg2rad(torch.empty(n).uniform_(-10.0, 10.0))
+    scale = torch.empty(n).uniform_(0.9, 1.1)
+    shift = torch.empty(n, 2).uniform_(-0.05, 0.05)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = flip * scale * torch.cos(angle)
+    theta[:, 0, 1] = -scale * torch.sin(angle)
+    theta[:, 1, 0] = flip * scale * torch.sin(angle)
+    theta[:, 1, 1] = scale * torch.cos(angle)
+    theta[:, :, 2] = shift
+    contrast = torch.empty(n, 1, 1, 1).uniform_(0.85, 1.15)
+    noise = torch.empty(n, 1, 1, 1).uniform_(0.0, 0.1)
+    expand = (images.shape[0], -1, -1) if whole_bag else (-1, -1, -1)
+    grid = torch.nn.functional.affine_grid(theta.to(device).expand(*expand), list(images.shape), align_corners=False)
+    background = images.amin(dim=(2, 3), keepdim=True)
+    moved = torch.nn.functional.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros") + background
+    jitter = torch.randn_like(images)
+    factors = (contrast.expand(images.shape[0], -1, -1, -1) if whole_bag else contrast).to(device)
+    sigma = (noise.expand(images.shape[0], -1, -1, -1) if whole_bag else noise).to(device)
+    return moved * factors + sigma * jitter
 
 
 def _class_weights(counts: np.ndarray) -> torch.Tensor:
@@ -277,7 +298,7 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         "classes": classes,
         "settings": asdict(settings),
         "fold": fold,
-        "preprocessing": {"input_size": bank.size, "min_lung_fraction": settings.min_lung_fraction, "zscore": "per slice"},
+        "preprocessing": bank.preprocessing,
         "trained_on": sorted(train_val["patient_id"]),
     }
     resident = DeviceBank(bank.images, row_labels, device) if settings.bank_on_gpu and DeviceBank.fits(bank.images, device) else None
@@ -293,7 +314,7 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         for images, labels in loader:
             images = zscore(images.to(device, non_blocking=True))
             if settings.augment:
-                images = _flip(images, settings.model == "mil")
+                images = augment(images, settings.model == "mil")
             if settings.channels_last and device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             target = labels.to(device)[:1] if settings.model == "mil" else labels.to(device)

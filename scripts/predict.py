@@ -1,6 +1,6 @@
 """Rule `predict` (mode predict): apply a trained model file to the cohort (lungcam.inference)."""
 
-from lungcam.inference import load_model, predict_patients, with_decisions
+from lungcam.inference import check_preprocessing, load_model, predict_patients, with_decisions
 from lungcam.joblog import job_log
 from lungcam.slice_bank import SliceBank
 from lungcam.training import pick_device
@@ -11,6 +11,7 @@ with job_log(snakemake.log[0]) as log:
     device = pick_device(snakemake.params.device)
     model, metadata = load_model(snakemake.input.model, device)
     bank = SliceBank.load(snakemake.input.bank)
+    check_preprocessing(metadata["preprocessing"], bank.preprocessing)
     patients = sorted(bank.patient_rows())
     table = with_decisions(predict_patients(model, metadata, bank, patients, device), metadata["classes"])
     labels = snakemake.params.labels

@@ -18,9 +18,9 @@ import torch
 
 from lungcam.config import load_config
 from lungcam.folds import assign_folds, task_classes, validation_split
-from lungcam.inference import aggregate_slices, load_model
+from lungcam.inference import aggregate_slices, check_preprocessing, load_model
 from lungcam.models import AttentionMIL, Hu2020Net, focal_cross_entropy
-from lungcam.slice_bank import IMAGES_NAME, INDEX_NAME, SliceBank, zscore
+from lungcam.slice_bank import IMAGES_NAME, INDEX_NAME, PREPROCESSING_NAME, SliceBank, bank_preprocessing, zscore
 from lungcam.training import STATE_NAME, TrainSettings, train_fold
 
 from .conftest import REPO
@@ -47,6 +47,7 @@ def toy_bank(folder: Path, per_class: int = 4, slices: int = 6, size: int = 32, 
                 images.append(np.clip(image, 0, 255).astype(np.uint8))
     np.save(folder / IMAGES_NAME, np.stack(images))
     pd.DataFrame(rows).to_csv(folder / INDEX_NAME, sep="\t", index=False)
+    (folder / PREPROCESSING_NAME).write_text(json.dumps(bank_preprocessing(size, 0.1, {"spacing_mm": [5.0, 2.0, 2.0]})))
     return pd.DataFrame(patients)
 
 
@@ -157,6 +158,22 @@ def test_model_file_carries_what_prediction_needs(bank, tmp_path):
     assert metadata["classes"] == CLASSES and metadata["model"] == "hu2020" and metadata["fold"] == 1
     assert metadata["preprocessing"]["input_size"] == 32 and metadata["settings"]["top_k"] == 2
     assert metadata["code_version"] and set(metadata["trained_on"]) == set(patients.loc[patients["fold"] == 0, "patient_id"])
+    assert metadata["preprocessing"] == SliceBank.load(folder).preprocessing
+
+
+def test_final_model_trains_on_every_patient(bank, tmp_path):
+    folder, patients = bank
+    predictions = train_fold(toy_settings(max_epochs=1), CLASSES, folder, patients, "final", tmp_path, outputs(tmp_path))
+    _, metadata = load_model(tmp_path / "model.pt")
+    assert metadata["fold"] == "final" and set(metadata["trained_on"]) == set(patients["patient_id"])
+    assert predictions.empty and not (tmp_path / "pred.tsv").exists()
+
+
+def test_a_model_refuses_slices_prepared_differently():
+    prepared = bank_preprocessing(64, 0.25, {"spacing_mm": [5.0, 2.0, 2.0]})
+    check_preprocessing(prepared, bank_preprocessing(64, 0.25, {"spacing_mm": [5.0, 2.0, 2.0]}))
+    with pytest.raises(ValueError, match=r"input_size: model 64, slices 128"):
+        check_preprocessing(prepared, bank_preprocessing(128, 0.25, {"spacing_mm": [5.0, 2.0, 2.0]}))
 
 
 def cli_command(folder: Path, out: Path, settings: TrainSettings, fold: str = "0") -> list[str]:

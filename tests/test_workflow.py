@@ -7,19 +7,29 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
+import torch
 import yaml
 
+from lungcam.inference import load_model, predict_patients
 from lungcam.leak_scan import find_leaks
 from lungcam.phantom import plan_cohort
 from lungcam.phantom.cohort import STREAM_IDENTITY, patient_rng
 from lungcam.phantom.dicom_writer import draw_identity
 from lungcam.records import read_record
+from lungcam.slice_bank import SliceBank
 
 from .conftest import REPO
 
 SMALL_DEMO = {"demo": {"patients_per_class": 1, "matrix": 128}}
+# The smallest demo that still trains: 3 patients per class, 3 folds, one short epoch each.
+TRAINING_DEMO = {
+    "demo": {"patients_per_class": 3, "matrix": 128, "localizer": False, "thick_series": False,
+             "train": {"input_size": 32, "width": 0.25, "max_epochs": 1, "bag_size": 8, "workers": 0}},
+    "train": {"folds": 3, "final_model": True},
+}
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -58,21 +68,40 @@ def test_lint_is_clean(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_and_leaks_nothing(tmp_path):
-    config = write_config(tmp_path, SMALL_DEMO)
+def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
+    config = write_config(tmp_path, TRAINING_DEMO)
     snakemake(tmp_path, "--configfile", str(config))
-    plans = plan_cohort(1, 2020)
+    plans = plan_cohort(3, 2020)
     for plan in plans:
         qc = read_record(tmp_path / "results" / "qc" / f"{plan.patient_id}.json")
         assert qc["status"] == "ok", qc["reasons"]
         assert (tmp_path / "results" / "nifti" / f"{plan.patient_id}.nii.gz").is_file()
     assert (tmp_path / "demo" / "samples.tsv").is_file()
+    predictions = pd.read_csv(tmp_path / "results" / "predictions.tsv", sep="\t")
+    assert sorted(predictions["patient_id"]) == sorted(p.patient_id for p in plans)
+    assert sorted(predictions["fold"].unique()) == [0, 1, 2]
+    probabilities = predictions[["prob_COVID-19", "prob_CAP", "prob_NP"]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
     planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY)).planted_values()]
     header = pydicom.dcmread(next((tmp_path / "demo" / "dicom" / plans[0].patient_id).iterdir()), stop_before_pixels=True)
     assert str(header.PatientName) in planted  # the planted values are really in the input...
     assert find_leaks(tmp_path / "results", planted) == []  # ...and nowhere in the outputs
     again = snakemake(tmp_path, "--configfile", str(config), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Prediction mode: the final model on the demo's sample sheet, in a working directory whose
+    # config does not repeat the demo's cache settings: the model file's preprocessing is used,
+    # so the predictions equal the model applied to the training run's own slices.
+    model_file = tmp_path / "results" / "model" / "final.pt"
+    predict_dir = tmp_path / "predict"
+    snakemake(predict_dir, "--config", f"samples={tmp_path / 'demo' / 'samples.tsv'}", "mode=predict", f"predict={{'model': '{model_file}'}}")
+    predicted = pd.read_csv(predict_dir / "results" / "predictions.tsv", sep="\t").set_index("patient_id")
+    model, metadata = load_model(model_file)
+    bank = SliceBank.load(tmp_path / "work" / "train" / "bank")
+    expected = predict_patients(model, metadata, bank, sorted(predicted.index), torch.device("cpu")).set_index("patient_id")
+    assert np.allclose(predicted[expected.columns].to_numpy(), expected.to_numpy(), atol=1e-5)
+    assert set(predicted["fold"]) == {"predict"}
+    assert dict(predicted["label"]) == {p.patient_id: p.label for p in plans}
 
 
 @pytest.fixture()
@@ -99,7 +128,7 @@ def mixed_cohort(small_cohort, data, tmp_path):
 def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_path):
     sheet, plans, root = mixed_cohort
     work = tmp_path / "run"
-    snakemake(work, "--config", f"samples={sheet}")
+    snakemake(work, "prepare", "--config", f"samples={sheet}")
     qc = {p.name[:-5]: read_record(p) for p in (work / "results" / "qc").glob("*.json")}
     assert {pid for pid, r in qc.items() if r["status"] == "ok"} == {p.patient_id for p in plans[:2]}
     assert qc["bad-empty"]["reasons"] == ["ingest: the DICOM folder is empty"]
@@ -115,14 +144,14 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
         assert qc[plan.patient_id]["lungs"]["total_ml"] > 1000
 
     # Nothing changed: nothing to do. One patient added: only that patient is converted.
-    assert "Nothing to be done" in snakemake(work, "--config", f"samples={sheet}", "-n").stdout
+    assert "Nothing to be done" in snakemake(work, "prepare", "--config", f"samples={sheet}", "-n").stdout
     before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
     new = plans[2]
     with open(sheet, "a") as handle:
         handle.write(f"{new.patient_id}\t{new.label}\t{root / 'dicom' / new.patient_id}\n")
-    dry = snakemake(work, "--config", f"samples={sheet}", "-n").stdout
+    dry = snakemake(work, "prepare", "--config", f"samples={sheet}", "-n").stdout
     assert planned_jobs(dry)["ingest"] == 1 and f"patient={new.patient_id}" in dry
-    snakemake(work, "--config", f"samples={sheet}")
+    snakemake(work, "prepare", "--config", f"samples={sheet}")
     after = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
     assert {p for p in after if before.get(p) != after[p]} == {
         work / "results" / "qc" / f"{new.patient_id}.json",
@@ -166,7 +195,7 @@ def test_lungmask_method_with_weights_from_the_download_rule(tmp_path):
         "lungs": {"method": "lungmask", "lungmask": {"weights_url": weights.as_uri(), "force_cpu": True}},
     })
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}  # no torch hub cache to fall back on
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"), "--cores", "2", "--configfile", str(config)]
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"), "--cores", "2", "prepare", "--configfile", str(config)]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "run" / "resources" / "lungmask" / weights.name).read_bytes() == weights.read_bytes()

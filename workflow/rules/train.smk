@@ -36,6 +36,7 @@ rule slice_bank:
     params:
         input_size=lookup(dpath="train/input_size", within=config),
         min_lung_fraction=lookup(dpath="train/min_lung_fraction", within=config),
+        cache=config["cache"],
         cache_root=f"{WORK}/cache",
     log:
         f"{LOGS}/slice_bank.log",
