@@ -47,7 +47,7 @@ def synthetic_bank(folder: Path, slices: int, size: int) -> np.ndarray:
 def loader_for(folder: Path, labels: np.ndarray, batch: int, workers: int, pin: bool, epoch_seed: int = 0):
     rows = np.random.default_rng(epoch_seed).permutation(len(labels))
     batches = [rows[i: i + batch] for i in range(0, len(rows) - batch + 1, batch)]
-    return torch.utils.data.DataLoader(EpochBatches(folder, batches, labels), batch_size=None, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(EpochBatches(folder, batches, labels, np.zeros_like(labels)), batch_size=None, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
 
 
 class Utilisation(threading.Thread):
@@ -70,7 +70,7 @@ class Utilisation(threading.Thread):
 def train_steps(model, optimizer, batches, device, amp, channels_last, limit):
     alpha = torch.ones(3, device=device)
     seen = 0
-    for i, (images, labels) in enumerate(batches):
+    for i, (images, labels, _) in enumerate(batches):
         if i >= limit:
             break
         x = zscore(images.to(device, non_blocking=True))
@@ -111,7 +111,7 @@ def main() -> int:
         labels = synthetic_bank(folder, args.slices, args.size)
 
         start, seen = time.perf_counter(), 0
-        for images, _ in loader_for(folder, labels, args.batch, args.workers, cuda):
+        for images, _, _ in loader_for(folder, labels, args.batch, args.workers, cuda):
             seen += len(images)
         loader_rate = seen / (time.perf_counter() - start)
 
@@ -136,12 +136,12 @@ def main() -> int:
         resident_rate = resident_train = None
         if cuda:
             images = np.load(folder / IMAGES_NAME, mmap_mode="r")
-            resident = DeviceBank(images, labels, device)
+            resident = DeviceBank(images, labels, np.zeros_like(labels), device)
             rows = np.random.default_rng(2).permutation(len(labels))
             batches = [rows[i: i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
             torch.cuda.synchronize()
             start, seen = time.perf_counter(), 0
-            for images_batch, _ in resident.batches(batches):
+            for images_batch, _, _ in resident.batches(batches):
                 seen += len(images_batch)
             torch.cuda.synchronize()
             resident_rate = seen / (time.perf_counter() - start)

@@ -121,3 +121,22 @@ def with_decisions(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFram
     out = predictions.copy()
     out["predicted"] = [classes[i] for i in probabilities.argmax(axis=1)]
     return out
+
+
+def slice_predictions(model: torch.nn.Module, metadata: dict, bank: SliceBank, patients: list[str], device: torch.device) -> pd.DataFrame:
+    """Per-slice class probabilities of a hu2020 model: patient_id, cache_slice, prob_<class>.
+
+    What the paper evaluated (every slice inheriting its patient's label); the patient decision
+    is `predict_patients`.
+    """
+    if metadata["model"] != "hu2020":
+        raise ValueError("slice predictions need a hu2020 model (mil decides per patient)")
+    tables = []
+    for patient in patients:
+        rows = bank.index[bank.index["patient_id"] == patient].sort_values("row")
+        probabilities = slice_probabilities(model, bank.images[rows["row"].to_numpy()], device)
+        table = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in metadata["classes"]])
+        table.insert(0, "patient_id", patient)
+        table.insert(1, "cache_slice", rows["cache_slice"].to_numpy())
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)

@@ -101,6 +101,14 @@ class AttentionMIL(nn.Module):
         weights = self.attention(embeddings)
         return torch.einsum("s,ksc->kc", weights, logits), weights
 
+    def bags_scale_logits(self, slices: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Logits per scale (scales, bags, classes) of several bags in one batch; `groups` numbers
+        each slice's bag, and a bag's slices are contiguous. Batch normalisation sees all bags."""
+        logits, embeddings = self._slice_outputs(slices)
+        counts = torch.unique_consecutive(groups, return_counts=True)[1].tolist()
+        pooled = [torch.einsum("s,ksc->kc", self.attention(e), l) for e, l in zip(embeddings.split(counts), logits.split(counts, dim=1))]
+        return torch.stack(pooled, dim=1)
+
     def forward(self, bag: torch.Tensor) -> torch.Tensor:
         """Patient logits (classes,): the mean over scales of the attention-pooled slice logits."""
         return self.bag_scale_logits(bag)[0].mean(dim=0)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .folds import validation_split
 from .inference import AGGREGATIONS, predict_patients, save_model, with_decisions
@@ -50,6 +51,7 @@ class TrainSettings:
     patience: int
     validation_fraction: float
     bag_size: int
+    bags_per_step: int
     min_lung_fraction: float
     aggregation: str
     top_k: int
@@ -79,11 +81,15 @@ def pick_device(name: str) -> torch.device:
 
 
 class EpochBatches(torch.utils.data.Dataset):
-    """Precomputed batches (rows of the bank) read in one go each; loader workers read in parallel."""
+    """Precomputed batches (rows of the bank) read in one go each; loader workers read in parallel.
 
-    def __init__(self, bank_dir: Path, batches: list[np.ndarray], labels: np.ndarray):
+    A batch is (images, labels, patient numbers) in row order, so each patient's slices are
+    contiguous: the bags of a multiple-instance step are found from the patient numbers.
+    """
+
+    def __init__(self, bank_dir: Path, batches: list[np.ndarray], labels: np.ndarray, patients: np.ndarray):
         self.path = Path(bank_dir) / IMAGES_NAME
-        self.batches, self.labels = batches, labels
+        self.batches, self.labels, self.patients = batches, labels, patients
         self.images = None  # opened in each worker
 
     def __len__(self) -> int:
@@ -92,9 +98,8 @@ class EpochBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         if self.images is None:
             self.images = np.load(self.path, mmap_mode="r")
-        rows = self.batches[i]
-        order = np.argsort(rows)  # sorted reads are faster; keep labels aligned
-        return torch.from_numpy(np.ascontiguousarray(self.images[rows[order]])), torch.from_numpy(self.labels[rows[order]])
+        rows = np.sort(self.batches[i])  # sorted reads are faster
+        return torch.from_numpy(np.ascontiguousarray(self.images[rows])), torch.from_numpy(self.labels[rows]), torch.from_numpy(self.patients[rows])
 
 
 class DeviceBank:
@@ -104,9 +109,10 @@ class DeviceBank:
     224x224 is about 25 GB of uint8), otherwise `EpochBatches` reads from the memory map.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, patients: np.ndarray, device: torch.device):
         self.images = torch.from_numpy(np.array(images)).to(device)  # a writable copy of the memmap
         self.labels = torch.from_numpy(labels).to(device)
+        self.patients = torch.from_numpy(patients).to(device)
         self.device = device
 
     @staticmethod
@@ -116,16 +122,17 @@ class DeviceBank:
     def batches(self, batches: list[np.ndarray]):
         for rows in batches:
             index = torch.from_numpy(np.sort(rows)).to(self.device, non_blocking=True)
-            yield self.images.index_select(0, index), self.labels.index_select(0, index)
+            yield self.images.index_select(0, index), self.labels.index_select(0, index), self.patients.index_select(0, index)
 
 
-def batch_source(bank_dir: Path, images: np.ndarray, batches: list[np.ndarray], labels: np.ndarray, device: torch.device,
+def batch_source(bank_dir: Path, batches: list[np.ndarray], labels: np.ndarray, patients: np.ndarray, device: torch.device,
                  settings: "TrainSettings", resident: DeviceBank | None):
-    """Iterable of (uint8 images, labels) for an epoch's batches, from GPU memory or the memmap."""
+    """Iterable of (uint8 images, labels, patient numbers) for an epoch's batches, from GPU
+    memory or the memmap."""
     if resident is not None:
         return resident.batches(batches)
     return torch.utils.data.DataLoader(
-        EpochBatches(bank_dir, batches, labels), batch_size=None, shuffle=False,
+        EpochBatches(bank_dir, batches, labels, patients), batch_size=None, shuffle=False,
         num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False,
     )
 
@@ -137,8 +144,9 @@ class _TrainingForward(nn.Module):
         super().__init__()
         self.model, self.bags = model, bags
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.bag_scale_logits(x)[0].unsqueeze(1) if self.bags else self.model.scale_logits(x)
+    def forward(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Logits per scale: (scales, bags, classes) for mil, (scales, slices, classes) for hu2020."""
+        return self.model.bags_scale_logits(x, groups) if self.bags else self.model.scale_logits(x)
 
 
 def _rng(seed: int, fold: int, epoch: int, stream: int) -> np.random.Generator:
@@ -146,51 +154,70 @@ def _rng(seed: int, fold: int, epoch: int, stream: int) -> np.random.Generator:
 
 
 def _epoch_batches(settings: TrainSettings, patient_rows: dict[str, np.ndarray], fold: int, epoch: int) -> list[np.ndarray]:
-    """The batches of one epoch: shuffled slices (hu2020) or one subsampled bag per patient (mil)."""
+    """The batches of one epoch: shuffled slices (hu2020), or for mil `bags_per_step` patients
+    per step, each a bag of at most `bag_size` of its slices.
+
+    Several bags per step let batch normalisation see several patients: normalising over one
+    patient's slices alone would remove what tells that patient's class apart. A mil epoch draws
+    each patient's bag as many times as its slices fill bags on average, so that an epoch of
+    either model processes about as many slices as the training patients have.
+    """
     if settings.model == "mil":
         rng = _rng(settings.seed, fold, epoch, 2)
+        mean_slices = np.mean([len(rows) for rows in patient_rows.values()])
+        passes = max(1, int(round(mean_slices / settings.bag_size)))
         bags = []
-        for patient in rng.permutation(sorted(patient_rows)):
-            rows = patient_rows[patient]
-            if len(rows) > settings.bag_size:
-                rows = np.sort(rng.choice(rows, settings.bag_size, replace=False))
-            bags.append(rows)
-        return bags
+        for _ in range(passes):
+            for patient in rng.permutation(sorted(patient_rows)):
+                rows = patient_rows[patient]
+                if len(rows) > settings.bag_size:
+                    rows = np.sort(rng.choice(rows, settings.bag_size, replace=False))
+                bags.append(rows)
+        step = settings.bags_per_step
+        return [np.concatenate(bags[i: i + step]) for i in range(0, len(bags), step)]
     rows = np.concatenate(list(patient_rows.values()))
     order = _rng(settings.seed, fold, epoch, 1).permutation(rows)
     return [order[i: i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
 
 
-def augment(images: torch.Tensor, whole_bag: bool) -> torch.Tensor:
+def augment(images: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Random left-right flip, small affine (rotation 10 deg, scale 10%, shift 5%), contrast and
-    noise, of z-scored slices (n, 1, h, w); a bag is transformed as one.
+    noise, of z-scored slices (n, 1, h, w); slices of one group (a patient's bag, contiguous)
+    are transformed alike, or each slice on its own when `groups` is None.
 
     With a few dozen patients a network can learn each patient's scanner and anatomy by heart;
     these draws make that harder than learning the lesions. They come from torch's generator,
     seeded per epoch, so a resumed run draws the same.
     """
-    n = 1 if whole_bag else images.shape[0]
-    device = images.device
+    if groups is None:
+        member = torch.arange(images.shape[0])
+    else:
+        member = torch.unique_consecutive(groups.cpu(), return_inverse=True)[1]
+    n = int(member.max()) + 1
     flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
     angle = torch.deg2rad(torch.empty(n).uniform_(-10.0, 10.0))
     scale = torch.empty(n).uniform_(0.9, 1.1)
     shift = torch.empty(n, 2).uniform_(-0.05, 0.05)
+    contrast = torch.empty(n).uniform_(0.85, 1.15)
+    noise = torch.empty(n).uniform_(0.0, 0.1)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = flip * scale * torch.cos(angle)
     theta[:, 0, 1] = -scale * torch.sin(angle)
     theta[:, 1, 0] = flip * scale * torch.sin(angle)
     theta[:, 1, 1] = scale * torch.cos(angle)
     theta[:, :, 2] = shift
-    contrast = torch.empty(n, 1, 1, 1).uniform_(0.85, 1.15)
-    noise = torch.empty(n, 1, 1, 1).uniform_(0.0, 0.1)
-    expand = (images.shape[0], -1, -1) if whole_bag else (-1, -1, -1)
-    grid = torch.nn.functional.affine_grid(theta.to(device).expand(*expand), list(images.shape), align_corners=False)
+    device = images.device
+    grid = F.affine_grid(theta[member].to(device), list(images.shape), align_corners=False)
     background = images.amin(dim=(2, 3), keepdim=True)
-    moved = torch.nn.functional.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros") + background
-    jitter = torch.randn_like(images)
-    factors = (contrast.expand(images.shape[0], -1, -1, -1) if whole_bag else contrast).to(device)
-    sigma = (noise.expand(images.shape[0], -1, -1, -1) if whole_bag else noise).to(device)
-    return moved * factors + sigma * jitter
+    moved = F.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros") + background
+    per_slice = (-1, 1, 1, 1)
+    return moved * contrast[member].view(per_slice).to(device) + noise[member].view(per_slice).to(device) * torch.randn_like(images)
+
+
+def _bag_starts(groups: torch.Tensor) -> torch.Tensor:
+    """Index of the first slice of each bag (bags are runs of equal patient numbers)."""
+    counts = torch.unique_consecutive(groups, return_counts=True)[1]
+    return torch.cumsum(counts, 0) - counts
 
 
 def _class_weights(counts: np.ndarray) -> torch.Tensor:
@@ -264,7 +291,9 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
     train, validation = validation_split(train_val, settings.validation_fraction, settings.seed, fold_number)
     label_of = patients.set_index("patient_id")["label"]
     row_labels = np.full(len(bank.images), -1, dtype=np.int64)
-    for patient, rows in all_rows.items():
+    row_patients = np.full(len(bank.images), -1, dtype=np.int64)
+    for number, (patient, rows) in enumerate(all_rows.items()):
+        row_patients[rows] = number
         if patient in label_of.index:
             row_labels[rows] = classes.index(label_of[patient])
     train_rows = {p: all_rows[p] for p in train["patient_id"]}
@@ -301,25 +330,27 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         "preprocessing": bank.preprocessing,
         "trained_on": sorted(train_val["patient_id"]),
     }
-    resident = DeviceBank(bank.images, row_labels, device) if settings.bank_on_gpu and DeviceBank.fits(bank.images, device) else None
+    resident = DeviceBank(bank.images, row_labels, row_patients, device) if settings.bank_on_gpu and DeviceBank.fits(bank.images, device) else None
     epoch = state["epoch"] + 1
     while not state["done"] and epoch < settings.max_epochs:
         torch.manual_seed(hash((settings.seed, fold_number, epoch)) % (2**31))
         batches = _epoch_batches(settings, train_rows, fold_number, epoch)
         # Every process must take the same number of steps, or one waits forever in all-reduce.
         batches = batches[: len(batches) // world * world][rank::world]
-        loader = batch_source(Path(bank_dir), bank.images, batches, row_labels, device, settings, resident)
+        loader = batch_source(Path(bank_dir), batches, row_labels, row_patients, device, settings, resident)
         model.train()
         start, losses, seen = time.perf_counter(), [], 0
-        for images, labels in loader:
+        for images, labels, groups in loader:
             images = zscore(images.to(device, non_blocking=True))
+            bags = groups if settings.model == "mil" else None
             if settings.augment:
-                images = augment(images, settings.model == "mil")
+                images = augment(images, bags)
             if settings.channels_last and device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            target = labels.to(device)[:1] if settings.model == "mil" else labels.to(device)
+            labels, groups = labels.to(device), groups.to(device)
+            target = labels[_bag_starts(groups)] if settings.model == "mil" else labels
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                scale_logits = step_module(images)
+                scale_logits = step_module(images, groups)
             loss = torch.stack([focal_cross_entropy(s, target, alpha, settings.focal_gamma) for s in scale_logits]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -67,6 +67,22 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
+def test_slurm_profile_sends_training_to_the_gpu_partition(tmp_path):
+    """Dry run with profiles/slurm: every job is submitted with the account placeholder, the
+    training jobs to the GPU partition with one GPU, the others to the CPU partition."""
+    result = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "-n")
+    jobs, rule = {}, None
+    for line in result.stdout.splitlines():
+        if line.startswith(("rule ", "checkpoint ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            jobs.setdefault(rule, line)
+    assert {"phantom", "ingest", "train_fold"} <= set(jobs)
+    assert all("slurm_account=<your-account>" in r for r in jobs.values())
+    assert "slurm_partition=<gpu-partition>" in jobs["train_fold"] and "gpu=1" in jobs["train_fold"]
+    assert all("slurm_partition=<cpu-partition>" in r for rule, r in jobs.items() if rule != "train_fold")
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
     config = write_config(tmp_path, TRAINING_DEMO)
@@ -88,6 +104,9 @@ def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
     assert find_leaks(tmp_path / "results", planted) == []  # ...and nowhere in the outputs
     again = snakemake(tmp_path, "--configfile", str(config), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    retrain = write_config(tmp_path / "retrain", {**TRAINING_DEMO, "demo": {**TRAINING_DEMO["demo"], "train": {**TRAINING_DEMO["demo"]["train"], "max_epochs": 2}}})
+    planned = planned_jobs(snakemake(tmp_path, "--configfile", str(retrain), "-n").stdout)
+    assert planned["train_fold"] == 3 and "phantom" not in planned and "ingest" not in planned  # retrains only
 
     # Prediction mode: the final model on the demo's sample sheet, in a working directory whose
     # config does not repeat the demo's cache settings: the model file's preprocessing is used,

@@ -10,7 +10,7 @@ rule phantom:
         lesions=f"{DEMO_ROOT}/truth/{{patient}}_lesions.nii.gz",
         record=f"{DEMO_ROOT}/truth/{{patient}}.json",
     params:
-        demo=lookup(dpath="demo", within=config),
+        demo=DEMO_COHORT,
         classes=lookup(dpath="classes", within=config),
     log:
         log_path("phantom"),
@@ -34,7 +34,7 @@ rule demo_sample_sheet:
     output:
         f"{DEMO_ROOT}/samples.tsv",
     params:
-        demo=lookup(dpath="demo", within=config),
+        demo=DEMO_COHORT,
         classes=lookup(dpath="classes", within=config),
     log:
         f"{LOGS}/demo_sample_sheet.log",
