@@ -26,8 +26,30 @@ def load_schema(name: str) -> dict:
         return yaml.safe_load(handle)
 
 
+_PARSERS = {"integer": int, "number": float, "boolean": lambda text: {"true": True, "false": False}[text.strip().lower()]}
+
+
+def _from_text(value, schema: dict):
+    """`value` converted where it is text but the schema wants a number or boolean.
+
+    Snakemake reads nested `--config` values (`train={"folds": 3}`) with YAML's BaseLoader, so
+    every scalar inside arrives as a string; values that do not convert stay as they are and
+    fail validation with their key named.
+    """
+    kind = schema.get("type")
+    if isinstance(value, str) and isinstance(kind, str) and kind in _PARSERS:
+        try:
+            return _PARSERS[kind](value)
+        except (ValueError, KeyError):
+            return value
+    if isinstance(value, list) and kind == "array" and isinstance(schema.get("items"), dict):
+        return [_from_text(item, schema["items"]) for item in value]
+    return value
+
+
 def _with_defaults(validator_class):
-    """A validator that also fills `default:` values of absent properties (jsonschema FAQ)."""
+    """A validator that also fills `default:` values of absent properties (jsonschema FAQ) and
+    converts text to the numbers and booleans the schema asks for."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -35,6 +57,8 @@ def _with_defaults(validator_class):
             for key, sub in properties.items():
                 if "default" in sub and key not in instance:
                     instance[key] = copy.deepcopy(sub["default"])
+                elif key in instance:
+                    instance[key] = _from_text(instance[key], sub)
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})

@@ -48,6 +48,15 @@ def test_empty_config_gets_all_defaults():
     assert config["demo"]["patients_per_class"] == 12
 
 
+def test_text_from_nested_command_line_values_becomes_numbers():
+    """`--config 'train={"folds": 3}'` reaches the workflow as {"folds": "3"} (Snakemake's parser)."""
+    config = validate_config({"train": {"folds": "3", "amp": "false", "learning_rate": "1e-3"}, "cache": {"spacing_mm": ["5", "2", "2.5"]}})
+    assert config["train"]["folds"] == 3 and config["train"]["amp"] is False and config["train"]["learning_rate"] == 0.001
+    assert config["cache"]["spacing_mm"] == [5.0, 2.0, 2.5]
+    with pytest.raises(ConfigError, match="train.folds: 'three' is not of type 'integer'"):
+        validate_config({"train": {"folds": "three"}})
+
+
 def test_bad_config_names_the_key():
     with pytest.raises(ConfigError, match=r"ingest\.min_slices: 0 is less than the minimum of 1"):
         validate_config({"ingest": {"min_slices": 0}})
