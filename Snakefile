@@ -20,6 +20,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/lungs.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/cam.smk"
 
 
 onstart:
@@ -36,6 +37,7 @@ rule all:
         qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
         demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
         cohort=final_targets(),
+        cam=cam_targets,
 
 
 rule prepare:

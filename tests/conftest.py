@@ -7,10 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
+from nibabel.processing import resample_from_to
 
+from lungcam.cache import CacheSettings, build_cache
 from lungcam.config import load_config
-from lungcam.ingest import IngestSettings, ingest_patient
+from lungcam.ingest import VOLUME_NAME, IngestSettings, ingest_patient
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows, write_sample_sheet
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 from lungcam.records import write_record
@@ -121,3 +125,17 @@ def write_painted_study(dicom_dir: Path, truth_path: Path, seed: int = 7, positi
     painted_scan = Scan(painted, scan.lungs, scan.lesions, scan.xs, scan.ys, scan.zs, noise_free=False)
     write_study(painted_scan, plan, nuisance, PhantomOptions(128, localizer=False, thick_series=False), dicom_dir)
     save_mask(scan.lungs, scan.affine(), truth_path)
+
+
+@pytest.fixture(scope="session", params=["HFS", "FFS"])
+def cached(request, tmp_path_factory, config):
+    """A painted phantom written head first or feet first, ingested and cached with its true lungs
+    (anisotropic cache voxels, 2.5 x 1.25 x 1.25 mm)."""
+    root = tmp_path_factory.mktemp(f"cache-{request.param}")
+    write_painted_study(root / "dicom", root / "truth.nii.gz", seed=3, position=request.param)
+    ingest_patient("P", root / "dicom", root / "stage", IngestSettings.from_config(config["ingest"]))
+    volume = root / "stage" / VOLUME_NAME
+    truth = resample_from_to(nib.load(root / "truth.nii.gz"), nib.load(volume), order=0)
+    nib.save(nib.Nifti1Image(np.asarray(truth.dataobj).astype(np.uint8), truth.affine), root / "lungs.nii.gz")
+    summary = build_cache(volume, root / "lungs.nii.gz", root / "cache", CacheSettings(spacing_mm=(2.5, 1.25, 1.25), margin_mm=10.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False))
+    return root, volume, summary, request.param

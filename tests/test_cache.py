@@ -4,30 +4,8 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-import pytest
-from nibabel.processing import resample_from_to
 
-from lungcam.cache import CacheSettings, build_cache, load_cache, to_source_grid
-from lungcam.ingest import VOLUME_NAME, ingest_patient
-
-from .conftest import write_painted_study
-
-SETTINGS = CacheSettings(spacing_mm=(2.5, 1.25, 1.25), margin_mm=10.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False)
-
-
-@pytest.fixture(scope="module", params=["HFS", "FFS"])
-def cached(request, tmp_path_factory, config):
-    """A painted phantom written head first or feet first, ingested and cached with its true lungs."""
-    from lungcam.ingest import IngestSettings
-
-    root = tmp_path_factory.mktemp(f"cache-{request.param}")
-    write_painted_study(root / "dicom", root / "truth.nii.gz", seed=3, position=request.param)
-    ingest_patient("P", root / "dicom", root / "stage", IngestSettings.from_config(config["ingest"]))
-    volume = root / "stage" / VOLUME_NAME
-    truth = resample_from_to(nib.load(root / "truth.nii.gz"), nib.load(volume), order=0)
-    nib.save(nib.Nifti1Image(np.asarray(truth.dataobj).astype(np.uint8), truth.affine), root / "lungs.nii.gz")
-    summary = build_cache(volume, root / "lungs.nii.gz", root / "cache", SETTINGS)
-    return root, volume, summary, request.param
+from lungcam.cache import load_cache, to_source_grid
 
 
 def test_cache_is_cropped_windowed_and_memory_mapped(cached):

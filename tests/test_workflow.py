@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
@@ -15,6 +16,7 @@ import yaml
 
 from lungcam.inference import load_model, predict_patients
 from lungcam.leak_scan import find_leaks
+from lungcam.lesions import COLUMNS as LESION_COLUMNS
 from lungcam.phantom import plan_cohort
 from lungcam.phantom.cohort import STREAM_IDENTITY, patient_rng
 from lungcam.phantom.dicom_writer import draw_identity
@@ -98,6 +100,15 @@ def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
     assert sorted(predictions["fold"].unique()) == [0, 1, 2]
     probabilities = predictions[["prob_COVID-19", "prob_CAP", "prob_NP"]].to_numpy()
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    for plan in plans:
+        cam = nib.load(tmp_path / "results" / "cam" / f"{plan.patient_id}.nii.gz")
+        scan = nib.load(tmp_path / "results" / "nifti" / f"{plan.patient_id}.nii.gz")
+        lungs = np.asarray(nib.load(tmp_path / "results" / "lungs" / f"{plan.patient_id}.nii.gz").dataobj)
+        values = np.asarray(cam.dataobj)
+        assert cam.shape == scan.shape and np.allclose(cam.affine, scan.affine) and values.dtype == np.float32
+        assert values.min() >= 0 and values.max() <= 1 and not values[lungs == 0].any()
+        lesions = pd.read_csv(tmp_path / "results" / "lesions" / f"{plan.patient_id}.tsv", sep="\t")
+        assert list(lesions.columns) == LESION_COLUMNS and set(lesions["side"]) <= {"right", "left"}
     planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY)).planted_values()]
     header = pydicom.dcmread(next((tmp_path / "demo" / "dicom" / plans[0].patient_id).iterdir()), stop_before_pixels=True)
     assert str(header.PatientName) in planted  # the planted values are really in the input...
@@ -120,6 +131,7 @@ def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
     expected = predict_patients(model, metadata, bank, sorted(predicted.index), torch.device("cpu")).set_index("patient_id")
     assert np.allclose(predicted[expected.columns].to_numpy(), expected.to_numpy(), atol=1e-5)
     assert set(predicted["fold"]) == {"predict"}
+    assert sorted(p.name for p in (predict_dir / "results" / "cam").iterdir()) == sorted(f"{p.patient_id}.nii.gz" for p in plans)
     assert dict(predicted["label"]) == {p.patient_id: p.label for p in plans}
 
 

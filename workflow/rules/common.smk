@@ -118,6 +118,21 @@ def patient_qc_inputs(wildcards) -> dict:
     return inputs
 
 
+# ---- class activation maps -------------------------------------------------------------
+
+# The models that map patients: the fold models (each maps the patients it held out), or predict.model.
+CAM_MODELS = (
+    expand(f"{RESULTS}/model/fold{{fold}}.pt", fold=range(config["train"]["folds"])) if MODE == "train" else [config["predict"]["model"]]
+)
+
+
+def cam_targets(wildcards) -> list[str]:
+    """A map and lesion candidates for every patient that passed ingest and lung QC (waits for
+    their checkpoints)."""
+    mapped = [p for p in PATIENTS if ingest_record(p)["status"] == "ok" and lungs_record(p)["status"] == "ok"]
+    return [f"{RESULTS}/{kind}/{p}.{suffix}" for p in mapped for kind, suffix in (("cam", "nii.gz"), ("lesions", "tsv"))]
+
+
 # ---- lungmask weights ----------------------------------------------------------------------
 
 LUNGMASK = config["lungs"]["method"] == "lungmask"

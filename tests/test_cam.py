@@ -1,0 +1,108 @@
+"""Class activation maps: geometry from model space to the scan, value range, lungs only."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lungcam.cache import load_cache
+from lungcam.cam import cache_cam, scan_cam, slice_cams, target_class
+from lungcam.models import build_model
+from lungcam.slice_bank import bank_preprocessing
+
+INPUT = 48  # model input; cache slices are not square, so the resize is anisotropic
+
+
+class PeakMaps(nn.Module):
+    """Stands in for Hu2020Net.maps: a Gaussian at a given model-space pixel, at all three scales."""
+
+    def __init__(self, row: float, column: float):
+        super().__init__()
+        self.row, self.column = row, column
+
+    def maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        i, j = torch.meshgrid(torch.arange(INPUT, dtype=torch.float32), torch.arange(INPUT, dtype=torch.float32), indexing="ij")
+        peak = torch.exp(-((i - self.row) ** 2 + (j - self.column) ** 2) / 2.0)
+        return [peak.expand(x.shape[0], 2, INPUT, INPUT)] * 3
+
+
+def test_a_cam_peak_in_model_space_lands_on_its_physical_point(cached):
+    """A map peak at a model-space pixel of a lung slice is a known scanner point (through the
+    cache transform); on the scan's grid the map peaks there within one voxel, head first and
+    feet first, with anisotropic cache voxels and an anisotropic resize to the model input."""
+    root, volume, _, position = cached
+    image, lungs, transform = load_cache(root / "cache")
+    to_scan = np.linalg.inv(nib.load(volume).affine) @ np.array(transform.affine)  # cache (x, y, z) -> scan voxel
+    height, width = image.shape[1:]
+    rng = np.random.default_rng(1)
+    lung_voxels = np.argwhere(np.asarray(lungs) > 0)
+    for z, y, x in lung_voxels[rng.choice(len(lung_voxels), 5, replace=False)]:
+        expected = nib.affines.apply_affine(to_scan, [x, y, z])
+        # The resize to the model input keeps pixel centres: model = (cache + 0.5) * INPUT / size - 0.5
+        model = PeakMaps((y + 0.5) * INPUT / height - 0.5, (x + 0.5) * INPUT / width - 0.5)
+        maps = np.zeros(image.shape, dtype=np.float32)
+        maps[z] = slice_cams(model, np.asarray(image[z: z + 1]), 1, INPUT, torch.device("cpu"))[0]
+        mapped = scan_cam(maps / maps.max(), transform, np.ones(nib.load(volume).shape))
+        found = np.unravel_index(np.argmax(mapped), mapped.shape)
+        assert np.all(np.abs(np.array(found) - expected) <= 1.0), (position, found, expected)
+
+
+@pytest.mark.parametrize("kind", ["hu2020", "mil"])
+def test_patient_cam_is_in_unit_range_and_zero_outside_the_lungs(cached, tmp_path, kind):
+    root, volume, _, _ = cached
+    torch.manual_seed(0)
+    model = build_model(kind, 3, 0.25, 0.5).eval()
+    metadata = {"model": kind, "classes": ["COVID-19", "CAP", "NP"], "settings": {"width": 0.25, "dropout": 0.5},
+                "preprocessing": bank_preprocessing(INPUT, 0.25, {})}
+    cam, transform = cache_cam(model, metadata, root / "cache", 0, torch.device("cpu"))
+    _, lungs, _ = load_cache(root / "cache")
+    assert cam.max() == pytest.approx(1.0) and cam.min() >= 0 and not cam[np.asarray(lungs) == 0].any()
+    scan_lungs = np.asarray(nib.load(root / "lungs.nii.gz").dataobj)
+    mapped = scan_cam(cam, transform, scan_lungs)
+    assert mapped.shape == nib.load(volume).shape and mapped.dtype == np.float32
+    assert 0 <= mapped.min() and mapped.max() <= 1 and not mapped[scan_lungs == 0].any() and mapped.max() > 0.5
+
+
+def test_target_class():
+    classes = ["COVID-19", "CAP", "NP"]
+    assert target_class({"label": "CAP", "predicted": "NP"}, classes, "predicted") == "NP"
+    assert target_class({"label": "CAP", "predicted": "NP"}, classes, "label") == "CAP"
+    assert target_class({"label": "", "predicted": "NP"}, classes, "label") == "NP"  # prediction mode, no label
+
+
+def lesion_fixture():
+    """Two lungs on a 2 x 1 x 1.5 mm grid (RAS affine, x flipped as in most NIfTI from DICOM),
+    a large blob in the right lung, a small one in the left, and a speck."""
+    lungs = np.zeros((60, 40, 30), dtype=np.uint8)
+    lungs[5:28, 5:35, 3:27] = 1  # voxel x index low = patient right here (affine x axis negative)
+    lungs[32:55, 5:35, 3:27] = 2
+    cam = np.zeros(lungs.shape, dtype=np.float32)
+    cam[10:16, 10:20, 10:14] = 1.0  # 6*10*4 voxels of 3 uL = 0.72 mL
+    cam[40:43, 10:13, 10:12] = 0.8  # 3*3*2 = 18 voxels = 0.054 mL
+    cam[50, 30, 20] = 0.9  # one voxel
+    affine = np.diag([-2.0, 1.0, 1.5, 1.0])
+    affine[:3, 3] = [100.0, -20.0, 30.0]
+    return cam, lungs, affine
+
+
+def test_lesion_candidates_volume_side_centroid_and_burden():
+    from lungcam.lesions import LesionSettings, find_lesions
+
+    cam, lungs, affine = lesion_fixture()
+    table, burden = find_lesions(cam, lungs, affine, LesionSettings("relative", 0.5, 0.0))
+    assert list(table["volume_ml"]) == [0.72, 0.054, 0.003] and list(table["lesion"]) == [1, 2, 3]
+    assert list(table["side"]) == ["right", "left", "left"] and table["peak_score"].iloc[0] == 1.0
+    centre_ras = affine[:3, :3] @ np.array([12.5, 14.5, 11.5]) + affine[:3, 3]
+    assert table.iloc[0][["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].tolist() == pytest.approx([-centre_ras[0], -centre_ras[1], centre_ras[2]], abs=0.05)
+    assert burden["right_percent"] == pytest.approx(100 * 240 / lungs[lungs == 1].size, abs=1e-3)
+    big_only, burden_big = find_lesions(cam, lungs, affine, LesionSettings("relative", 0.5, 0.5))
+    assert len(big_only) == 1 and burden_big["left_percent"] == 0  # dropped components are not burden
+    strict, _ = find_lesions(cam, lungs, affine, LesionSettings("relative", 0.95, 0.0))
+    assert list(strict["volume_ml"]) == [0.72]
+    otsu, _ = find_lesions(cam, lungs, affine, LesionSettings("otsu", 0.5, 0.0))
+    assert len(otsu) == 3
+    empty, nothing = find_lesions(np.zeros_like(cam), lungs, affine, LesionSettings("otsu", 0.5, 0.0))
+    assert empty.empty and nothing["total_percent"] == 0

@@ -1,0 +1,48 @@
+"""Class activation maps: one heatmap per patient, on the grid of its scan (lungcam.cam).
+
+Each patient is mapped by the model that did not see it in training (the fold model that held
+it out), or by predict.model in mode predict.
+"""
+
+
+rule cam:
+    input:
+        cache=f"{WORK}/cache/{{patient}}",
+        lungs=f"{RESULTS}/lungs/{{patient}}.nii.gz",
+        predictions=f"{RESULTS}/predictions.tsv",
+        models=CAM_MODELS,
+    output:
+        f"{RESULTS}/cam/{{patient}}.nii.gz",
+    params:
+        target=lookup(dpath="cam/target", within=config),
+        method=lookup(dpath="cam/method", within=config),
+        device=lookup(dpath="train/device", within=config),
+    log:
+        log_path("cam"),
+    benchmark:
+        benchmark_path("cam")
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/cam.py"
+
+
+rule lesions:
+    input:
+        cam=rules.cam.output[0],
+        lungs=f"{RESULTS}/lungs/{{patient}}.nii.gz",
+    output:
+        table=f"{RESULTS}/lesions/{{patient}}.tsv",
+        burden=f"{RESULTS}/lesions/{{patient}}.json",
+    params:
+        settings=lookup(dpath="cam/lesions", within=config),
+    log:
+        log_path("lesions"),
+    benchmark:
+        benchmark_path("lesions")
+    conda:
+        "../../envs/lungs.yaml"
+    script:
+        "../../scripts/lesions.py"
