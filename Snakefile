@@ -38,11 +38,4 @@ rule all:
         demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
         cohort=final_targets(),
         cam=cam_targets,
-
-
-rule prepare:
-    """Every patient through ingest, lungs and the model-input cache, without training: run it
-    on CPU nodes before sending the training to GPUs (`snakemake prepare`)."""
-    input:
-        qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
-        demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
+        cohort_qc=rules.prepare.output[0],

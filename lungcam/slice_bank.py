@@ -37,7 +37,7 @@ def lung_slice_indices(lungs: np.ndarray, min_lung_fraction: float) -> np.ndarra
 
 def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
     """uint8 (n, h, w) -> uint8 (n, size, size), bilinear with antialiasing."""
-    tensor = torch.from_numpy(np.ascontiguousarray(slices)).float().unsqueeze(1)
+    tensor = torch.from_numpy(np.array(slices, dtype=np.float32)).unsqueeze(1)
     resized = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -106,3 +107,25 @@ def test_lesion_candidates_volume_side_centroid_and_burden():
     assert len(otsu) == 3
     empty, nothing = find_lesions(np.zeros_like(cam), lungs, affine, LesionSettings("otsu", 0.5, 0.0))
     assert empty.empty and nothing["total_percent"] == 0
+
+
+def test_localisation_figures_of_a_map_that_finds_its_lesion():
+    from lungcam.lesions import LesionSettings
+    from lungcam.localisation import cohort_summary, patient_localisation, slice_scores
+
+    cam, lungs, affine = lesion_fixture()
+    lesion = np.zeros(lungs.shape, dtype=bool)
+    lesion[10:16, 10:20, 10:14] = True  # the big blob is the lesion; the small blob and the speck are not
+    result = patient_localisation(cam, lesion, lungs, affine, LesionSettings("relative", 0.5, 0.0))
+    assert result["pointing_game"] == 1.0 and result["hit"] == 1.0 and result["slice_auc"] == 1.0
+    assert result["dice"] == pytest.approx(2 * 240 / (240 + 18 + 1 + 240))
+    assert result["best_dice"] == 1.0 and result["best_threshold"] > 0.85  # above the speck (0.9) and the small blob
+    elsewhere = patient_localisation(np.where(lesion, 0.0, cam).astype(np.float32), lesion, lungs, affine, LesionSettings("relative", 0.5, 0.0))
+    assert elsewhere["pointing_game"] == 0.0 and elsewhere["hit"] == 0.0 and elsewhere["dice"] == 0.0
+    table = pd.DataFrame([{"patient_id": "a", **result}, {"patient_id": "b", **elsewhere}])
+    slices = pd.concat([slice_scores(cam, lesion, lungs, 2), slice_scores(np.where(lesion, 0.0, cam), lesion, lungs, 2)])
+    summary = cohort_summary(table, slices, seed=0)
+    assert summary["pointing_game"]["mean"] == 0.5 and summary["pointing_game"]["n"] == 2
+    low, high = summary["pointing_game"]["ci95"]
+    assert 0.0 <= low <= 0.5 <= high <= 1.0
+    assert 0.5 < summary["slice_auc_pooled"]["auc"] < 1.0

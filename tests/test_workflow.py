@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,8 @@ def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
         assert values.min() >= 0 and values.max() <= 1 and not values[lungs == 0].any()
         lesions = pd.read_csv(tmp_path / "results" / "lesions" / f"{plan.patient_id}.tsv", sep="\t")
         assert list(lesions.columns) == LESION_COLUMNS and set(lesions["side"]) <= {"right", "left"}
+    localisation = json.loads((tmp_path / "results" / "localisation.json").read_text())
+    assert localisation["patients"] == 9 and localisation["lesion_positive"] == 6 and localisation["pointing_game"]["n"] == 6
     planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY)).planted_values()]
     header = pydicom.dcmread(next((tmp_path / "demo" / "dicom" / plans[0].patient_id).iterdir()), stop_before_pixels=True)
     assert str(header.PatientName) in planted  # the planted values are really in the input...
@@ -170,6 +173,9 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
     assert published == sorted(f"{p.patient_id}.nii.gz" for p in plans[:2])
     assert sorted(p.name for p in (work / "results" / "lungs").iterdir()) == published
     assert sorted(p.name for p in (work / "work" / "cache").iterdir()) == sorted(p.patient_id for p in plans[:2])
+    cohort = pd.read_csv(work / "results" / "cohort_qc.tsv", sep="\t", keep_default_na=False).set_index("patient_id")
+    assert cohort.loc["bad-scout", "status"] == "excluded" and cohort.loc["bad-scout", "reasons"] == qc["bad-scout"]["reasons"][0]
+    assert set(cohort.index) == set(qc) and (cohort.loc[[p.patient_id for p in plans[:2]], "status"] == "ok").all()
     for plan in plans[:2]:
         assert qc[plan.patient_id]["stages"] == {"ingest": "ok", "lungs": "ok"}
         assert qc[plan.patient_id]["lungs"]["total_ml"] > 1000
@@ -190,6 +196,7 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
         work / "results" / "nifti" / f"{new.patient_id}.nii.gz",
         work / "results" / "nifti" / f"{new.patient_id}.json",
         work / "results" / "lungs" / f"{new.patient_id}.nii.gz",
+        work / "results" / "cohort_qc.tsv",
     }
 
 

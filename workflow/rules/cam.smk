@@ -46,3 +46,22 @@ rule lesions:
         "../../envs/lungs.yaml"
     script:
         "../../scripts/lesions.py"
+
+
+rule localisation:
+    input:
+        unpack(localisation_inputs),
+    output:
+        patients=f"{RESULTS}/localisation.tsv",
+        summary=f"{RESULTS}/localisation.json",
+    params:
+        settings=lookup(dpath="cam/lesions", within=config),
+        seed=lookup(dpath="train/seed", within=config),
+    log:
+        f"{LOGS}/localisation.log",
+    benchmark:
+        f"{LOGS}/benchmarks/localisation.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/localisation.py"

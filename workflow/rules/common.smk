@@ -126,11 +126,35 @@ CAM_MODELS = (
 )
 
 
+def mapped_patients() -> list[str]:
+    """The patients that passed ingest and lung QC, so get a map (waits for their checkpoints)."""
+    return [p for p in PATIENTS if ingest_record(p)["status"] == "ok" and lungs_record(p)["status"] == "ok"]
+
+
+def lesion_mask(patient: str) -> str:
+    """The sample sheet's lesion mask of `patient`, or '' when it has none."""
+    value = SAMPLES.loc[patient].get("lesion_mask", "")
+    return value if isinstance(value, str) else ""
+
+
 def cam_targets(wildcards) -> list[str]:
-    """A map and lesion candidates for every patient that passed ingest and lung QC (waits for
-    their checkpoints)."""
-    mapped = [p for p in PATIENTS if ingest_record(p)["status"] == "ok" and lungs_record(p)["status"] == "ok"]
-    return [f"{RESULTS}/{kind}/{p}.{suffix}" for p in mapped for kind, suffix in (("cam", "nii.gz"), ("lesions", "tsv"))]
+    """A map and lesion candidates per mapped patient; localisation figures when any of them has
+    a lesion mask."""
+    mapped = mapped_patients()
+    targets = [f"{RESULTS}/{kind}/{p}.{suffix}" for p in mapped for kind, suffix in (("cam", "nii.gz"), ("lesions", "tsv"))]
+    if any(lesion_mask(p) for p in mapped):
+        targets.append(f"{RESULTS}/localisation.json")
+    return targets
+
+
+def localisation_inputs(wildcards) -> dict:
+    """Map, lungs and lesion mask of every mapped patient that has a lesion mask."""
+    patients = [p for p in mapped_patients() if lesion_mask(p)]
+    return {
+        "cams": [f"{RESULTS}/cam/{p}.nii.gz" for p in patients],
+        "lungs": [f"{RESULTS}/lungs/{p}.nii.gz" for p in patients],
+        "masks": [lesion_mask(p) for p in patients],
+    }
 
 
 # ---- lungmask weights ----------------------------------------------------------------------

@@ -54,3 +54,26 @@ rule patient_qc:
         "../../envs/ingest.yaml"
     script:
         "../../scripts/patient_qc.py"
+
+
+localrules:
+    prepare,
+
+
+rule prepare:
+    """Every patient through ingest, lung masks and the model-input cache, without training
+    (`snakemake prepare`, e.g. on CPU nodes before the GPU jobs); ends with one table of every
+    patient's QC status."""
+    input:
+        qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
+        demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
+    output:
+        f"{RESULTS}/cohort_qc.tsv",
+    log:
+        f"{LOGS}/prepare.log",
+    benchmark:
+        f"{LOGS}/benchmarks/prepare.tsv"
+    conda:
+        "../../envs/ingest.yaml"
+    script:
+        "../../scripts/cohort_qc.py"

@@ -1,0 +1,24 @@
+"""Rule `prepare`: one row per patient with its QC status, reasons and warnings."""
+
+import pandas as pd
+
+from lungcam.joblog import job_log
+from lungcam.records import read_record
+
+snakemake = globals()["snakemake"]
+
+with job_log(snakemake.log[0]) as log:
+    rows = []
+    for path in snakemake.input.qc:
+        record = read_record(path)
+        stages = record.get("stages", {})
+        rows.append({
+            "patient_id": record["patient_id"],
+            "status": record["status"],
+            "stages": ", ".join(f"{stage} {state}" for stage, state in stages.items()),
+            "reasons": "; ".join(record.get("reasons", [])),
+            "warnings": "; ".join(record.get("warnings", [])),
+        })
+    table = pd.DataFrame(rows).sort_values("patient_id")
+    table.to_csv(snakemake.output[0], sep="\t", index=False)
+    log.info("%d patients, %d excluded", len(table), int((table["status"] != "ok").sum()))
