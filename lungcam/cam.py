@@ -86,11 +86,14 @@ def target_class(row: dict, classes: list[str], target: str) -> str:
 
 
 def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir: Path | str, lungs_path: Path | str, out_path: Path | str,
-                      device: torch.device | str = "cpu") -> dict:
-    """Write cam/{patient_id}.nii.gz for one patient; returns what was mapped, for the log."""
+                      device: torch.device | str = "cpu", volume_path: Path | str | None = None, figure_path: Path | str | None = None) -> dict:
+    """Write cam/{patient_id}.nii.gz for one patient, and with the scan's `volume_path` the key
+    slices figure at `figure_path`; returns what was mapped, for the log."""
     import nibabel as nib
 
     from .inference import load_model
+    from .montage import key_slices_figure
+    from .orientation import load_hu_lps
 
     device = torch.device(device)
     model, metadata = load_model(model_path, device)
@@ -102,4 +105,9 @@ def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir:
     image.header.set_data_dtype(np.float32)
     image.header["descrip"] = f"lungcam CAM {mapped}".encode()[:79]
     nib.save(image, out_path)
-    return {"class": mapped, "model": str(model_path), "peak": float(cam.max()), "voxels_above_half": int((cam >= 0.5).sum())}
+    summary = {"class": mapped, "model": str(model_path), "peak": float(cam.max()), "voxels_above_half": int((cam >= 0.5).sum())}
+    if volume_path is not None and figure_path is not None:
+        hu, view = load_hu_lps(volume_path)
+        title = f"{row.get('patient_id', '')} CAM {mapped} (predicted {row['predicted']})"
+        summary["key_slices"] = key_slices_figure(hu, view.lps(np.asarray(lungs.dataobj)), view.lps(cam), view.spacing, figure_path, title)
+    return summary

@@ -48,3 +48,33 @@ def lung_montage(hu_lps: np.ndarray, labels: np.ndarray, spacing: tuple[float, f
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80, facecolor="black")
     plt.close(fig)
+
+
+def key_slices(cam: np.ndarray, count: int = 3) -> list[int]:
+    """The `count` axial slices (LPS z) holding the most map mass, in head-foot order."""
+    mass = cam.reshape(cam.shape[0], -1).sum(axis=1)
+    ranked = [int(k) for k in np.argsort(-mass, kind="stable")[:count] if mass[k] > 0]
+    return sorted(ranked)
+
+
+def key_slices_figure(hu_lps: np.ndarray, labels: np.ndarray, cam: np.ndarray, spacing: tuple[float, float, float], path: Path | str, title: str) -> list[int]:
+    """Write the key slices of a CAM (LPS z, y, x, like the CT) over the CT in a lung window, the
+    map as a heatmap where it is at least 0.1, and the lung outlines; returns the slices shown."""
+    chosen = key_slices(cam) or lung_slices(labels)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 4.6), facecolor="black", squeeze=False)
+    aspect = spacing[1] / spacing[2]
+    for ax, k in zip(axes[0], chosen):
+        ax.imshow(hu_lps[k], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=aspect, interpolation="nearest")
+        heat = np.ma.masked_less(cam[k], 0.1)
+        ax.imshow(heat, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, aspect=aspect, interpolation="bilinear")
+        for value, colour in OUTLINE_COLOURS.items():
+            if (labels[k] == value).any():
+                ax.contour(labels[k] == value, levels=[0.5], colors=colour, linewidths=0.8)
+        ax.set_title(f"axial {k}: map mass {float(cam[k].sum()):.0f}", color="white", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, color="white", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return chosen

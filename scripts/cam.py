@@ -16,6 +16,7 @@ with job_log(snakemake.log[0]) as log:
     row = predictions.set_index("patient_id").loc[patient].to_dict()
     models = {Path(p).stem: p for p in snakemake.input.models}
     model = models[f"fold{row['fold']}"] if str(row["fold"]) != "predict" else snakemake.input.models[0]
-    summary = write_patient_cam(model, row, snakemake.params.target, snakemake.input.cache, snakemake.input.lungs, snakemake.output[0],
-                                pick_device(snakemake.params.device))
+    row["patient_id"] = patient
+    summary = write_patient_cam(model, row, snakemake.params.target, snakemake.input.cache, snakemake.input.lungs, snakemake.output.cam,
+                                pick_device(snakemake.params.device), snakemake.input.volume, snakemake.output.key_slices)
     log.info("CAM of %s: %s", patient, summary)

@@ -129,3 +129,17 @@ def test_localisation_figures_of_a_map_that_finds_its_lesion():
     low, high = summary["pointing_game"]["ci95"]
     assert 0.0 <= low <= 0.5 <= high <= 1.0
     assert 0.5 < summary["slice_auc_pooled"]["auc"] < 1.0
+
+
+def test_key_slices_are_those_with_the_most_map_mass(tmp_path):
+    from lungcam.montage import key_slices, key_slices_figure
+
+    cam = np.zeros((16, 32, 32), dtype=np.float32)
+    for k, value in ((3, 0.2), (7, 1.0), (9, 0.6), (12, 0.4)):
+        cam[k, 10:20, 10:20] = value
+    assert key_slices(cam) == [7, 9, 12] and key_slices(np.zeros_like(cam)) == []
+    labels = np.zeros(cam.shape, dtype=np.uint8)
+    labels[:, 5:27, 3:15], labels[:, 5:27, 17:29] = 1, 2
+    hu = np.where(labels > 0, -850.0, 40.0).astype(np.float32)
+    shown = key_slices_figure(hu, labels, cam, (2.5, 1.0, 1.0), tmp_path / "key.png", "test")
+    assert shown == [7, 9, 12] and (tmp_path / "key.png").stat().st_size > 5000

@@ -108,6 +108,7 @@ def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
         values = np.asarray(cam.dataobj)
         assert cam.shape == scan.shape and np.allclose(cam.affine, scan.affine) and values.dtype == np.float32
         assert values.min() >= 0 and values.max() <= 1 and not values[lungs == 0].any()
+        assert (tmp_path / "results" / "cam" / f"{plan.patient_id}_key_slices.png").stat().st_size > 5000
         lesions = pd.read_csv(tmp_path / "results" / "lesions" / f"{plan.patient_id}.tsv", sep="\t")
         assert list(lesions.columns) == LESION_COLUMNS and set(lesions["side"]) <= {"right", "left"}
     localisation = json.loads((tmp_path / "results" / "localisation.json").read_text())
@@ -134,7 +135,7 @@ def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
     expected = predict_patients(model, metadata, bank, sorted(predicted.index), torch.device("cpu")).set_index("patient_id")
     assert np.allclose(predicted[expected.columns].to_numpy(), expected.to_numpy(), atol=1e-5)
     assert set(predicted["fold"]) == {"predict"}
-    assert sorted(p.name for p in (predict_dir / "results" / "cam").iterdir()) == sorted(f"{p.patient_id}.nii.gz" for p in plans)
+    assert sorted(p.name for p in (predict_dir / "results" / "cam").glob("*.nii.gz")) == sorted(f"{p.patient_id}.nii.gz" for p in plans)
     assert dict(predicted["label"]) == {p.patient_id: p.label for p in plans}
 
 

@@ -8,11 +8,13 @@ it out), or by predict.model in mode predict.
 rule cam:
     input:
         cache=f"{WORK}/cache/{{patient}}",
+        volume=f"{RESULTS}/nifti/{{patient}}.nii.gz",
         lungs=f"{RESULTS}/lungs/{{patient}}.nii.gz",
         predictions=f"{RESULTS}/predictions.tsv",
         models=CAM_MODELS,
     output:
-        f"{RESULTS}/cam/{{patient}}.nii.gz",
+        cam=f"{RESULTS}/cam/{{patient}}.nii.gz",
+        key_slices=f"{RESULTS}/cam/{{patient}}_key_slices.png",
     params:
         target=lookup(dpath="cam/target", within=config),
         method=lookup(dpath="cam/method", within=config),
@@ -31,7 +33,7 @@ rule cam:
 
 rule lesions:
     input:
-        cam=rules.cam.output[0],
+        cam=rules.cam.output.cam,
         lungs=f"{RESULTS}/lungs/{{patient}}.nii.gz",
     output:
         table=f"{RESULTS}/lesions/{{patient}}.tsv",
