@@ -92,3 +92,16 @@ def cohort_summary(per_patient: pd.DataFrame, slices: pd.DataFrame, seed: int) -
     pooled = float(roc_auc_score(slices["infection"], slices["score"])) if slices["infection"].nunique() == 2 else float("nan")
     summary["slice_auc_pooled"] = {"auc": pooled, "slices": int(len(slices))}
     return summary
+
+
+def labelled_slice_scores(cam_lps: np.ndarray, lungs_lps: np.ndarray, labels: pd.DataFrame) -> pd.DataFrame:
+    """Map scores of the slices in a slice-label table (`slice_index`, `infection`), such as
+    COVID-CT-MD's: slice_index k counts from the most superior slice down, so it is LPS z
+    index (slices - 1 - k). Slices outside the volume or without lung are left out."""
+    count = cam_lps.shape[0]
+    z = count - 1 - labels["slice_index"].to_numpy()
+    keep = (z >= 0) & (z < count)
+    z, chosen = z[keep], labels[keep]
+    with_lung = (lungs_lps > 0).any(axis=(1, 2))[z]
+    return pd.DataFrame({"slice_index": chosen["slice_index"].to_numpy()[with_lung], "score": cam_lps.max(axis=(1, 2))[z][with_lung],
+                         "infection": chosen["infection"].to_numpy()[with_lung].astype(int)})

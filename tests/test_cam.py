@@ -143,3 +143,17 @@ def test_key_slices_are_those_with_the_most_map_mass(tmp_path):
     hu = np.where(labels > 0, -850.0, 40.0).astype(np.float32)
     shown = key_slices_figure(hu, labels, cam, (2.5, 1.0, 1.0), tmp_path / "key.png", "test")
     assert shown == [7, 9, 12] and (tmp_path / "key.png").stat().st_size > 5000
+
+
+def test_slice_labels_count_from_the_most_superior_slice():
+    from lungcam.localisation import labelled_slice_scores
+
+    cam = np.zeros((5, 4, 4), dtype=np.float32)  # LPS z: index 4 is the most superior slice
+    cam[4] = 0.9
+    cam[1] = 0.3
+    lungs = np.ones(cam.shape, dtype=np.uint8)
+    lungs[2] = 0
+    labels = pd.DataFrame({"slice_index": [0, 1, 2, 3, 4, 7], "infection": [1, 0, 0, 1, 0, 1]})
+    scores = labelled_slice_scores(cam, lungs, labels)
+    assert list(scores["slice_index"]) == [0, 1, 3, 4]  # 2 has no lung, 7 is outside the volume
+    assert list(scores["score"]) == pytest.approx([0.9, 0.0, 0.3, 0.0]) and list(scores["infection"]) == [1, 0, 1, 0]

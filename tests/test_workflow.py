@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from lungcam.config import load_config
 from lungcam.inference import load_model, predict_patients
 from lungcam.leak_scan import find_leaks
 from lungcam.lesions import COLUMNS as LESION_COLUMNS
@@ -247,3 +248,36 @@ def test_lungmask_method_with_weights_from_the_download_rule(tmp_path):
         overlap = ((found == side) & (truth == side)).sum()
         assert 2 * overlap / ((found == side).sum() + (truth == side).sum()) > 0.9
     assert read_record(tmp_path / "run" / "results" / "qc" / "P1.json")["lungs"]["method"] == "lungmask R231"
+
+
+@pytest.mark.slow
+def test_prediction_mode_on_the_real_covid_ct_md_cases(data, tmp_path):
+    """A model file (untrained here: the figures do not matter, the chain does) applied to the
+    real COVID-19, CAP and normal scans: predictions, heatmaps, lesion tables, and the slice-level
+    AUC against the radiologists' slice labels."""
+    from lungcam.inference import save_model
+    from lungcam.models import build_model
+    from lungcam.slice_bank import bank_preprocessing
+
+    torch.manual_seed(0)
+    model_file = tmp_path / "model.pt"
+    save_model(model_file, build_model("hu2020", 3, 0.25, 0.5), {
+        "model": "hu2020", "classes": ["COVID-19", "CAP", "NP"], "settings": {"width": 0.25, "dropout": 0.5, "aggregation": "topk_mean", "top_k": 5},
+        "preprocessing": bank_preprocessing(32, 0.25, load_config()["cache"] | {"spacing_mm": [5.0, 2.0, 2.0]}),
+    })
+    cases = {"P001": "COVID-19", "cap001": "CAP", "normal001": "NP"}
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text("patient_id\tlabel\tdicom_dir\n" + "".join(f"{p}\t{label}\t{data / 'covid-ct-md' / p}\n" for p, label in cases.items()))
+    config = write_config(tmp_path / "run", {"samples": str(sheet), "mode": "predict", "predict": {"model": str(model_file)},
+                                             "cam": {"slice_labels": str(data / "covid-ct-md" / "slice_labels.tsv")}})
+    snakemake(tmp_path / "run", "--configfile", str(config))
+    results = tmp_path / "run" / "results"
+    predictions = pd.read_csv(results / "predictions.tsv", sep="\t")
+    assert sorted(predictions["patient_id"]) == sorted(cases) and set(predictions["fold"]) == {"predict"}
+    for patient in cases:
+        cam = nib.load(results / "cam" / f"{patient}.nii.gz")
+        assert cam.shape == nib.load(results / "nifti" / f"{patient}.nii.gz").shape
+        assert list(pd.read_csv(results / "lesions" / f"{patient}.tsv", sep="\t").columns) == LESION_COLUMNS
+    labelled = json.loads((results / "localisation.json").read_text())["slice_labels"]
+    assert labelled["patients"] == 2 and set(labelled["auc_per_patient"]) == {"P001", "cap001"}
+    assert 0.0 <= labelled["auc_pooled"] <= 1.0 and labelled["slices"] > 100

@@ -59,6 +59,7 @@ rule localisation:
     params:
         settings=lookup(dpath="cam/lesions", within=config),
         seed=lookup(dpath="train/seed", within=config),
+        masks=LESION_MASKS,
     log:
         f"{LOGS}/localisation.log",
     benchmark:

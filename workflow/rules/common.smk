@@ -137,24 +137,37 @@ def lesion_mask(patient: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+SLICE_LABELS = config["cam"]["slice_labels"]
+SLICE_LABELLED = set(pd.read_csv(SLICE_LABELS, sep="\t", dtype=str)["patient_id"]) if SLICE_LABELS else set()
+LESION_MASKS = {p: lesion_mask(p) for p in PATIENTS if lesion_mask(p)}
+
+
+def localised_patients() -> list[str]:
+    """Mapped patients with a lesion mask or slice labels."""
+    return [p for p in mapped_patients() if p in LESION_MASKS or p in SLICE_LABELLED]
+
+
 def cam_targets(wildcards) -> list[str]:
     """A map and lesion candidates per mapped patient; localisation figures when any of them has
-    a lesion mask."""
+    a lesion mask or slice labels."""
     mapped = mapped_patients()
     targets = [f"{RESULTS}/{kind}/{p}.{suffix}" for p in mapped for kind, suffix in (("cam", "nii.gz"), ("lesions", "tsv"))]
-    if any(lesion_mask(p) for p in mapped):
+    if localised_patients():
         targets.append(f"{RESULTS}/localisation.json")
     return targets
 
 
 def localisation_inputs(wildcards) -> dict:
-    """Map, lungs and lesion mask of every mapped patient that has a lesion mask."""
-    patients = [p for p in mapped_patients() if lesion_mask(p)]
-    return {
+    """Map and lungs of every localised patient, their lesion masks, and the slice-label file."""
+    patients = localised_patients()
+    inputs = {
         "cams": [f"{RESULTS}/cam/{p}.nii.gz" for p in patients],
         "lungs": [f"{RESULTS}/lungs/{p}.nii.gz" for p in patients],
-        "masks": [lesion_mask(p) for p in patients],
+        "masks": [LESION_MASKS[p] for p in patients if p in LESION_MASKS],
     }
+    if SLICE_LABELS:
+        inputs["slice_labels"] = SLICE_LABELS
+    return inputs
 
 
 # ---- lungmask weights ----------------------------------------------------------------------
