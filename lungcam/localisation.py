@@ -28,6 +28,11 @@ def axial_axis(affine: np.ndarray) -> int:
     return int(np.argmax(np.abs(affine[2, :3])))
 
 
+def slice_auc(slices: pd.DataFrame) -> float:
+    """ROC AUC of slice `score` against `infection` (NaN unless both kinds of slice are there)."""
+    return float(roc_auc_score(slices["infection"], slices["score"])) if slices["infection"].nunique() == 2 else float("nan")
+
+
 def slice_scores(cam: np.ndarray, lesion: np.ndarray, lungs: np.ndarray, axis: int) -> pd.DataFrame:
     """Per axial slice with lung: `slice_index`, `score` (map maximum) and `infection` (0/1)."""
     others = tuple(a for a in range(3) if a != axis)
@@ -41,7 +46,7 @@ def patient_localisation(cam: np.ndarray, lesion: np.ndarray, lungs: np.ndarray,
     lesion = lesion > 0
     result = {"lesion_ml": round(float(lesion.sum()) * abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0, 3)}
     slices = slice_scores(cam, lesion, lungs, axial_axis(affine))
-    result["slice_auc"] = float(roc_auc_score(slices["infection"], slices["score"])) if slices["infection"].nunique() == 2 else float("nan")
+    result["slice_auc"] = slice_auc(slices)
     if not lesion.any():
         return result | {"pointing_game": float("nan"), "hit": float("nan"), "dice": float("nan"), "iou": float("nan"), "best_dice": float("nan"), "best_threshold": float("nan")}
     box = ndimage.find_objects((lungs > 0).astype(np.uint8))
@@ -89,8 +94,7 @@ def cohort_summary(per_patient: pd.DataFrame, slices: pd.DataFrame, seed: int) -
     for column in ("pointing_game", "hit", "dice", "iou", "best_dice", "slice_auc"):
         mean, low, high = bootstrap_mean(per_patient[column].to_numpy(), seed)
         summary[column] = {"mean": mean, "ci95": [low, high], "n": int(np.isfinite(per_patient[column].to_numpy(dtype=float)).sum())}
-    pooled = float(roc_auc_score(slices["infection"], slices["score"])) if slices["infection"].nunique() == 2 else float("nan")
-    summary["slice_auc_pooled"] = {"auc": pooled, "slices": int(len(slices))}
+    summary["slice_auc_pooled"] = {"auc": slice_auc(slices), "slices": int(len(slices))}
     return summary
 
 

@@ -28,6 +28,21 @@ def lung_slices(labels: np.ndarray, count: int = 3) -> list[int]:
     return [int(z[int(f * (z.size - 1))]) for f in np.linspace(0, 1, count + 2)[1:-1]]
 
 
+def _draw_outlines(ax, labels: np.ndarray) -> None:
+    """Each lung label's outline on a 2D panel (right lung red, left blue)."""
+    for value, colour in OUTLINE_COLOURS.items():
+        if (labels == value).any():
+            ax.contour(labels == value, levels=[0.5], colors=colour, linewidths=0.8)
+
+
+def _save_figure(fig, path: Path | str, title: str) -> None:
+    fig.suptitle(title, color="white", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+
+
 def lung_montage(hu_lps: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float], path: Path | str, title: str) -> None:
     """Write axial and coronal views of an LPS (z, y, x) volume with each label's outline."""
     axial = lung_slices(labels)
@@ -38,16 +53,10 @@ def lung_montage(hu_lps: np.ndarray, labels: np.ndarray, spacing: tuple[float, f
     views.append((hu_lps[::-1, coronal_y], labels[::-1, coronal_y], spacing[0] / spacing[2], "coronal"))
     for ax, (image, outline, aspect, name) in zip(axes, views):
         ax.imshow(image, cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=aspect, interpolation="nearest")
-        for value, colour in OUTLINE_COLOURS.items():
-            if (outline == value).any():
-                ax.contour(outline == value, levels=[0.5], colors=colour, linewidths=0.8)
+        _draw_outlines(ax, outline)
         ax.set_title(name, color="white", fontsize=9)
         ax.axis("off")
-    fig.suptitle(title, color="white", fontsize=10)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, facecolor="black")
-    plt.close(fig)
+    _save_figure(fig, path, title)
 
 
 def key_slices(cam: np.ndarray, count: int = 3) -> list[int]:
@@ -67,14 +76,8 @@ def key_slices_figure(hu_lps: np.ndarray, labels: np.ndarray, cam: np.ndarray, s
         ax.imshow(hu_lps[k], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=aspect, interpolation="nearest")
         heat = np.ma.masked_less(cam[k], 0.1)
         ax.imshow(heat, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, aspect=aspect, interpolation="bilinear")
-        for value, colour in OUTLINE_COLOURS.items():
-            if (labels[k] == value).any():
-                ax.contour(labels[k] == value, levels=[0.5], colors=colour, linewidths=0.8)
+        _draw_outlines(ax, labels[k])
         ax.set_title(f"axial {k}: map mass {float(cam[k].sum()):.0f}", color="white", fontsize=9)
         ax.axis("off")
-    fig.suptitle(title, color="white", fontsize=10)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, facecolor="black")
-    plt.close(fig)
+    _save_figure(fig, path, title)
     return chosen

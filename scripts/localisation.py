@@ -8,18 +8,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from nibabel.processing import resample_from_to
-from sklearn.metrics import roc_auc_score
 
 from lungcam.joblog import job_log
 from lungcam.lesions import LesionSettings
-from lungcam.localisation import axial_axis, cohort_summary, labelled_slice_scores, patient_localisation, slice_scores
+from lungcam.localisation import axial_axis, cohort_summary, labelled_slice_scores, patient_localisation, slice_auc, slice_scores
 from lungcam.orientation import LPSView
 
 snakemake = globals()["snakemake"]
-
-
-def auc(table: pd.DataFrame) -> float:
-    return float(roc_auc_score(table["infection"], table["score"])) if table["infection"].nunique() == 2 else float("nan")
 
 
 with job_log(snakemake.log[0]) as log:
@@ -39,7 +34,7 @@ with job_log(snakemake.log[0]) as log:
         if slice_labels is not None and patient in set(slice_labels["patient_id"]):
             view = LPSView.of(cam_image)
             scores = labelled_slice_scores(view.lps(cam), view.lps(lungs), slice_labels[slice_labels["patient_id"] == patient])
-            row["slice_label_auc"] = auc(scores)
+            row["slice_label_auc"] = slice_auc(scores)
             labelled.append(scores.assign(patient_id=patient))
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -48,8 +43,9 @@ with job_log(snakemake.log[0]) as log:
     summary = cohort_summary(masked, pd.concat(slices, ignore_index=True), snakemake.params.seed) if slices else {}
     if labelled:
         pooled = pd.concat(labelled, ignore_index=True)
-        summary["slice_labels"] = {"file": str(snakemake.input.slice_labels), "patients": len(labelled), "slices": len(pooled), "auc_pooled": auc(pooled),
-                                   "auc_per_patient": dict(zip(table.dropna(subset=["slice_label_auc"])["patient_id"], table["slice_label_auc"].dropna()))}
+        per_patient = table.dropna(subset=["slice_label_auc"])
+        summary["slice_labels"] = {"file": str(snakemake.input.slice_labels), "patients": len(labelled), "slices": len(pooled), "auc_pooled": slice_auc(pooled),
+                                   "auc_per_patient": dict(zip(per_patient["patient_id"], per_patient["slice_label_auc"]))}
     with open(snakemake.output.summary, "w") as handle:
         json.dump(summary, handle, indent=1)
     log.info("localisation of %d patients: %s", len(table), summary)

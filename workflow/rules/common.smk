@@ -131,15 +131,10 @@ def mapped_patients() -> list[str]:
     return [p for p in PATIENTS if ingest_record(p)["status"] == "ok" and lungs_record(p)["status"] == "ok"]
 
 
-def lesion_mask(patient: str) -> str:
-    """The sample sheet's lesion mask of `patient`, or '' when it has none."""
-    value = SAMPLES.loc[patient].get("lesion_mask", "")
-    return value if isinstance(value, str) else ""
-
-
 SLICE_LABELS = config["cam"]["slice_labels"]
 SLICE_LABELLED = set(pd.read_csv(SLICE_LABELS, sep="\t", dtype=str)["patient_id"]) if SLICE_LABELS else set()
-LESION_MASKS = {p: lesion_mask(p) for p in PATIENTS if lesion_mask(p)}
+# The sample sheet's lesion masks (column optional, cells may be empty).
+LESION_MASKS = {p: m for p, m in SAMPLES.get("lesion_mask", pd.Series(dtype=str)).items() if isinstance(m, str) and m}
 
 
 def localised_patients() -> list[str]:
