@@ -3,11 +3,14 @@
 The paper's multi-scale CAM: for each lung slice of the model-input cache, the class maps that
 `Hu2020Net` computes after pool3, pool4 and pool5 (ReLU outputs whose global maxima are the
 logits) are taken for the target class, each upsampled bilinearly to the cache slice, and
-averaged, as the three scales' logits are averaged. With the `mil` model each slice's map is
-weighted by the slice's attention relative to the largest. The stacked volume is scaled to
-[0, 1] by its maximum, set to 0 outside the cache's lungs, and resampled onto the grid of
-`nifti/{patient_id}.nii.gz` with the cache's transform (`lungcam.cache.to_source_grid`), then
-set to 0 outside `lungs/{patient_id}.nii.gz`.
+averaged, as the three scales' logits are averaged. The options Grad-CAM, Grad-CAM++ and
+LayerCAM (torchcam) weigh the same three layers' features by the class score's gradients, and
+Integrated Gradients (captum) attributes the score to the input pixels. With the `mil` model
+each slice's map is weighted by the slice's attention relative to the largest. The stacked
+volume is set to 0 outside the cache's lungs, resampled onto the grid of
+`nifti/{patient_id}.nii.gz` with the cache's transform (`lungcam.cache.to_source_grid`), set
+to 0 outside `lungs/{patient_id}.nii.gz`, and scaled to [0, 1] by its maximum there (a
+single-pixel peak, as Integrated Gradients makes, would otherwise be lost to the resampling).
 
 Model input and cache slice are related by the resize of `slice_bank.resize_slices`
 (half-pixel centres, `align_corners=False`); upsampling the maps to the cache slice with the same
@@ -16,6 +19,8 @@ convention inverts it, so a map peak returns to the physical point it came from.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +32,75 @@ from .models import AttentionMIL, Hu2020Net
 from .slice_bank import resize_slices, zscore
 
 
+METHODS = ("multiscale", "gradcam", "gradcampp", "layercam", "integrated_gradients")
+TORCHCAM_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMpp", "layercam": "LayerCAM"}
+SCALE_LAYERS = ["blocks.2", "blocks.3", "blocks.4"]  # pool3, pool4, pool5: what the heads read
+
+MapFunction = Callable[[torch.Tensor, int], list[torch.Tensor]]
+
+
 def _slice_network(model: torch.nn.Module) -> Hu2020Net:
     return model.slices if isinstance(model, AttentionMIL) else model
 
 
-@torch.no_grad()
-def slice_cams(model: torch.nn.Module, slices: np.ndarray, target: int, input_size: int, device: torch.device, batch_size: int = 32) -> np.ndarray:
-    """Fused multi-scale CAM (n, h, w) of uint8 cache slices (n, h, w) for class `target`."""
+@contextmanager
+def _map_function(network: torch.nn.Module, method: str, steps: int, batch_size: int) -> Iterator[MapFunction]:
+    """A function from a batch of model inputs and a class to that batch's maps (one or more
+    resolutions, each (n, h, w), not negative), for the duration of the context.
+
+    The gradient methods (torchcam) look at the same three layers as the paper's maps, the
+    pooled features the heads read, so the methods differ only in how they weigh those features.
+    Integrated Gradients (captum) attributes the class score to the input pixels, from a uniform
+    slice (zero after z-scoring) in `steps` steps; its positive part is the map.
+    """
+    if method == "multiscale":
+        def multiscale(x: torch.Tensor, target: int) -> list[torch.Tensor]:
+            with torch.no_grad():
+                return [m[:, target].float() for m in network.maps(x)]
+        yield multiscale
+    elif method in TORCHCAM_METHODS:
+        import torchcam.methods
+
+        with getattr(torchcam.methods, TORCHCAM_METHODS[method])(network, SCALE_LAYERS) as extractor:
+            def gradient_cam(x: torch.Tensor, target: int) -> list[torch.Tensor]:
+                return [m.float() for m in extractor(target, network(x), normalized=False)]
+            yield gradient_cam
+    elif method == "integrated_gradients":
+        from captum.attr import IntegratedGradients
+
+        attribution = IntegratedGradients(network)
+
+        def integrated_gradients(x: torch.Tensor, target: int) -> list[torch.Tensor]:
+            found = attribution.attribute(x, baselines=0.0, target=target, n_steps=steps, internal_batch_size=batch_size)
+            return [found[:, 0].detach().float().clamp_min(0)]
+        yield integrated_gradients
+    else:
+        raise ValueError(f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def slice_cams(model: torch.nn.Module, slices: np.ndarray, target: int, input_size: int, device: torch.device,
+               method: str = "multiscale", steps: int = 32, batch_size: int = 32) -> np.ndarray:
+    """Maps (n, h, w) of uint8 cache slices (n, h, w) for class `target` by `method`: each
+    layer's map upsampled to the cache slice, then averaged over the layers (the paper's fusion).
+
+    Every method's layers are averaged unscaled, as the paper averages its maps (whose maxima
+    are the logits), so slices stay comparable with each other. For Grad-CAM this lets the
+    coarsest layer dominate: its weights are gradients averaged over the layer's pixels, so
+    pool5's are the largest.
+    """
     network = _slice_network(model).eval()
     height, width = slices.shape[1:]
-    out = np.zeros(slices.shape, dtype=np.float32)
-    for start in range(0, len(slices), batch_size):
-        batch = resize_slices(np.asarray(slices[start: start + batch_size]), input_size)
-        maps = network.maps(zscore(torch.from_numpy(batch).to(device)))
-        fused = torch.stack([F.interpolate(m[:, target: target + 1].float(), size=(height, width), mode="bilinear", align_corners=False) for m in maps]).mean(dim=0)
-        out[start: start + len(batch)] = fused[:, 0].clamp_min(0).cpu().numpy()
-    return out
+    layers: list[np.ndarray] = []
+    with _map_function(network, method, steps, batch_size) as maps_of:
+        for start in range(0, len(slices), batch_size):
+            batch = resize_slices(np.asarray(slices[start: start + batch_size]), input_size)
+            maps = maps_of(zscore(torch.from_numpy(batch).to(device)), target)
+            if not layers:
+                layers = [np.zeros(slices.shape, dtype=np.float32) for _ in maps]
+            for layer, found in zip(layers, maps):
+                upsampled = F.interpolate(found[:, None], size=(height, width), mode="bilinear", align_corners=False)
+                layer[start: start + len(batch)] = upsampled[:, 0].clamp_min(0).cpu().numpy()
+    return np.mean(layers, axis=0, dtype=np.float32) if layers else np.zeros(slices.shape, dtype=np.float32)
 
 
 @torch.no_grad()
@@ -54,7 +112,8 @@ def slice_attention(model: AttentionMIL, slices: np.ndarray, input_size: int, de
     return attention / max(float(attention.max()), 1e-12)
 
 
-def cache_cam(model: torch.nn.Module, metadata: dict, cache_dir: Path | str, target: int, device: torch.device) -> tuple[np.ndarray, CacheTransform]:
+def cache_cam(model: torch.nn.Module, metadata: dict, cache_dir: Path | str, target: int, device: torch.device,
+              method: str = "multiscale", steps: int = 32) -> tuple[np.ndarray, CacheTransform]:
     """The patient's CAM on the cache grid (z, y, x) in [0, 1], 0 outside the lungs."""
     image, lungs, transform = load_cache(cache_dir)
     lungs = np.asarray(lungs) > 0
@@ -63,7 +122,7 @@ def cache_cam(model: torch.nn.Module, metadata: dict, cache_dir: Path | str, tar
     if len(with_lung):
         size = metadata["preprocessing"]["input_size"]
         slices = np.asarray(image[with_lung])
-        maps = slice_cams(model, slices, target, size, device)
+        maps = slice_cams(model, slices, target, size, device, method, steps)
         if metadata["model"] == "mil":
             maps *= slice_attention(model, slices, size, device)[:, None, None]
         volume[with_lung] = maps
@@ -73,9 +132,11 @@ def cache_cam(model: torch.nn.Module, metadata: dict, cache_dir: Path | str, tar
 
 
 def scan_cam(cache_volume: np.ndarray, transform: CacheTransform, scan_lungs: np.ndarray) -> np.ndarray:
-    """A cache-grid CAM on the scan's grid: float32 in [0, 1], 0 outside the scan's lungs."""
-    mapped = to_source_grid(cache_volume, transform, order=1)
-    return (np.clip(mapped, 0.0, 1.0) * (np.asarray(scan_lungs) > 0)).astype(np.float32)
+    """A cache-grid CAM on the scan's grid: float32 scaled to a maximum of 1 (unless empty), 0
+    outside the scan's lungs."""
+    mapped = np.clip(to_source_grid(cache_volume, transform, order=1), 0.0, None) * (np.asarray(scan_lungs) > 0)
+    peak = float(mapped.max())
+    return (mapped / peak if peak > 0 else mapped).astype(np.float32)
 
 
 def target_class(row: dict, classes: list[str], target: str) -> str:
@@ -86,9 +147,10 @@ def target_class(row: dict, classes: list[str], target: str) -> str:
 
 
 def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir: Path | str, lungs_path: Path | str, out_path: Path | str,
-                      device: torch.device | str = "cpu", volume_path: Path | str | None = None, figure_path: Path | str | None = None) -> dict:
-    """Write cam/{patient_id}.nii.gz for one patient, and with the scan's `volume_path` the key
-    slices figure at `figure_path`; returns what was mapped, for the log."""
+                      device: torch.device | str = "cpu", volume_path: Path | str | None = None, figure_path: Path | str | None = None,
+                      method: str = "multiscale", steps: int = 32) -> dict:
+    """Write cam/{patient_id}.nii.gz for one patient by `method` (METHODS), and with the scan's
+    `volume_path` the key slices figure at `figure_path`; returns what was mapped, for the log."""
     import nibabel as nib
 
     from .inference import load_model
@@ -98,16 +160,16 @@ def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir:
     device = torch.device(device)
     model, metadata = load_model(model_path, device)
     mapped = target_class(row, metadata["classes"], target)
-    volume, transform = cache_cam(model, metadata, cache_dir, metadata["classes"].index(mapped), device)
+    volume, transform = cache_cam(model, metadata, cache_dir, metadata["classes"].index(mapped), device, method, steps)
     lungs = nib.load(lungs_path)
     cam = scan_cam(volume, transform, np.asarray(lungs.dataobj))
     image = nib.Nifti1Image(cam, lungs.affine)
     image.header.set_data_dtype(np.float32)
-    image.header["descrip"] = f"lungcam CAM {mapped}".encode()[:79]
+    image.header["descrip"] = f"lungcam {method} {mapped}".encode()[:79]
     nib.save(image, out_path)
-    summary = {"class": mapped, "model": str(model_path), "peak": float(cam.max()), "voxels_above_half": int((cam >= 0.5).sum())}
+    summary = {"method": method, "class": mapped, "model": str(model_path), "peak": float(cam.max()), "voxels_above_half": int((cam >= 0.5).sum())}
     if volume_path is not None and figure_path is not None:
         hu, view = load_hu_lps(volume_path)
-        title = f"{row.get('patient_id', '')} CAM {mapped} (predicted {row['predicted']})"
+        title = f"{row.get('patient_id', '')} {method} map of {mapped} (predicted {row['predicted']})"
         summary["key_slices"] = key_slices_figure(hu, view.lps(np.asarray(lungs.dataobj)), view.lps(cam), view.spacing, figure_path, title)
     return summary

@@ -13,6 +13,8 @@ Cohort means get 95% bootstrap confidence intervals over patients (seeded).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -109,3 +111,42 @@ def labelled_slice_scores(cam_lps: np.ndarray, lungs_lps: np.ndarray, labels: pd
     with_lung = (lungs_lps > 0).any(axis=(1, 2))[z]
     return pd.DataFrame({"slice_index": chosen["slice_index"].to_numpy()[with_lung], "score": cam_lps.max(axis=(1, 2))[z][with_lung],
                          "infection": chosen["infection"].to_numpy()[with_lung].astype(int)})
+
+
+def localise_cohort(cams: list[Path | str], lungs: list[Path | str], masks: dict[str, str], slice_labels: pd.DataFrame | None,
+                    settings: LesionSettings, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Per-patient localisation figures of the maps `cam/{patient_id}.nii.gz` (with their lung
+    masks), against `masks` (patient -> lesion mask, resampled nearest-neighbour onto the map's
+    grid) and the slice labels; and the cohort summary over the patients with a lesion mask,
+    plus the slice-label AUCs."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    from .orientation import LPSView
+
+    labelled_patients = set(slice_labels["patient_id"]) if slice_labels is not None else set()
+    rows, slices, labelled = [], [], []
+    for cam_path, lungs_path in zip(cams, lungs):
+        patient = Path(cam_path).name[: -len(".nii.gz")]
+        cam_image = nib.load(cam_path)
+        cam, lung = np.asarray(cam_image.dataobj), np.asarray(nib.load(lungs_path).dataobj)
+        row = {"patient_id": patient}
+        if masks.get(patient):
+            lesion = np.asarray(resample_from_to(nib.load(masks[patient]), cam_image, order=0).dataobj) > 0
+            row |= patient_localisation(cam, lesion, lung, cam_image.affine, settings)
+            slices.append(slice_scores(cam, lesion, lung, axial_axis(cam_image.affine)).assign(patient_id=patient))
+        if patient in labelled_patients:
+            view = LPSView.of(cam_image)
+            scores = labelled_slice_scores(view.lps(cam), view.lps(lung), slice_labels[slice_labels["patient_id"] == patient])
+            row["slice_label_auc"] = slice_auc(scores)
+            labelled.append(scores.assign(patient_id=patient))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    masked = table[table["patient_id"].map(lambda p: bool(masks.get(p)))]
+    summary = cohort_summary(masked, pd.concat(slices, ignore_index=True), seed) if slices else {}
+    if labelled:
+        pooled = pd.concat(labelled, ignore_index=True)
+        per_patient = table.dropna(subset=["slice_label_auc"])
+        summary["slice_labels"] = {"patients": len(labelled), "slices": len(pooled), "auc_pooled": slice_auc(pooled),
+                                   "auc_per_patient": dict(zip(per_patient["patient_id"], per_patient["slice_label_auc"]))}
+    return table, summary

@@ -18,5 +18,6 @@ with job_log(snakemake.log[0]) as log:
     model = models[f"fold{row['fold']}"] if str(row["fold"]) != "predict" else snakemake.input.models[0]
     row["patient_id"] = patient
     summary = write_patient_cam(model, row, snakemake.params.target, snakemake.input.cache, snakemake.input.lungs, snakemake.output.cam,
-                                pick_device(snakemake.params.device), snakemake.input.volume, snakemake.output.key_slices)
+                                pick_device(snakemake.params.device), snakemake.input.volume, snakemake.output.key_slices,
+                                snakemake.params.method, snakemake.params.steps)
     log.info("CAM of %s: %s", patient, summary)

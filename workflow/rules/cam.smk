@@ -18,6 +18,7 @@ rule cam:
     params:
         target=lookup(dpath="cam/target", within=config),
         method=lookup(dpath="cam/method", within=config),
+        steps=lookup(dpath="cam/ig_steps", within=config),
         device=lookup(dpath="train/device", within=config),
     log:
         log_path("cam"),
