@@ -14,6 +14,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
@@ -21,6 +24,7 @@ include: "workflow/rules/lungs.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/cam.smk"
+include: "workflow/rules/report.smk"
 
 
 onstart:
@@ -39,3 +43,6 @@ rule all:
         cohort=final_targets(),
         cam=cam_targets,
         cohort_qc=rules.prepare.output[0],
+        metrics=rules.metrics.output[0],
+        provenance=rules.provenance.output[0],
+        summary=rules.summary.output[0],

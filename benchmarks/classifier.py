@@ -1,12 +1,12 @@
 """Cross-validated classification quality of a finished training run, against issue targets.
 
 Reads a workflow working directory after `snakemake` in mode train (results/predictions.tsv,
-results/model/fold*.pt, work/train/bank) and prints:
-1. patient level (out-of-fold): accuracy, macro one-vs-rest ROC AUC, confusion matrix, and the
-   targets (accuracy >= 0.90, macro AUC >= 0.95);
+results/model/fold*.pt, work/train/bank) and prints, with the metrics of results/metrics.json
+(lungcam.metrics, scikit-learn):
+1. patient level (out-of-fold): accuracy, macro one-vs-rest ROC AUC, per-class sensitivity and
+   specificity, confusion matrix, and the targets (accuracy >= 0.90, macro AUC >= 0.95);
 2. slice level, for hu2020 (as Hu et al. evaluated: every lung slice carries its patient's
-   label; each fold's model scores the slices of its own test patients): accuracy, macro AUC,
-   per-class sensitivity and specificity.
+   label; each fold's model scores the slices of its own test patients).
 
     .venv/bin/snakemake --cores 2 --directory /tmp/demo-hu2020
     .venv/bin/snakemake --cores 2 --directory /tmp/demo-mil --config 'demo={"train": {"model": "mil"}}'
@@ -19,63 +19,47 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.inference import load_model, slice_predictions  # noqa: E402
+from lungcam.inference import load_model, out_of_fold_slice_predictions  # noqa: E402
+from lungcam.metrics import point_metrics  # noqa: E402
 from lungcam.slice_bank import SliceBank  # noqa: E402
 
 TARGET_ACCURACY, TARGET_AUC = 0.90, 0.95
 
 
-def scores(labels: pd.Series, probabilities: pd.DataFrame, classes: list[str]) -> dict:
-    """Accuracy, macro one-vs-rest AUC, confusion matrix, per-class sensitivity and specificity."""
-    truth = labels.map(classes.index).to_numpy()
-    predicted = probabilities.to_numpy().argmax(axis=1)
-    matrix = confusion_matrix(truth, predicted, labels=range(len(classes)))
-    sensitivity = np.diag(matrix) / matrix.sum(axis=1).clip(min=1)
-    negatives = matrix.sum() - matrix.sum(axis=1)
-    specificity = (negatives - (matrix.sum(axis=0) - np.diag(matrix))) / negatives.clip(min=1)
-    if len(classes) == 2:
-        auc = roc_auc_score(truth, probabilities.to_numpy()[:, 1])
-    else:
-        auc = roc_auc_score(truth, probabilities.to_numpy(), multi_class="ovr", average="macro", labels=range(len(classes)))
-    return {"accuracy": accuracy_score(truth, predicted), "auc": auc, "matrix": matrix, "sensitivity": sensitivity, "specificity": specificity}
+def scores(table: pd.DataFrame, classes: list[str]) -> dict:
+    """point_metrics of a table with `label` and prob_<class> columns."""
+    return point_metrics(table["label"].map(classes.index).to_numpy(), table[[f"prob_{c}" for c in classes]].to_numpy(dtype=float), classes)
 
 
 def report(name: str, result: dict, classes: list[str], count: int) -> None:
-    print(f"{name} ({count}): accuracy {result['accuracy']:.3f}, macro AUC {result['auc']:.3f}")
-    for c, sens, spec in zip(classes, result["sensitivity"], result["specificity"]):
-        print(f"    {c:>9s}: sensitivity {sens:.3f}, specificity {spec:.3f}")
+    print(f"{name} ({count}): accuracy {result['accuracy']:.3f}, macro AUC {result['macro_roc_auc']:.3f}")
+    for c in classes:
+        print(f"    {c:>9s}: sensitivity {result['per_class'][c]['sensitivity']:.3f}, specificity {result['per_class'][c]['specificity']:.3f}")
     print("    confusion (rows true, columns predicted, order " + ", ".join(classes) + "):")
-    for row in result["matrix"]:
+    for row in result["confusion_matrix"]:
         print("      " + " ".join(f"{v:5d}" for v in row))
 
 
 def evaluate(workdir: Path) -> None:
-    predictions = pd.read_csv(workdir / "results" / "predictions.tsv", sep="\t")
+    predictions = pd.read_csv(workdir / "results" / "predictions.tsv", sep="\t", dtype={"patient_id": str})
     classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
     _, metadata = load_model(workdir / "results" / "model" / "fold0.pt")
     print(f"== {workdir}: model {metadata['model']}, input {metadata['preprocessing']['input_size']} px, width {metadata['settings']['width']}, "
           f"{predictions['fold'].nunique()} folds")
-    patient = scores(predictions["label"], predictions[[f"prob_{c}" for c in classes]], classes)
+    patient = scores(predictions, classes)
     report("patient level, out of fold", patient, classes, len(predictions))
-    met = patient["accuracy"] >= TARGET_ACCURACY and patient["auc"] >= TARGET_AUC
+    met = patient["accuracy"] >= TARGET_ACCURACY and patient["macro_roc_auc"] >= TARGET_AUC
     print(f"    target accuracy >= {TARGET_ACCURACY}, macro AUC >= {TARGET_AUC}: {'met' if met else 'NOT met'}")
     if metadata["model"] != "hu2020":
         return
-    bank = SliceBank.load(workdir / "work" / "train" / "bank")
-    tables = []
-    for fold, group in predictions.groupby("fold"):
-        model, fold_metadata = load_model(workdir / "results" / "model" / f"fold{fold}.pt")
-        table = slice_predictions(model, fold_metadata, bank, list(group["patient_id"]), torch.device("cpu"))
-        tables.append(table.merge(group[["patient_id", "label"]], on="patient_id"))
-    slices = pd.concat(tables, ignore_index=True)
-    report("slice level, out of fold", scores(slices["label"], slices[[f"prob_{c}" for c in classes]], classes), classes, len(slices))
+    models = {str(fold): workdir / "results" / "model" / f"fold{fold}.pt" for fold in predictions["fold"].unique()}
+    slices = out_of_fold_slice_predictions(predictions, models, SliceBank.load(workdir / "work" / "train" / "bank"), torch.device("cpu"))
+    report("slice level, out of fold", scores(slices, classes), classes, len(slices))
 
 
 def main() -> None:

@@ -140,3 +140,15 @@ def slice_predictions(model: torch.nn.Module, metadata: dict, bank: SliceBank, p
         table.insert(1, "cache_slice", rows["cache_slice"].to_numpy())
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
+
+
+def out_of_fold_slice_predictions(predictions: pd.DataFrame, models: dict[str, Path | str], bank: SliceBank, device: torch.device) -> pd.DataFrame:
+    """Slice probabilities of the patients of `predictions` (patient_id, label, fold), each
+    scored by the model that classified the patient: `models` maps a fold ("0", ..., or
+    "predict") to its hu2020 model file. Adds the patient's `label` to every slice."""
+    tables = []
+    for fold, group in predictions.groupby(predictions["fold"].astype(str)):
+        model, metadata = load_model(models[fold], device)
+        table = slice_predictions(model, metadata, bank, list(group["patient_id"]), device)
+        tables.append(table.merge(group[["patient_id", "label"]], on="patient_id"))
+    return pd.concat(tables, ignore_index=True)

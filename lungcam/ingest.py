@@ -28,6 +28,7 @@ from .compress import gzip_file
 from .deidentify import identifier_pattern, scrub, sidecar_fields
 from .dicom_series import DCM2NIIX_TRANSFER_SYNTAXES, ImageStack, Study, modality_of, read_study, slice_normal
 from .hu_check import verify_hu
+from .provenance import folder_digest
 from .records import write_record
 from .series_selection import SeriesChoice, SeriesPolicy, describe, select_series
 
@@ -224,7 +225,7 @@ def _ingest_into(record: dict, dicom_dir: Path, stage_dir: Path, settings: Inges
     else:
         study = read_study(dicom_dir)
         identifiers |= study.identifiers
-        record["files"] = {"found": study.total_files, "dicom_images": len(study.files), "skipped": study.skipped}
+        record["files"] = {"found": study.total_files, "dicom_images": len(study.files), "skipped": study.skipped, "sha256": folder_digest(dicom_dir)}
         if study.skipped:
             count = sum(study.skipped.values())
             record["warnings"].append(f"{count} file(s) ignored: " + ", ".join(f"{k} ({v})" for k, v in sorted(study.skipped.items())))

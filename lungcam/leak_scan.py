@@ -2,15 +2,21 @@
 
 Text, JSON, TSV, HTML and images are searched as bytes, case-insensitively. NIfTI files are
 searched in their header and extensions only: voxel values are numbers, and 4 bytes of image data
-matching a short name by chance is not a leak.
+matching a short name by chance is not a leak. Images embedded in HTML as base64 data URIs are
+decoded and searched as the image files are: base64 text spells short names by chance.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
+import re
 from pathlib import Path
 
 import nibabel as nib
+
+
+DATA_URI = re.compile(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)")
 
 
 def searchable_bytes(path: Path) -> bytes:
@@ -21,6 +27,8 @@ def searchable_bytes(path: Path) -> bytes:
         extensions = b"".join(ext.get_content() if isinstance(ext.get_content(), bytes) else str(ext.get_content()).encode() for ext in img.header.extensions)
         return img.header.binaryblock + extensions
     data = path.read_bytes()
+    if name.endswith((".html", ".htm")):
+        return DATA_URI.sub(lambda match: base64.b64decode(match.group(1)), data)
     return gzip.decompress(data) if name.endswith(".gz") else data
 
 

@@ -9,6 +9,6 @@ snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]):
     demo = snakemake.params.demo
-    plans = plan_cohort(demo["patients_per_class"], demo["seed"], tuple(snakemake.params.classes))
+    plans = plan_cohort(demo["patients_per_class"], demo["seed"], tuple(snakemake.params.classes), scout_only=demo["scout_only"])
     sheet = Path(snakemake.output[0])
     write_sample_sheet(sample_rows(plans, sheet.parent, relative_to=sheet.parent), sheet)

@@ -9,7 +9,7 @@ snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 
 with job_log(snakemake.log[0]) as log:
     demo = snakemake.params.demo
-    plans = {p.patient_id: p for p in plan_cohort(demo["patients_per_class"], demo["seed"], tuple(snakemake.params.classes))}
+    plans = {p.patient_id: p for p in plan_cohort(demo["patients_per_class"], demo["seed"], tuple(snakemake.params.classes), scout_only=demo["scout_only"])}
     plan = plans[snakemake.wildcards.patient]
     out = snakemake.output
     background = None

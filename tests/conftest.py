@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 from nibabel.processing import resample_from_to
 
 from lungcam.cache import CacheSettings, build_cache
@@ -72,6 +75,40 @@ def copy_files(sources, target: Path) -> Path:
 
 
 REAL_CASES = {"P001": 148, "cap001": 168, "normal001": 154}
+
+# The smallest demo that still trains: 3 patients per class (and the demo's scout-only patient,
+# excluded at ingest), 3 folds, one short epoch each; fewer bootstrap draws.
+TRAINING_DEMO = {
+    "demo": {"patients_per_class": 3, "matrix": 128, "localizer": False, "thick_series": False,
+             "train": {"input_size": 32, "width": 0.25, "max_epochs": 1, "bag_size": 8, "workers": 0}},
+    "train": {"folds": 3, "final_model": True},
+    "report": {"bootstrap": 200},
+}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the workflow in `workdir` with 2 cores; fail with its output unless `check` is off."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def training_demo(tmp_path_factory) -> tuple[Path, Path]:
+    """The workflow run once on TRAINING_DEMO, every stage: (working directory, its config)."""
+    workdir = tmp_path_factory.mktemp("training-demo")
+    config = write_config(workdir, TRAINING_DEMO)
+    snakemake(workdir, "--configfile", str(config))
+    return workdir, config
 
 
 def tree_digest(folder: Path) -> str:

@@ -46,6 +46,18 @@ def test_same_seed_gives_identical_files(tmp_path):
     assert digests[0] == digests[1]
 
 
+def test_scout_only_patients_follow_the_cohort_with_a_localizer_alone(tmp_path):
+    """The extra patients come after the balanced cohort (whose plans they leave unchanged),
+    and their study folder holds the localizer only."""
+    plans = plan_cohort(1, seed=3, scout_only=2)
+    assert plans[:3] == plan_cohort(1, seed=3) and [p.patient_id for p in plans[3:]] == ["demo004", "demo005"]
+    assert [p.scout_only for p in plans] == [False, False, False, True, True]
+    paths = cohort_layout(tmp_path, plans[3].patient_id)
+    generate_patient(plans[3], PhantomOptions(matrix=128, localizer=False, thick_series=True), paths["dicom"], paths["lungs"], paths["lesions"])
+    files = list(paths["dicom"].iterdir())
+    assert len(files) == 1 and list(pydicom.dcmread(files[0]).ImageType)[2] == "LOCALIZER"
+
+
 def test_nuisance_does_not_depend_on_labels():
     """Nuisance draws are keyed by (seed, index) only: relabelling changes none of them."""
     for patients_per_class in (2, 5):

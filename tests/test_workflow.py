@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -13,42 +14,21 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
-import yaml
 
-from lungcam.config import load_config
+from lungcam.config import config_hash, load_config
 from lungcam.inference import load_model, predict_patients
 from lungcam.leak_scan import find_leaks
 from lungcam.lesions import COLUMNS as LESION_COLUMNS
 from lungcam.phantom import plan_cohort
 from lungcam.phantom.cohort import STREAM_IDENTITY, patient_rng
 from lungcam.phantom.dicom_writer import draw_identity
+from lungcam.provenance import folder_digest
 from lungcam.records import read_record
 from lungcam.slice_bank import SliceBank
 
-from .conftest import REPO
+from .conftest import REPO, TRAINING_DEMO, snakemake, write_config
 
 SMALL_DEMO = {"demo": {"patients_per_class": 1, "matrix": 128}}
-# The smallest demo that still trains: 3 patients per class, 3 folds, one short epoch each.
-TRAINING_DEMO = {
-    "demo": {"patients_per_class": 3, "matrix": 128, "localizer": False, "thick_series": False,
-             "train": {"input_size": 32, "width": 0.25, "max_epochs": 1, "bag_size": 8, "workers": 0}},
-    "train": {"folds": 3, "final_model": True},
-}
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-def write_config(workdir: Path, config: dict) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def planned_jobs(dry_run_output: str) -> dict[str, int]:
@@ -88,21 +68,23 @@ def test_slurm_profile_sends_training_to_the_gpu_partition(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
-    config = write_config(tmp_path, TRAINING_DEMO)
-    snakemake(tmp_path, "--configfile", str(config))
-    plans = plan_cohort(3, 2020)
-    for plan in plans:
+def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
+    tmp_path, config = training_demo
+    plans = plan_cohort(3, 2020, scout_only=1)
+    included, scout = plans[:-1], plans[-1]
+    for plan in included:
         qc = read_record(tmp_path / "results" / "qc" / f"{plan.patient_id}.json")
         assert qc["status"] == "ok", qc["reasons"]
         assert (tmp_path / "results" / "nifti" / f"{plan.patient_id}.nii.gz").is_file()
+        assert qc["ingest"]["files"]["sha256"] == folder_digest(tmp_path / "demo" / "dicom" / plan.patient_id)
+    assert read_record(tmp_path / "results" / "qc" / f"{scout.patient_id}.json")["reasons"] == ["ingest: only localizer (scout) images, no axial CT series"]
     assert (tmp_path / "demo" / "samples.tsv").is_file()
     predictions = pd.read_csv(tmp_path / "results" / "predictions.tsv", sep="\t")
-    assert sorted(predictions["patient_id"]) == sorted(p.patient_id for p in plans)
+    assert sorted(predictions["patient_id"]) == sorted(p.patient_id for p in included)
     assert sorted(predictions["fold"].unique()) == [0, 1, 2]
     probabilities = predictions[["prob_COVID-19", "prob_CAP", "prob_NP"]].to_numpy()
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
-    for plan in plans:
+    for plan in included:
         cam = nib.load(tmp_path / "results" / "cam" / f"{plan.patient_id}.nii.gz")
         scan = nib.load(tmp_path / "results" / "nifti" / f"{plan.patient_id}.nii.gz")
         lungs = np.asarray(nib.load(tmp_path / "results" / "lungs" / f"{plan.patient_id}.nii.gz").dataobj)
@@ -114,10 +96,26 @@ def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
         assert list(lesions.columns) == LESION_COLUMNS and set(lesions["side"]) <= {"right", "left"}
     localisation = json.loads((tmp_path / "results" / "localisation.json").read_text())
     assert localisation["patients"] == 9 and localisation["lesion_positive"] == 6 and localisation["pointing_game"]["n"] == 6
+    metrics = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert metrics["classification"]["patients"] == 9 and set(metrics["classification"]["per_fold"]) == {"0", "1", "2"}
+    assert metrics["classification"]["overall"]["accuracy"]["value"] == pytest.approx((predictions["label"] == predictions["predicted"]).mean())
+    assert metrics["slice_level"]["n"] == 9 and metrics["localisation"] == localisation
+    provenance = json.loads((tmp_path / "results" / "provenance.json").read_text())
+    assert provenance["config_hash"] == config_hash(provenance["config"]) and provenance["config"]["train"]["folds"] == 3
+    files = read_record(tmp_path / "results" / "qc" / "demo001.json")["ingest"]["files"]["found"]
+    assert provenance["inputs"]["patients"]["demo001"] == {"dicom_dir": "dicom/demo001", "files": files, "sha256": folder_digest(tmp_path / "demo" / "dicom" / "demo001"), "status": "ok"}
+    assert sorted(p.name for p in (tmp_path / "results" / "reports").iterdir()) == sorted(f"{p.patient_id}.html" for p in plans)
+    scout_report = (tmp_path / "results" / "reports" / f"{scout.patient_id}.html").read_text()
+    assert 'id="errors"' in scout_report and "only localizer (scout) images" in scout_report
+    summary = (tmp_path / "results" / "summary.html").read_text()
+    exclusions = summary[summary.index('id="exclusions"'): summary.index('id="metrics"')]
+    assert f'href="reports/{scout.patient_id}.html"' in exclusions and "only localizer (scout) images" in exclusions
     planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY)).planted_values()]
     header = pydicom.dcmread(next((tmp_path / "demo" / "dicom" / plans[0].patient_id).iterdir()), stop_before_pixels=True)
     assert str(header.PatientName) in planted  # the planted values are really in the input...
     assert find_leaks(tmp_path / "results", planted) == []  # ...and nowhere in the outputs
+    machine_paths = [str(tmp_path), str(REPO), str(Path.home()) + "/", tempfile.gettempdir() + "/"]
+    assert find_leaks(tmp_path / "results", machine_paths) == []  # nor any absolute path of this machine
     again = snakemake(tmp_path, "--configfile", str(config), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
     retrain = write_config(tmp_path / "retrain", {**TRAINING_DEMO, "demo": {**TRAINING_DEMO["demo"], "train": {**TRAINING_DEMO["demo"]["train"], "max_epochs": 2}}})
@@ -136,8 +134,12 @@ def test_demo_runs_end_to_end_and_leaks_nothing(tmp_path):
     expected = predict_patients(model, metadata, bank, sorted(predicted.index), torch.device("cpu")).set_index("patient_id")
     assert np.allclose(predicted[expected.columns].to_numpy(), expected.to_numpy(), atol=1e-5)
     assert set(predicted["fold"]) == {"predict"}
-    assert sorted(p.name for p in (predict_dir / "results" / "cam").glob("*.nii.gz")) == sorted(f"{p.patient_id}.nii.gz" for p in plans)
-    assert dict(predicted["label"]) == {p.patient_id: p.label for p in plans}
+    assert sorted(p.name for p in (predict_dir / "results" / "cam").glob("*.nii.gz")) == sorted(f"{p.patient_id}.nii.gz" for p in included)
+    assert dict(predicted["label"]) == {p.patient_id: p.label for p in included}
+    # The sheet gives labels, so the prediction run is evaluated too (an external validation).
+    evaluated = json.loads((predict_dir / "results" / "metrics.json").read_text())
+    assert evaluated["classification"]["patients"] == 9 and list(evaluated["classification"]["per_fold"]) == ["predict"]
+    assert (predict_dir / "results" / "summary.html").is_file() and len(list((predict_dir / "results" / "reports").iterdir())) == len(plans)
 
 
 @pytest.fixture()

@@ -86,19 +86,26 @@ class PatientPlan:
     label: str
     index: int
     seed: int
+    scout_only: bool = False  # the study holds only its localizer: sent without its axial series
 
     @property
     def nuisance(self) -> Nuisance:
         return draw_nuisance(self.seed, self.index)
 
 
-def plan_cohort(patients_per_class: int, seed: int, classes: tuple[str, ...] = DEFAULT_CLASSES, prefix: str = "demo") -> list[PatientPlan]:
-    """A balanced cohort in random label order; ids (`demo001`...) say nothing about the label."""
+def plan_cohort(patients_per_class: int, seed: int, classes: tuple[str, ...] = DEFAULT_CLASSES, prefix: str = "demo", scout_only: int = 0) -> list[PatientPlan]:
+    """A balanced cohort in random label order; ids (`demo001`...) say nothing about the label.
+
+    `scout_only` more patients follow whose studies hold only a localizer, as when a scan is
+    sent without its axial series: ingest must exclude them, and the reports must show why.
+    """
     labels = np.repeat(np.array(classes), patients_per_class)
     rng = np.random.default_rng([seed, STREAM_LABELS])
     labels = labels[rng.permutation(labels.size)]
-    width = max(3, len(str(labels.size)))
+    total = labels.size + scout_only
+    width = max(3, len(str(total)))
     return [
-        PatientPlan(patient_id=f"{prefix}{i + 1:0{width}d}", label=str(label), index=i, seed=seed)
-        for i, label in enumerate(labels)
+        PatientPlan(patient_id=f"{prefix}{i + 1:0{width}d}", label=str(labels[i]) if i < labels.size else classes[i % len(classes)], index=i, seed=seed,
+                    scout_only=i >= labels.size)
+        for i in range(total)
     ]

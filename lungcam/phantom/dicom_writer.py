@@ -207,4 +207,5 @@ def write_localizer(projection: np.ndarray, xs: np.ndarray, zs: np.ndarray, stud
     ds.ImagePositionPatient = [f"{xs[0]:.6g}", "0", f"{zs[-1]:.6g}"]
     ds.InstanceNumber = 1
     ds.PixelData = image.tobytes()
+    folder.mkdir(parents=True, exist_ok=True)
     _write(ds, study.uid("image", "1", "1"), folder / names())

@@ -176,6 +176,9 @@ def write_study(scan: Scan, plan: PatientPlan, nuisance: Nuisance, options: Phan
         _pad_outside_fov(image, rep, intercept)
         return image
 
+    if plan.scout_only:
+        write_localizer(_projection(scan), scan.xs, scan.zs, study, dicom_dir, names)
+        return identity
     thin = reconstruct(scan.hu, scan.thickness_mm, nuisance.kernel)
     spec = SeriesSpec(2, f"Thorax {scan.thickness_mm:g} {nuisance.kernel}", nuisance.kernel, scan.thickness_mm)
     write_axial_series(thin, scan.xs, scan.ys, scan.zs, spec, study, rep, intercept, dicom_dir, names)

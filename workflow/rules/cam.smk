@@ -14,7 +14,9 @@ rule cam:
         models=CAM_MODELS,
     output:
         cam=f"{RESULTS}/cam/{{patient}}.nii.gz",
-        key_slices=f"{RESULTS}/cam/{{patient}}_key_slices.png",
+        key_slices=report(
+            f"{RESULTS}/cam/{{patient}}_key_slices.png", caption="../report/key_slices.rst", category="Infection maps", labels={"patient": "{patient}"}
+        ),
     params:
         target=lookup(dpath="cam/target", within=config),
         method=lookup(dpath="cam/method", within=config),

@@ -49,7 +49,7 @@ if DEMO:
     unknown = set(config["classes"]) - {"COVID-19", "CAP", "NP"}
     if unknown:
         raise ValueError(f"the demo cohort knows the classes COVID-19, CAP and NP, not {sorted(unknown)}")
-    DEMO_PLANS = {p.patient_id: p for p in plan_cohort(config["demo"]["patients_per_class"], config["demo"]["seed"], tuple(config["classes"]))}
+    DEMO_PLANS = {p.patient_id: p for p in plan_cohort(config["demo"]["patients_per_class"], config["demo"]["seed"], tuple(config["classes"]), scout_only=config["demo"]["scout_only"])}
     SAMPLES = pd.DataFrame(sample_rows(list(DEMO_PLANS.values()), DEMO_ROOT)).set_index("patient_id", drop=False)
 else:
     SAMPLES = load_sample_sheet(config["samples"], config["classes"], require_labels=MODE == "train")
@@ -203,3 +203,66 @@ def log_path(rule_name: str) -> str:
 
 def benchmark_path(rule_name: str) -> str:
     return f"{LOGS}/benchmarks/{rule_name}/{{patient}}.tsv"
+
+
+# ---- metrics and reports -------------------------------------------------------------------
+
+SITES = {p: s for p, s in SAMPLES.get("site", pd.Series(dtype=str)).items() if isinstance(s, str) and s}
+SAMPLE_SHEET = f"{DEMO_ROOT}/samples.tsv" if DEMO else config["samples"]
+# Classification metrics need labels: always in mode train, where the sheet gives them in predict.
+LABELLED = MODE == "train" or bool(SAMPLES.get("label", pd.Series(dtype=str)).isin(TASK_CLASSES).any())
+# The model that classified the patients of each predictions.tsv fold.
+REPORT_MODELS = (
+    {str(f): f"{RESULTS}/model/fold{f}.pt" for f in range(config["train"]["folds"])} if MODE == "train" else {"predict": config["predict"]["model"]}
+)
+CLASSIFICATION_FIGURES = [f"{RESULTS}/figures/{name}.png" for name in ("roc_pr", "confusion", "reliability")]
+
+
+def metrics_inputs(wildcards) -> dict:
+    """Predictions; the models and slice bank for slice-level metrics; localisation figures."""
+    inputs = {"predictions": f"{RESULTS}/predictions.tsv"}
+    if LABELLED:
+        inputs["models"] = list(REPORT_MODELS.values())
+        inputs["bank"] = rules.slice_bank.output[0]
+    if localised_patients():
+        inputs["localisation"] = f"{RESULTS}/localisation.json"
+    return inputs
+
+
+def provenance_inputs(wildcards) -> dict:
+    """Every patient's QC record (with its DICOM checksum), the sample sheet, and the other
+    files the run read: lesion masks, slice labels, the prediction model."""
+    inputs = {"qc": expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS), "sample_sheet": SAMPLE_SHEET, "masks": list(LESION_MASKS.values())}
+    if SLICE_LABELS:
+        inputs["slice_labels"] = SLICE_LABELS
+    if MODE == "predict":
+        inputs["model"] = config["predict"]["model"]
+    return inputs
+
+
+def patient_report_inputs(wildcards) -> dict:
+    """What one patient's report shows: its QC record and lung montage, and, once it was
+    classified and mapped, its prediction, key slices and lesion candidates."""
+    patient = wildcards.patient
+    inputs = {"qc": f"{RESULTS}/qc/{patient}.json", "provenance": f"{RESULTS}/provenance.json"}
+    if ingest_record(patient)["status"] == "ok":
+        inputs["montage"] = f"{RESULTS}/qc/{patient}_lungs.png"
+        if lungs_record(patient)["status"] == "ok":
+            inputs |= {"predictions": f"{RESULTS}/predictions.tsv", "key_slices": f"{RESULTS}/cam/{patient}_key_slices.png",
+                       "lesions": f"{RESULTS}/lesions/{patient}.tsv", "burden": f"{RESULTS}/lesions/{patient}.json"}
+    return inputs
+
+
+def summary_inputs(wildcards) -> dict:
+    """Every patient's report and QC record, the cohort outputs, and the figures."""
+    inputs = {
+        "reports": expand(f"{RESULTS}/reports/{{patient}}.html", patient=PATIENTS),
+        "qc": expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
+        "burdens": [f"{RESULTS}/lesions/{p}.json" for p in mapped_patients()],
+        "predictions": f"{RESULTS}/predictions.tsv",
+        "metrics": f"{RESULTS}/metrics.json",
+        "provenance": f"{RESULTS}/provenance.json",
+        "figures": CLASSIFICATION_FIGURES if LABELLED else [],
+        "curves": expand(f"{RESULTS}/training/fold{{fold}}.png", fold=range(config["train"]["folds"])) if MODE == "train" else [],
+    }
+    return inputs

@@ -57,7 +57,7 @@ rule train_fold:
     output:
         model=f"{RESULTS}/model/fold{{fold}}.pt",
         curves=f"{RESULTS}/training/fold{{fold}}.tsv",
-        curves_png=f"{RESULTS}/training/fold{{fold}}.png",
+        curves_png=report(f"{RESULTS}/training/fold{{fold}}.png", caption="../report/training_curves.rst", category="Training", labels={"model": "fold {fold}"}),
         predictions=f"{WORK}/train/fold{{fold}}/predictions.tsv",
     params:
         launcher=TRAIN_LAUNCHER,

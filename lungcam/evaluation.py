@@ -1,0 +1,76 @@
+"""metrics.json of a run and the classification figures, from its predictions.
+
+Classification metrics need labels: in mode train every patient has one; in mode predict the
+sample sheet may give them (an external validation cohort), and patients without one are left
+out of the metrics. Slice-level metrics (the paper's evaluation) are computed for hu2020 models,
+each patient's slices scored by the model that classified the patient. Localisation figures
+come from the `localisation` rule's summary, where lesion masks or slice labels exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .figures import confusion_figure, reliability_figure, roc_pr_figure
+from .metrics import cohort_metrics, point_metrics, slice_metrics
+
+
+def read_predictions(path: Path | str) -> pd.DataFrame:
+    """predictions.tsv with ids, labels and folds as text (an empty label stays empty)."""
+    return pd.read_csv(path, sep="\t", dtype={"patient_id": str, "label": str, "fold": str}, keep_default_na=False)
+
+
+def labelled(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """The rows whose label is one of `classes`."""
+    return predictions[predictions["label"].isin(classes)]
+
+
+def metrics_document(predictions: pd.DataFrame, classes: list[str], seed: int, repeats: int, sites: dict[str, str],
+                     models: dict[str, Path | str] | None = None, bank_dir: Path | str | None = None, localisation: dict | None = None) -> dict:
+    """Everything metrics.json holds. `models` (fold -> model file) and `bank_dir` enable the
+    slice-level metrics when the models are hu2020."""
+    document: dict = {"classes": classes, "bootstrap": repeats, "seed": seed, "classification": None, "slice_level": None, "localisation": localisation or None}
+    known = labelled(predictions, classes)
+    if known.empty:
+        document["classification_note"] = "no patient has a label among the task's classes (prediction without labels)"
+        return document
+    document["classification"] = cohort_metrics(known, classes, seed, repeats, sites)
+    if models and bank_dir is not None:
+        import torch
+
+        from .inference import out_of_fold_slice_predictions, read_model_metadata
+        from .slice_bank import SliceBank
+
+        kinds = {read_model_metadata(path)["model"] for path in models.values()}
+        if kinds == {"hu2020"}:
+            slices = out_of_fold_slice_predictions(known, models, SliceBank.load(bank_dir), torch.device("cpu"))
+            document["slice_level"] = slice_metrics(slices, classes, seed, repeats)
+        else:
+            document["slice_level_note"] = "the mil model decides per patient; slice-level metrics are those of hu2020 models"
+    return document
+
+
+def write_metrics(document: dict, path: Path | str) -> None:
+    """metrics.json, NaN written as null (JSON has no NaN)."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return None if isinstance(value, float) and value != value else value
+
+    Path(path).write_text(json.dumps(clean(document), indent=1))
+
+
+def classification_figures(predictions: pd.DataFrame, classes: list[str], roc_pr: Path | str, confusion: Path | str, reliability: Path | str) -> None:
+    """ROC/PR curves, confusion matrix and reliability diagram of the labelled patients."""
+    known = labelled(predictions, classes)
+    truth = known["label"].map(classes.index).to_numpy()
+    probabilities = known[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    roc_pr_figure(truth, probabilities, classes, roc_pr)
+    confusion_figure(point_metrics(truth, probabilities, classes)["confusion_matrix"] if len(known) else np.zeros((len(classes),) * 2, dtype=int).tolist(), classes, confusion)
+    reliability_figure(truth, probabilities, reliability)

@@ -1,0 +1,93 @@
+"""What made a run's outputs: code version, software versions, resolved config, input checksums.
+
+`provenance.json` (CONTRACT.md) lets an auditor trace every output to the code, settings and
+inputs that made it. The DICOM folders are checksummed per patient during ingest, where the files
+are read anyway (qc/{patient_id}.json, `ingest.files.sha256`); this module gathers those and
+checksums the small inputs itself. Paths are written as the sample sheet and config give them,
+so the file holds no path of the machine that the user did not write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+# Distributions whose versions matter for the numbers (import names differ; these are pip names).
+PACKAGES = ("lungcam", "numpy", "scipy", "pandas", "pydicom", "nibabel", "SimpleITK", "dcm2niix", "scikit-image", "scikit-learn",
+            "torch", "lungmask", "torchcam", "captum", "matplotlib", "Jinja2", "jsonschema", "snakemake")
+
+
+def file_digest(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_digest(folder: Path | str) -> str:
+    """sha256 over a folder's files in sorted order: each file's path relative to the folder,
+    then its bytes. Renaming, adding, removing or changing any file changes it."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(file_digest(path).encode())
+    return digest.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    """Python, the platform, and the installed version of each of PACKAGES."""
+    versions = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def code_version(repository: Path | str) -> dict:
+    """Git commit of the workflow's repository and whether its tracked files had uncommitted
+    changes; `commit` is null outside a git checkout (e.g. an unpacked release)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repository), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if commit else None, "describe": git("describe", "--always", "--dirty") if commit else None}
+
+
+def provenance_document(config: dict, qc_records: list[dict], sample_sheet: Path | str, lesion_masks: dict[str, str],
+                        slice_labels: Path | str | None = None, model: Path | str | None = None) -> dict:
+    """provenance.json: code and software versions, the resolved config and its hash, and the
+    checksums of every input (DICOM folders from the QC records, the sample sheet, lesion
+    masks, slice labels, the prediction model)."""
+    import pandas as pd
+
+    from . import __version__
+    from .config import config_hash
+
+    given = pd.read_csv(sample_sheet, sep="\t", dtype=str, keep_default_na=False).set_index("patient_id")  # paths as the user wrote them
+    patients = {}
+    for record in sorted(qc_records, key=lambda r: r["patient_id"]):
+        patient, files = record["patient_id"], record.get("ingest", {}).get("files", {})
+        patients[patient] = {"dicom_dir": given.loc[patient, "dicom_dir"] if patient in given.index else None, "files": files.get("found"),
+                             "sha256": files.get("sha256"), "status": record.get("status")}
+    software = software_versions() | {"dcm2niix binary": sorted({r["ingest"]["dcm2niix_version"] for r in qc_records if r.get("ingest", {}).get("dcm2niix_version")})}
+    inputs: dict = {"sample_sheet": {"path": str(sample_sheet), "sha256": file_digest(sample_sheet)}, "patients": patients,
+                    "lesion_masks": {p: file_digest(path) for p, path in sorted(lesion_masks.items())}}
+    if slice_labels:
+        inputs["slice_labels"] = {"path": str(slice_labels), "sha256": file_digest(slice_labels)}
+    if model:
+        inputs["model"] = {"path": str(model), "sha256": file_digest(model)}
+    return {"lungcam": __version__, "code": code_version(Path(__file__).resolve().parents[1]), "software": software,
+            "config_hash": config_hash(config), "config": config, "inputs": inputs}

@@ -1,0 +1,207 @@
+"""Per-patient audit reports and the cohort summary, as self-contained HTML.
+
+Modelled on fMRIPrep's subject reports (summary, figures, About, Errors) and MRIQC's group
+report (QC measures as strip plots whose points open the subject's report). Every image is
+embedded as a data URI and the pages carry their own CSS and the few lines of script that sort
+the cohort table, so a report opens offline, copied anywhere, as a single file. Identity is the
+pseudonymous patient_id only: the records these pages are made from were scrubbed at ingest.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+# QC measures of the summary's strip plots: column of the cohort table -> axis title.
+QC_MEASURES = {
+    "lung_volume_ml": "lung volume (mL)",
+    "slice_thickness_mm": "slice thickness (mm)",
+    "noise_hu": "noise (HU, SD in air)",
+    "burden_percent": "infection burden (% of lung)",
+}
+HEADER_FIELDS = {  # ingest header summary -> label in the report
+    "manufacturer": "manufacturer", "model": "scanner model", "kernel": "reconstruction kernel", "slice_thickness_mm": "slice thickness (mm)",
+    "slice_spacing_mm": "slice spacing (mm)", "pixel_spacing_mm": "pixel spacing (mm)", "slices": "slices", "kvp": "kVp",
+    "tube_current_ma": "tube current (mA)", "patient_position": "patient position", "body_part": "body part", "gantry_tilt_deg": "gantry tilt (deg)",
+}
+LUNG_FIELDS = {"right_ml": "right lung (mL)", "left_ml": "left lung (mL)", "total_ml": "total (mL)", "left_right_ratio": "left/right ratio",
+               "right_components": "right components", "left_components": "left components", "fov_edge_fraction": "fraction at the field-of-view edge"}
+
+
+def data_uri(path: Path | str | None) -> str | None:
+    """A PNG as a data URI (None when there is no file)."""
+    if path is None or not Path(path).is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _environment() -> Environment:
+    environment = Environment(loader=PackageLoader("lungcam", "templates"), autoescape=select_autoescape(["html", "j2"]),
+                              undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["fmt"] = _number_text
+    environment.filters["ci"] = _estimate_text
+    return environment
+
+
+def _number_text(value, digits: int = 3) -> str:
+    """A figure for a table cell: floats rounded, missing values (None, NaN) empty."""
+    if value is None or value != value:
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _estimate_text(entry: dict | None, digits: int = 3) -> str:
+    """`value [low, high]` of a metrics.json entry; `n/a` where the metric is undefined (a class
+    absent), the value alone where no bootstrap draw defined it."""
+    if entry is None:
+        return ""
+    value, (low, high) = entry["value"], entry["ci95"]
+    if value is None or value != value:
+        return "n/a"
+    if low is None or high is None or low != low:
+        return _number_text(float(value), digits)
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def run_times(benchmarks: Path | str, patient: str) -> list[dict]:
+    """Wall time, CPU time and peak memory of each per-patient job, from Snakemake's benchmark
+    files (`{benchmarks}/{rule}/{patient}.tsv`); rules that have not run are absent."""
+    times = []
+    for path in sorted(Path(benchmarks).glob(f"*/{patient}.tsv")):
+        with open(path) as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if rows:
+            row = rows[-1]
+            times.append({"rule": path.parent.name, "seconds": float(row["s"]), "cpu_seconds": _number(row.get("cpu_time")), "max_rss_mb": _number(row.get("max_rss"))})
+    return times
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def patient_context(qc: dict, provenance: dict, label: str, prediction: dict | None, classes: list[str], lesions: pd.DataFrame | None, burden: dict | None,
+                    key_slices: Path | None, lung_montage: Path | None, times: list[dict], model_file: str | None, summary_link: str) -> dict:
+    """Everything the patient report shows. `label` is the sample sheet's; `prediction` the
+    patient's predictions.tsv row (None when the patient was excluded before classification)."""
+    ingest, lungs = qc.get("ingest", {}), qc.get("lungs", {})
+    header = ingest.get("header", {})
+    errors = [f"{reason}" for reason in qc.get("reasons", [])]
+    if qc.get("status") == "ok" and prediction is None:
+        errors.append("no prediction for this patient (not in predictions.tsv)")
+    probabilities = [{"class": c, "probability": float(prediction[f"prob_{c}"])} for c in classes] if prediction else []
+    return {
+        "patient_id": qc["patient_id"],
+        "status": qc.get("status", "unknown"),
+        "stages": [f"{stage} {state}" for stage, state in qc.get("stages", {}).items()],
+        "label": label,
+        "prediction": prediction,
+        "probabilities": probabilities,
+        "key_slices": data_uri(key_slices),
+        "lung_montage": data_uri(lung_montage),
+        "lesions": lesions.to_dict("records") if lesions is not None else [],
+        "burden": burden,
+        "series": ingest.get("series", {}),
+        "header": [(label, header[key]) for key, label in HEADER_FIELDS.items() if key in header],
+        "noise_hu": ingest.get("hu", {}).get("noise_hu"),
+        "lungs": [(label, lungs[key]) for key, label in LUNG_FIELDS.items() if key in lungs],
+        "lung_method": lungs.get("method"),
+        "warnings": qc.get("warnings", []),
+        "errors": errors,
+        "provenance": {"code": provenance["code"], "config_hash": provenance["config_hash"], "model_file": model_file, "lungcam": provenance["software"].get("lungcam")},
+        "times": times,
+        "summary_link": summary_link,
+    }
+
+
+def render(template: str, context: dict, path: Path | str) -> None:
+    """Render one of lungcam/templates/ to `path`."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(_environment().get_template(template).render(**context), encoding="utf-8")
+
+
+def qc_table(qc_records: list[dict], predictions: pd.DataFrame | None, burdens: dict[str, dict], labels: dict[str, str], sites: dict[str, str]) -> pd.DataFrame:
+    """One row per patient of the cohort: status, label, prediction and the QC measures of the
+    strip plots (QC_MEASURES)."""
+    rows = []
+    indexed = predictions.set_index("patient_id") if predictions is not None else None
+    for qc in qc_records:
+        patient = qc["patient_id"]
+        ingest, lungs = qc.get("ingest", {}), qc.get("lungs", {})
+        row = {"patient_id": patient, "label": labels.get(patient, ""), "site": sites.get(patient, ""), "status": qc.get("status", "unknown"),
+               "stage": _failed_stage(qc.get("stages", {})), "reasons": "; ".join(qc.get("reasons", [])),
+               "lung_volume_ml": lungs.get("total_ml"), "slice_thickness_mm": ingest.get("header", {}).get("slice_thickness_mm"),
+               "noise_hu": ingest.get("hu", {}).get("noise_hu"), "burden_percent": burdens.get(patient, {}).get("total_percent"),
+               "lesions": burdens.get(patient, {}).get("candidates")}
+        if indexed is not None and patient in indexed.index:
+            found = indexed.loc[patient]
+            row |= {"predicted": found["predicted"], "confidence": float(found[f"prob_{found['predicted']}"]), "fold": str(found["fold"])}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in ("predicted", "confidence", "fold", *QC_MEASURES):
+        if column not in table:
+            table[column] = None
+    return table
+
+
+def _failed_stage(stages: dict[str, str]) -> str:
+    """The stage that excluded a patient (the first not `ok`), or empty."""
+    return next((stage for stage, state in stages.items() if state != "ok"), "")
+
+
+def methods_paragraph(config: dict, classes: list[str], patients: int, excluded: int) -> str:
+    """A methods paragraph generated from the resolved config, citing the methods used."""
+    train, cam, lungs, cache = config["train"], config["cam"], config["lungs"], config["cache"]
+    lung_text = ("lungmask (Hofmanninger et al., Eur Radiol Exp 2020), model " + lungs["lungmask"]["model"]
+                 if lungs["method"] == "lungmask" else "a classical threshold method (air threshold, border and airway removal, hole filling and pleural consolidation recovery)")
+    aggregation = {"topk_mean": f"the mean of the {train['top_k']} highest per class", "mean": "their mean over all slices", "max": "their maximum over all slices"}[train["aggregation"]]
+    model_text = ("the multi-scale weakly supervised network of Hu et al. (IEEE Access 2020), every slice inheriting its patient's label, "
+                  f"slice probabilities aggregated per patient by {aggregation}" if train["model"] == "hu2020"
+                  else "the multi-scale network of Hu et al. (IEEE Access 2020) with gated attention pooling over each patient's slices (Ilse et al., ICML 2018), trained with the patient label only")
+    cam_text = {"multiscale": "the paper's multi-scale class activation maps (pool3, pool4 and pool5, upsampled and averaged)",
+                "gradcam": "Grad-CAM (Selvaraju et al., ICCV 2017)", "gradcampp": "Grad-CAM++ (Chattopadhay et al., WACV 2018)",
+                "layercam": "LayerCAM (Jiang et al., IEEE TIP 2021)", "integrated_gradients": "Integrated Gradients (Sundararajan et al., ICML 2017)"}[cam["method"]]
+    evaluation = (f"Patients were split into {train['folds']} stratified folds (no patient in two folds); every patient was classified by the model that did not train on it."
+                  if config["mode"] == "train" else "A trained model was applied to this cohort (prediction mode).")
+    return (f"{patients} chest CT scans were converted from DICOM with dcm2niix, choosing one series per patient; {excluded} were excluded by quality control. "
+            f"Lungs were segmented with {lung_text}. Scans were resampled to {cache['spacing_mm']} mm, cropped to the lungs and windowed to "
+            f"[{cache['window_hu'][0]}, {cache['window_hu'][1]}] HU; lung slices were resized to {train['input_size']} px. "
+            f"The classifier ({', '.join(classes)}) is {model_text}, trained with a class-weighted focal cross-entropy and Adam (learning rate {train['learning_rate']}). "
+            f"{evaluation} Infection maps are {cam_text}, restricted to the lungs and mapped back onto each scan; lesion candidates are connected components above "
+            f"{'Otsu' + chr(39) + 's threshold' if cam['lesions']['threshold'] == 'otsu' else str(cam['lesions']['relative']) + ' of the map maximum'}. "
+            "Confidence intervals are 95% percentile bootstrap intervals over patients.")
+
+
+SUMMARY_COLUMNS = [("patient", "text"), ("label", "text"), ("site", "text"), ("status", "text"), ("predicted", "text"), ("confidence", "number"),
+                   ("fold", "text"), ("lung volume (mL)", "number"), ("slice thickness (mm)", "number"), ("noise (HU)", "number"),
+                   ("burden (%)", "number"), ("lesions", "number")]
+
+
+def summary_context(table: pd.DataFrame, metrics: dict, provenance: dict, config: dict, classes: list[str], figures: list[tuple[str, Path]],
+                    qc_strip: str, report_link: str = "reports/{}.html") -> dict:
+    """Everything the cohort summary shows; `table` is `qc_table`'s, `figures` (title, PNG)."""
+    records = table.astype(object).where(table.notna(), None).to_dict("records")
+    for row in records:
+        row["link"] = report_link.format(row["patient_id"])
+    counts = table["label"].replace("", "unlabelled").value_counts()
+    return {
+        "patients": records,
+        "exclusions": [row for row in records if row["status"] != "ok"],
+        "counts": [f"{count} {name}" for name, count in counts.items()],
+        "columns": SUMMARY_COLUMNS,
+        "metrics": metrics,
+        "figures": [(title, data_uri(path)) for title, path in figures if Path(path).is_file()],
+        "qc_strip": qc_strip,
+        "methods": methods_paragraph(config, classes, len(table), int((table["status"] != "ok").sum())),
+        "provenance": provenance,
+        "mode": config["mode"],
+        "classes": classes,
+        "cam_method": config["cam"]["method"],
+    }

@@ -1,0 +1,176 @@
+"""Reports: provenance checksums, the cohort table, Snakemake's report, and the HTML pages in a
+real browser (headless Chromium through Selenium).
+
+The browser test needs the Debian packages chromium and chromium-driver (`make browser`, which
+.ci/run calls). Without them it is skipped, unless LUNGCAM_REQUIRE_BROWSER=1 (CI) makes that a
+failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+import pytest
+
+from lungcam.config import load_config
+from lungcam.leak_scan import find_leaks
+from lungcam.provenance import folder_digest
+from lungcam.figures import qc_strip_svg
+from lungcam.reports import QC_MEASURES, methods_paragraph, qc_table
+
+from .conftest import snakemake
+
+SCREENSHOTS = Path(os.environ.get("LUNGCAM_SCREENSHOTS", Path(__file__).resolve().parents[1] / "tests" / "screenshots"))
+
+
+def test_folder_digest_changes_with_any_file_name_or_content(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.dcm").write_bytes(b"one")
+    (tmp_path / "2.dcm").write_bytes(b"two")
+    first = folder_digest(tmp_path)
+    assert first == folder_digest(tmp_path) and len(first) == 64
+    (tmp_path / "2.dcm").write_bytes(b"twO")
+    changed = folder_digest(tmp_path)
+    (tmp_path / "2.dcm").rename(tmp_path / "3.dcm")
+    renamed = folder_digest(tmp_path)
+    assert len({first, changed, renamed}) == 3
+
+
+def test_leak_scan_decodes_images_embedded_in_html(tmp_path):
+    """Base64 text that spells a name by chance is no leak; a name inside the embedded data is."""
+    (tmp_path / "chance.html").write_text('<img src="data:image/png;base64,janeAAAA">')
+    hidden = base64.b64encode(b"\x89PNG tEXt Author Jane Smith").decode()
+    (tmp_path / "hidden.html").write_text(f'<img src="data:image/png;base64,{hidden}">')
+    assert find_leaks(tmp_path, ["Jane"]) == [("hidden.html", "Jane")]
+
+
+def test_cohort_table_names_the_stage_that_excluded_a_patient():
+    records = [
+        {"patient_id": "a", "status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"},
+         "ingest": {"header": {"slice_thickness_mm": 1.0}, "hu": {"noise_hu": 12.0}}, "lungs": {"total_ml": 4200.0}},
+        {"patient_id": "b", "status": "excluded", "reasons": ["lungs: one lung missing"], "stages": {"ingest": "ok", "lungs": "excluded"}},
+    ]
+    predictions = pd.DataFrame({"patient_id": ["a"], "label": ["CAP"], "fold": ["0"], "prob_CAP": [0.7], "prob_NP": [0.3], "predicted": ["CAP"]})
+    table = qc_table(records, predictions, {"a": {"total_percent": 3.5, "candidates": 2}}, {"a": "CAP", "b": "NP"}, {})
+    a, b = table.set_index("patient_id").loc["a"], table.set_index("patient_id").loc["b"]
+    assert (a["status"], a["predicted"], a["confidence"], a["lung_volume_ml"], a["burden_percent"]) == ("ok", "CAP", 0.7, 4200.0, 3.5)
+    assert (b["status"], b["stage"], b["reasons"], b["label"]) == ("excluded", "lungs", "lungs: one lung missing", "NP")
+    assert pd.isna(b["predicted"]) and pd.isna(b["lung_volume_ml"])
+
+
+def test_qc_strip_points_link_to_reports_and_the_figure_is_reproducible():
+    table = pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "label": ["CAP", "NP", "", "CAP"], "lung_volume_ml": [4000.0, 5200.0, 3100.0, None],
+                          "noise_hu": [10.0, 12.0, None, 9.0]})
+    links = {p: f"reports/{p}.html" for p in table["patient_id"]}
+    svg = qc_strip_svg(table, QC_MEASURES, ["COVID-19", "CAP", "NP"], links)
+    assert svg.startswith("<svg") and svg == qc_strip_svg(table, QC_MEASURES, ["COVID-19", "CAP", "NP"], links)
+    anchors = re.findall(r'<a xlink:href="(reports/\w+\.html)"', svg)
+    assert sorted(anchors) == sorted(["reports/a.html", "reports/b.html", "reports/c.html", "reports/a.html", "reports/b.html", "reports/d.html"])
+    assert "lung volume (mL)" in svg and "unlabelled" in svg and "slice thickness" not in svg  # measures without values are left out
+
+
+def test_methods_paragraph_follows_the_config():
+    config = load_config()
+    text = methods_paragraph(config, ["COVID-19", "CAP", "NP"], 10, 1)
+    assert "Hu et al. (IEEE Access 2020)" in text and "5 stratified folds" in text and "1 were excluded" in text
+    config["cam"]["method"], config["train"]["model"] = "layercam", "mil"
+    text = methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
+    assert "LayerCAM" in text and "attention pooling" in text
+
+
+@pytest.mark.slow
+def test_snakemake_report_builds_with_categories(training_demo):
+    """`snakemake --report report.html` embeds the summary, the classification figures, the
+    training curves and every patient's key slices."""
+    workdir, config = training_demo
+    snakemake(workdir, "--configfile", str(config), "--report", "report.html")
+    text = (workdir / "report.html").read_text()
+    for name in ("results/summary.html", "results/figures/roc_pr.png", "results/figures/reliability.png", "results/training/fold2.png"):
+        assert name in text, name
+    assert len(set(re.findall(r"results/cam/demo\d+_key_slices\.png", text))) == 9
+
+
+def browser():
+    """A headless Chromium driven by chromedriver, collecting the console's messages."""
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        message = "needs the Debian packages chromium and chromium-driver (make browser)"
+        if os.environ.get("LUNGCAM_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+PAGE_FACTS = """
+const links = Array.from(document.querySelectorAll("a")).map(a => a.getAttribute("href") || a.getAttributeNS("http://www.w3.org/1999/xlink", "href"));
+const images = Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0]);
+const ids = Array.from(document.querySelectorAll("[id]")).map(e => e.id);
+return [links, images, ids];
+"""
+
+
+def check_page(driver, path: Path, screenshot: Path) -> tuple[list[str], int]:
+    """Open `path`; every image must load, every link resolve (to an existing file or an id on
+    the page), and the console stay free of errors. Returns the links and the image count."""
+    driver.get(path.as_uri())
+    links, images, ids = driver.execute_script(PAGE_FACTS)
+    assert all(loaded for _, loaded in images), [alt for alt, loaded in images if not loaded]
+    for link in links:
+        assert link, f"{path.name}: a link without a target"
+        target = urlparse(link)
+        if target.scheme in ("", "file") and target.path:
+            assert (path.parent / unquote(target.path)).resolve().is_file(), f"{path.name}: broken link {link}"
+        elif target.fragment and not target.path:
+            assert target.fragment in ids, f"{path.name}: no element #{target.fragment}"
+        else:
+            raise AssertionError(f"{path.name}: unexpected external link {link}")
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == [], errors
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    driver.set_window_size(1280, min(driver.execute_script("return document.body.scrollHeight") + 100, 12000))
+    driver.save_screenshot(str(screenshot))
+    return links, len(images)
+
+
+@pytest.mark.slow
+def test_summary_and_reports_in_headless_chromium(training_demo):
+    """The summary and two patient reports (one classified, one excluded) in a real browser;
+    the cohort table sorts when its heading is clicked. Screenshots go to tests/screenshots/
+    (or $LUNGCAM_SCREENSHOTS)."""
+    from selenium.webdriver.common.by import By
+
+    workdir, _ = training_demo
+    results = workdir / "results"
+    driver = browser()
+    try:
+        links, images = check_page(driver, results / "summary.html", SCREENSHOTS / "summary.png")
+        reports = {p.name for p in (results / "reports").iterdir()}
+        assert {Path(link).name for link in links if link.startswith("reports/")} == reports  # every report linked, QC points included
+        assert images >= 3 + 3  # ROC/PR, confusion, reliability, and the training curves of 3 folds
+        patient_column = [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#cohort tbody td:first-child")]
+        assert patient_column == sorted(patient_column)
+        driver.find_element(By.CSS_SELECTOR, "#cohort th.sortable").click()
+        driver.find_element(By.CSS_SELECTOR, "#cohort th.sortable").click()  # second click: descending
+        assert [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#cohort tbody td:first-child")] == sorted(patient_column, reverse=True)
+        _, shown = check_page(driver, results / "reports" / "demo001.html", SCREENSHOTS / "report_demo001.png")
+        assert shown == 2  # key slices and lung montage
+        scout = sorted(reports)[-1]
+        check_page(driver, results / "reports" / scout, SCREENSHOTS / f"report_{Path(scout).stem}.png")
+        errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "div.error")]
+        assert errors == ["ingest: only localizer (scout) images, no axial CT series"]
+    finally:
+        driver.quit()

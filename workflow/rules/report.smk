@@ -1,0 +1,104 @@
+"""Metrics, figures, provenance, per-patient audit reports and the cohort summary
+(lungcam.metrics, evaluation, figures, provenance, reports).
+
+Every patient gets a report, excluded ones too (with the reason in its Errors section); the
+summary links them all and lists every exclusion.
+"""
+
+
+rule metrics:
+    input:
+        unpack(metrics_inputs),
+    output:
+        f"{RESULTS}/metrics.json",
+    params:
+        classes=TASK_CLASSES,
+        seed=lookup(dpath="train/seed", within=config),
+        repeats=lookup(dpath="report/bootstrap", within=config),
+        sites=SITES,
+        models=REPORT_MODELS,
+    log:
+        f"{LOGS}/metrics.log",
+    benchmark:
+        f"{LOGS}/benchmarks/metrics.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/metrics.py"
+
+
+rule classification_figures:
+    input:
+        predictions=f"{RESULTS}/predictions.tsv",
+    output:
+        roc_pr=report(f"{RESULTS}/figures/roc_pr.png", caption="../report/roc_pr.rst", category="Classification"),
+        confusion=report(f"{RESULTS}/figures/confusion.png", caption="../report/confusion.rst", category="Classification"),
+        reliability=report(f"{RESULTS}/figures/reliability.png", caption="../report/reliability.rst", category="Classification"),
+    params:
+        classes=TASK_CLASSES,
+    log:
+        f"{LOGS}/classification_figures.log",
+    benchmark:
+        f"{LOGS}/benchmarks/classification_figures.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/classification_figures.py"
+
+
+rule provenance:
+    input:
+        unpack(provenance_inputs),
+    output:
+        f"{RESULTS}/provenance.json",
+    params:
+        config=config,
+        lesion_masks=LESION_MASKS,
+    log:
+        f"{LOGS}/provenance.log",
+    benchmark:
+        f"{LOGS}/benchmarks/provenance.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/provenance.py"
+
+
+rule patient_report:
+    input:
+        unpack(patient_report_inputs),
+    output:
+        f"{RESULTS}/reports/{{patient}}.html",
+    params:
+        classes=TASK_CLASSES,
+        benchmarks=f"{LOGS}/benchmarks",
+        models=REPORT_MODELS,
+        label=lambda wildcards: SAMPLES.loc[wildcards.patient, "label"],
+    log:
+        log_path("patient_report"),
+    benchmark:
+        benchmark_path("patient_report")
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/patient_report.py"
+
+
+rule summary:
+    input:
+        unpack(summary_inputs),
+    output:
+        report(f"{RESULTS}/summary.html", caption="../report/summary.rst", category="Summary"),
+    params:
+        classes=TASK_CLASSES,
+        labels=SAMPLES["label"].to_dict(),
+        sites=SITES,
+        config=config,
+    log:
+        f"{LOGS}/summary.log",
+    benchmark:
+        f"{LOGS}/benchmarks/summary.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/summary.py"
