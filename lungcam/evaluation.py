@@ -1,5 +1,9 @@
 """metrics.json of a run and the classification figures, from its predictions.
 
+The classification metrics (the costly part: bootstrap draws) are computed as soon as the
+predictions exist, while the maps are still being made; metrics.json adds the localisation
+figures once those are done.
+
 Classification metrics need labels: in mode train every patient has one; in mode predict the
 sample sheet may give them (an external validation cohort), and patients without one are left
 out of the metrics. Slice-level metrics (the paper's evaluation) are computed for hu2020 models,
@@ -9,7 +13,6 @@ come from the `localisation` rule's summary, where lesion masks or slice labels 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +22,16 @@ from .figures import confusion_figure, reliability_figure, roc_pr_figure
 from .metrics import cohort_metrics, point_metrics, slice_metrics
 
 
-def read_predictions(path: Path | str) -> pd.DataFrame:
-    """predictions.tsv with ids, labels and folds as text (an empty label stays empty)."""
-    return pd.read_csv(path, sep="\t", dtype={"patient_id": str, "label": str, "fold": str}, keep_default_na=False)
-
-
 def labelled(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """The rows whose label is one of `classes`."""
     return predictions[predictions["label"].isin(classes)]
 
 
-def metrics_document(predictions: pd.DataFrame, classes: list[str], seed: int, repeats: int, sites: dict[str, str],
-                     models: dict[str, Path | str] | None = None, bank_dir: Path | str | None = None, localisation: dict | None = None) -> dict:
-    """Everything metrics.json holds. `models` (fold -> model file) and `bank_dir` enable the
-    slice-level metrics when the models are hu2020."""
-    document: dict = {"classes": classes, "bootstrap": repeats, "seed": seed, "classification": None, "slice_level": None, "localisation": localisation or None}
+def classification_metrics(predictions: pd.DataFrame, classes: list[str], seed: int, repeats: int, sites: dict[str, str],
+                           models: dict[str, Path | str] | None = None, bank_dir: Path | str | None = None) -> dict:
+    """The classification part of metrics.json. `models` (fold -> model file) and `bank_dir`
+    enable the slice-level metrics when the models are hu2020."""
+    document: dict = {"classes": classes, "bootstrap": repeats, "seed": seed, "classification": None, "slice_level": None}
     known = labelled(predictions, classes)
     if known.empty:
         document["classification_note"] = "no patient has a label among the task's classes (prediction without labels)"
@@ -54,16 +52,10 @@ def metrics_document(predictions: pd.DataFrame, classes: list[str], seed: int, r
     return document
 
 
-def write_metrics(document: dict, path: Path | str) -> None:
-    """metrics.json, NaN written as null (JSON has no NaN)."""
-    def clean(value):
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return None if isinstance(value, float) and value != value else value
-
-    Path(path).write_text(json.dumps(clean(document), indent=1))
+def metrics_document(classification: dict, localisation: dict | None) -> dict:
+    """metrics.json: the classification metrics with the localisation figures (the
+    `localisation` rule's summary, None where no patient has a lesion mask or slice labels)."""
+    return classification | {"localisation": localisation or None}
 
 
 def classification_figures(predictions: pd.DataFrame, classes: list[str], roc_pr: Path | str, confusion: Path | str, reliability: Path | str) -> None:

@@ -36,6 +36,22 @@ def expected_calibration_error(truth: np.ndarray, probabilities: np.ndarray, bin
     return float(error)
 
 
+def _one_vs_rest_areas(truth: np.ndarray, probabilities: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per class, one-vs-rest ROC AUC and PR AUC (average precision); NaN for a class that is
+    absent or alone. One scikit-learn call each for all classes (multilabel indicator input)."""
+    indicator = np.eye(probabilities.shape[1], dtype=int)[truth]
+    positives = indicator.sum(axis=0)
+    columns = np.flatnonzero((positives > 0) & (positives < len(truth)))
+    roc, pr = np.full(probabilities.shape[1], np.nan), np.full(probabilities.shape[1], np.nan)
+    if len(columns) == 1:  # a single column would be read as a binary target
+        k = columns[0]
+        roc[k], pr[k] = roc_auc_score(indicator[:, k], probabilities[:, k]), average_precision_score(indicator[:, k], probabilities[:, k])
+    elif len(columns):
+        roc[columns] = roc_auc_score(indicator[:, columns], probabilities[:, columns], average=None)
+        pr[columns] = average_precision_score(indicator[:, columns], probabilities[:, columns], average=None)
+    return [float(v) for v in roc], [float(v) for v in pr]
+
+
 def point_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
     """Every metric of one set of predictions; `truth` holds class indices, `probabilities` is
     (samples, classes). Per-class entries are one-vs-rest.
@@ -52,16 +68,12 @@ def point_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list[st
     total, tp = matrix.sum(), np.diag(matrix)
     fn, fp = matrix.sum(axis=1) - tp, matrix.sum(axis=0) - tp
     tn = total - tp - fn - fp
+    roc_auc, pr_auc = _one_vs_rest_areas(truth, probabilities)
     per_class = {}
     for k, name in enumerate(classes):
-        positive = truth == k
-        separable = 0 < positive.sum() < len(truth)
-        sensitivity, ppv = _ratio(tp[k], tp[k] + fn[k]), _ratio(tp[k], tp[k] + fp[k])
         per_class[name] = {
-            "sensitivity": sensitivity, "specificity": _ratio(tn[k], tn[k] + fp[k]), "ppv": ppv, "npv": _ratio(tn[k], tn[k] + fn[k]),
-            "f1": _ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]),
-            "roc_auc": float(roc_auc_score(positive, probabilities[:, k])) if separable else float("nan"),
-            "pr_auc": float(average_precision_score(positive, probabilities[:, k])) if separable else float("nan"),
+            "sensitivity": _ratio(tp[k], tp[k] + fn[k]), "specificity": _ratio(tn[k], tn[k] + fp[k]), "ppv": _ratio(tp[k], tp[k] + fp[k]),
+            "npv": _ratio(tn[k], tn[k] + fn[k]), "f1": _ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]), "roc_auc": roc_auc[k], "pr_auc": pr_auc[k],
         }
     present = [per_class[c]["sensitivity"] for k, c in enumerate(classes) if tp[k] + fn[k] > 0]
     aucs = [per_class[c]["roc_auc"] for c in classes]

@@ -1,4 +1,4 @@
-"""Write and read the JSON records each stage leaves behind.
+"""Write and read the JSON records each stage leaves behind, and the predictions table.
 
 One format everywhere: UTF-8, sorted keys, two-space indent, floats rounded to 4 decimals and
 NaN written as null, so that records are stable across runs and diff cleanly.
@@ -42,3 +42,11 @@ def write_record(path: Path | str, record: dict) -> None:
 def read_record(path: Path | str) -> dict:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def read_predictions(path: Path | str):
+    """predictions.tsv as a pandas DataFrame, ids, labels and folds as text (an empty label stays
+    empty). pandas is imported here, not by every job that reads a record."""
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", dtype={"patient_id": str, "label": str, "fold": str}, keep_default_na=False)

@@ -1,7 +1,8 @@
 """Rule `classification_figures`: ROC/PR, confusion matrix and reliability diagram (lungcam.evaluation)."""
 
-from lungcam.evaluation import classification_figures, read_predictions
+from lungcam.evaluation import classification_figures
 from lungcam.joblog import job_log
+from lungcam.records import read_predictions
 
 snakemake = globals()["snakemake"]
 

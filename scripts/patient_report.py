@@ -1,12 +1,9 @@
 """Rule `patient_report`: reports/{patient_id}.html (lungcam.reports)."""
 
-import json
-
 import pandas as pd
 
-from lungcam.evaluation import read_predictions
 from lungcam.joblog import job_log
-from lungcam.records import read_record
+from lungcam.records import read_predictions, read_record
 from lungcam.reports import patient_context, render, run_times
 
 snakemake = globals()["snakemake"]
@@ -19,7 +16,7 @@ with job_log(snakemake.log[0]) as log:
         predictions = read_predictions(inputs.predictions).set_index("patient_id", drop=False)
         prediction = predictions.loc[patient].to_dict() if patient in predictions.index else None
     lesions = pd.read_csv(inputs.lesions, sep="\t") if inputs.get("lesions") else None
-    burden = json.loads(open(inputs.burden).read()) if inputs.get("burden") else None
+    burden = read_record(inputs.burden) if inputs.get("burden") else None
     model = snakemake.params.models.get(str(prediction["fold"])) if prediction else None
     context = patient_context(read_record(inputs.qc), read_record(inputs.provenance), snakemake.params.label, prediction, snakemake.params.classes, lesions, burden,
                               inputs.get("key_slices"), inputs.get("montage"), run_times(snakemake.params.benchmarks, patient), model, "../summary.html")

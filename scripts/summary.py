@@ -1,19 +1,17 @@
 """Rule `summary`: results/summary.html, the cohort summary (lungcam.reports, figures)."""
 
-import json
 from pathlib import Path
 
-from lungcam.evaluation import read_predictions
 from lungcam.figures import qc_strip_svg
 from lungcam.joblog import job_log
-from lungcam.records import read_record
+from lungcam.records import read_predictions, read_record
 from lungcam.reports import QC_MEASURES, qc_table, render, summary_context
 
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
     inputs, params = snakemake.input, snakemake.params
-    burdens = {Path(p).stem: json.loads(Path(p).read_text()) for p in inputs.burdens}
+    burdens = {Path(p).stem: read_record(p) for p in inputs.burdens}
     table = qc_table([read_record(p) for p in inputs.qc], read_predictions(inputs.predictions), burdens, params.labels, params.sites)
     strip = qc_strip_svg(table, QC_MEASURES, params.classes, {p: f"reports/{p}.html" for p in table["patient_id"]})
     figures = [(title, path) for title, path in zip(("ROC and precision-recall curves", "Confusion matrix", "Reliability diagram"), inputs.figures)]

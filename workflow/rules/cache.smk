@@ -14,7 +14,8 @@ rule cache:
     benchmark:
         benchmark_path("cache")
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb(4000),
+        runtime=5,
     conda:
         "../../envs/lungs.yaml"
     script:

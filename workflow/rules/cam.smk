@@ -27,7 +27,9 @@ rule cam:
     benchmark:
         benchmark_path("cam")
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb(4000),
+        runtime=5,
+        gpu=CAM_GPUS,
     conda:
         "../../envs/train.yaml"
     script:
@@ -47,6 +49,9 @@ rule lesions:
         log_path("lesions"),
     benchmark:
         benchmark_path("lesions")
+    resources:
+        mem_mb=memory_mb(3000),
+        runtime=5,
     conda:
         "../../envs/lungs.yaml"
     script:

@@ -7,6 +7,7 @@ the run with a message naming it.
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from lungcam.config import apply_demo_overrides, validate_config
@@ -61,6 +62,7 @@ TASK_CLASSES = task_classes(config["train"]["task"], config["classes"])
 TASK_CLASSES_JSON = json.dumps(TASK_CLASSES)
 TRAIN_SETTINGS_JSON = json.dumps(config["train"], sort_keys=True)
 TRAIN_GPUS = config["train"]["gpus"] if config["train"]["device"] != "cpu" else 0
+CAM_GPUS = 1 if config["train"]["device"] != "cpu" else 0
 TRAIN_LAUNCHER = (
     f"torchrun --standalone --nproc_per_node {config['train']['gpus']}" if config["train"]["gpus"] > 1 else "python"
 )
@@ -197,6 +199,12 @@ def lobes_output() -> dict:
     return {"lobes": f"{RESULTS}/lungs/{{patient}}_lobes.nii.gz"} if LOBES else {}
 
 
+def memory_mb(base: int):
+    """A rule's mem_mb: `base` at the first attempt, twice that at the first retry, and so on,
+    so that a job killed for memory on a cluster is resubmitted with more (profile `retries`)."""
+    return lambda wildcards, attempt: base * attempt
+
+
 def log_path(rule_name: str) -> str:
     return f"{LOGS}/{rule_name}/{{patient}}.log"
 
@@ -218,12 +226,18 @@ REPORT_MODELS = (
 CLASSIFICATION_FIGURES = [f"{RESULTS}/figures/{name}.png" for name in ("roc_pr", "confusion", "reliability")]
 
 
-def metrics_inputs(wildcards) -> dict:
-    """Predictions; the models and slice bank for slice-level metrics; localisation figures."""
+def classification_metrics_inputs(wildcards) -> dict:
+    """Predictions, and the models and slice bank for the slice-level metrics."""
     inputs = {"predictions": f"{RESULTS}/predictions.tsv"}
     if LABELLED:
         inputs["models"] = list(REPORT_MODELS.values())
         inputs["bank"] = rules.slice_bank.output[0]
+    return inputs
+
+
+def metrics_inputs(wildcards) -> dict:
+    """The classification metrics, and the localisation figures where there are any."""
+    inputs = {"classification": rules.classification_metrics.output[0]}
     if localised_patients():
         inputs["localisation"] = f"{RESULTS}/localisation.json"
     return inputs

@@ -10,14 +10,17 @@ rule phantom:
         lesions=f"{DEMO_ROOT}/truth/{{patient}}_lesions.nii.gz",
         record=f"{DEMO_ROOT}/truth/{{patient}}.json",
     params:
-        demo=DEMO_COHORT,
-        classes=lookup(dpath="classes", within=config),
+        # The patient's own plan and the rendering options, not the whole demo section: adding
+        # patients (demo.scout_only) leaves the others' plans, and so their files, unchanged.
+        plan=lambda wildcards: asdict(DEMO_PLANS[wildcards.patient]),
+        options={k: config["demo"][k] for k in ("matrix", "localizer", "thick_series", "background")},
     log:
         log_path("phantom"),
     benchmark:
         benchmark_path("phantom")
     resources:
-        mem_mb=3000,
+        mem_mb=memory_mb(3000),
+        runtime=5,
     conda:
         "../../envs/phantom.yaml"
     script:

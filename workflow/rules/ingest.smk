@@ -18,7 +18,8 @@ checkpoint ingest:
     benchmark:
         benchmark_path("ingest")
     resources:
-        mem_mb=2000,
+        mem_mb=memory_mb(2000),
+        runtime=10,
     conda:
         "../../envs/ingest.yaml"
     script:
@@ -35,6 +36,9 @@ rule nifti:
         log_path("nifti"),
     benchmark:
         benchmark_path("nifti")
+    resources:
+        mem_mb=memory_mb(1000),
+        runtime=2,
     conda:
         "../../envs/ingest.yaml"
     script:
@@ -50,6 +54,9 @@ rule patient_qc:
         log_path("patient_qc"),
     benchmark:
         benchmark_path("patient_qc")
+    resources:
+        mem_mb=memory_mb(1000),
+        runtime=2,
     conda:
         "../../envs/ingest.yaml"
     script:

@@ -22,7 +22,8 @@ checkpoint lungs:
     benchmark:
         benchmark_path("lungs")
     resources:
-        mem_mb=6000,
+        mem_mb=memory_mb(6000),
+        runtime=15,
         gpu=1 if LUNGMASK else 0,
     conda:
         "../../envs/lungs.yaml"

@@ -6,17 +6,32 @@ summary links them all and lists every exclusion.
 """
 
 
-rule metrics:
+rule classification_metrics:
     input:
-        unpack(metrics_inputs),
+        unpack(classification_metrics_inputs),
     output:
-        f"{RESULTS}/metrics.json",
+        f"{WORK}/metrics/classification.json",
     params:
         classes=TASK_CLASSES,
         seed=lookup(dpath="train/seed", within=config),
         repeats=lookup(dpath="report/bootstrap", within=config),
         sites=SITES,
         models=REPORT_MODELS,
+    log:
+        f"{LOGS}/classification_metrics.log",
+    benchmark:
+        f"{LOGS}/benchmarks/classification_metrics.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/classification_metrics.py"
+
+
+rule metrics:
+    input:
+        unpack(metrics_inputs),
+    output:
+        f"{RESULTS}/metrics.json",
     log:
         f"{LOGS}/metrics.log",
     benchmark:
@@ -78,6 +93,9 @@ rule patient_report:
         log_path("patient_report"),
     benchmark:
         benchmark_path("patient_report")
+    resources:
+        mem_mb=memory_mb(1000),
+        runtime=2,
     conda:
         "../../envs/train.yaml"
     script:

@@ -43,7 +43,7 @@ rule slice_bank:
     benchmark:
         f"{LOGS}/benchmarks/slice_bank.tsv"
     resources:
-        mem_mb=8000,
+        mem_mb=memory_mb(8000),
     conda:
         "../../envs/train.yaml"
     script:
@@ -69,7 +69,7 @@ rule train_fold:
     threads: 2
     resources:
         gpu=TRAIN_GPUS,
-        mem_mb=16000,
+        mem_mb=memory_mb(16000),
         runtime=720,
     log:
         f"{LOGS}/train_fold/fold{{fold}}.log",
@@ -100,7 +100,7 @@ rule train_final:
     threads: 2
     resources:
         gpu=TRAIN_GPUS,
-        mem_mb=16000,
+        mem_mb=memory_mb(16000),
         runtime=720,
     log:
         f"{LOGS}/train_final.log",

@@ -1,0 +1,102 @@
+"""SLURM operation without a cluster: the sbatch calls that snakemake-executor-plugin-slurm makes
+with profiles/slurm, through fake `sbatch`, `sacct`, `squeue`, `scontrol` and `sacctmgr` on
+PATH. The fake sbatch records each call and queues nothing; the fake status commands report
+every job as failed, so each run ends after its first submissions."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, snakemake
+
+FAKE_COMMANDS = {
+    "sbatch": """#!/bin/sh
+count=$(cat "$FAKE_SLURM/count" 2>/dev/null || echo 1000)
+count=$((count + 1))
+echo "$count" > "$FAKE_SLURM/count"
+echo "$count $*" >> "$FAKE_SLURM/sbatch.log"
+cat > /dev/null
+echo "$count"
+""",
+    "sacct": """#!/bin/sh
+cut -d' ' -f1 "$FAKE_SLURM/sbatch.log" 2>/dev/null | sed 's/$/|FAILED/'
+""",
+    "squeue": """#!/bin/sh
+cut -d' ' -f1 "$FAKE_SLURM/sbatch.log" 2>/dev/null | sed 's/$/|FAILED/'
+""",
+    "scontrol": """#!/bin/sh
+echo "MinJobAge               = 300 sec"
+""",
+    "sacctmgr": "#!/bin/sh\necho lab-account\n",
+    "sshare": "#!/bin/sh\necho lab-account\n",
+    "sinfo": "#!/bin/sh\necho cpu\necho gpu\n",
+}
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path) -> tuple[dict, Path, Path]:
+    """(environment with the fake commands first on PATH, folder of their records, a copy of
+    profiles/slurm with its placeholders filled in as a user would)."""
+    bin_dir, records, profile = tmp_path / "bin", tmp_path / "records", tmp_path / "profile"
+    for folder in (bin_dir, records, profile):
+        folder.mkdir()
+    for name, text in FAKE_COMMANDS.items():
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    settings = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    settings = settings.replace("<your-account>", "lab-account").replace("<cpu-partition>", "cpu").replace("<gpu-partition>", "gpu")
+    (profile / "config.yaml").write_text(settings)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM": str(records)}
+    return env, records, profile
+
+
+def submissions(finished: Path, env: dict, records: Path, profile: Path, *args: str) -> list[str]:
+    """The sbatch command lines of one run with the profile, in a fresh copy of the `finished`
+    working directory: Snakemake removes the outputs of the jobs the fake SLURM fails."""
+    workdir = records.parent / f"run{len(list(records.parent.glob('run*')))}"
+    shutil.copytree(finished, workdir, symlinks=True)
+    (records / "sbatch.log").unlink(missing_ok=True)
+    snakemake(workdir, "--profile", str(profile), "--retries", "0", "--latency-wait", "1", "--slurm-init-seconds-before-status-checks", "1",
+              *args, check=False, env=env)
+    log = records / "sbatch.log"
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def option(call: str, pattern: str) -> str | None:
+    found = re.search(pattern, call)
+    return found.group(1) if found else None
+
+
+@pytest.mark.slow
+def test_sbatch_calls_of_the_gpu_training_and_the_grouped_per_patient_jobs(training_demo, fake_slurm):
+    workdir, config = training_demo
+    env, records, profile = fake_slurm
+    common = ("--configfile", str(config))
+
+    training = submissions(workdir, env, records, profile, *common, "--forcerun", "train_fold", "--until", "train_fold")
+    assert len(training) == 3  # one SLURM job per fold
+    for call in training:
+        assert option(call, r"-p '?(\w+)'?") == "gpu" and option(call, r"-A '?([\w-]+)'?") == "lab-account"
+        assert "--gpus=1" in call and option(call, r"--cpus-per-gpu[= ](\d+)") == "8" and "--requeue" in call
+        assert option(call, r"--mem (\d+)") == "16000" and option(call, r"-t '?(\d+)'?") == "720"
+        assert "logs/slurm/rule_train_fold/" in call
+
+    maps = submissions(workdir, env, records, profile, *common, "--forcerun", "cam", "--until", "cam")
+    assert len(maps) == 1, maps  # the maps of all 9 patients in one job, on one GPU, one after another
+    call = maps[0]
+    assert "logs/slurm/group_maps" in call and option(call, r"-p '?(\w+)'?") == "gpu" and "--gpus=1" in call
+    assert option(call, r"--mem (\d+)") == "4000" and option(call, r"-t '?(\d+)'?") == str(9 * 5)
+
+    prepare = submissions(workdir, env, records, profile, *common, "--forcerun", "ingest", "--until", "ingest")
+    assert len(prepare) == 1, prepare  # the first step of all 10 patients' chains in one CPU job
+    call = prepare[0]
+    assert "logs/slurm/group_prepare" in call and option(call, r"-p '?(\w+)'?") == "cpu" and "--gpus" not in call
+    # Two at a time within the job (this test's --cores 2; the profile's 8 on a cluster): five rounds of 10 minutes.
+    assert option(call, r"--mem (\d+)") == "4000" and option(call, r"-t '?(\d+)'?") == str(5 * 10) and option(call, r"--cpus-per-task[= ](\d+)") == "2"
