@@ -42,7 +42,9 @@ rule all:
         demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
         cohort=final_targets(),
         cam=cam_targets,
-        cohort_qc=rules.prepare.output[0],
-        metrics=rules.metrics.output[0],
-        provenance=rules.provenance.output[0],
-        summary=rules.summary.output[0],
+        # Paths, not rules.<rule>.output: rule references make Snakemake look up every input
+        # of this rule in them, and the qc list has one file per patient (quadratic in patients).
+        cohort_qc=f"{RESULTS}/cohort_qc.tsv",
+        metrics=f"{RESULTS}/metrics.json",
+        provenance=f"{RESULTS}/provenance.json",
+        summary=f"{RESULTS}/summary.html",

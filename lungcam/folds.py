@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 TASKS = {
     "multiclass": None,  # all configured classes
@@ -33,6 +32,8 @@ def task_classes(task: str, classes: list[str]) -> list[str]:
 
 def assign_folds(patients: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     """Add a `fold` column (0..k-1): stratified by label, shuffled with `seed`."""
+    from sklearn.model_selection import StratifiedKFold  # imported here: the workflow reads task_classes at parse time
+
     counts = patients["label"].value_counts()
     if (counts < k).any():
         raise ValueError(f"{k}-fold cross-validation needs at least {k} patients per class; have {counts.to_dict()}")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from lungcam.config import apply_demo_overrides, validate_config
 from lungcam.folds import task_classes
-from lungcam.inference import read_model_metadata
 from lungcam.lungmask_backend import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows
 from lungcam.records import read_record
@@ -67,6 +66,8 @@ TRAIN_LAUNCHER = (
     f"torchrun --standalone --nproc_per_node {config['train']['gpus']}" if config["train"]["gpus"] > 1 else "python"
 )
 if MODE == "predict":
+    from lungcam.inference import read_model_metadata  # imports torch: only in mode predict
+
     # Slices are prepared exactly as for the model's training cohort, whatever this config says.
     if not Path(config["predict"]["model"]).is_file():
         raise ValueError(f"mode predict needs predict.model, a model file; '{config['predict']['model']}' does not exist")
