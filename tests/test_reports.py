@@ -50,6 +50,22 @@ def test_leak_scan_decodes_images_embedded_in_html(tmp_path):
     assert find_leaks(tmp_path, ["Jane"]) == [("hidden.html", "Jane")]
 
 
+def test_job_log_ends_with_the_peak_memory_of_the_job_and_its_children(tmp_path):
+    """The job log's last line is the kernel's peak resident memory, children included: a child
+    that holds 200 MB shows, as Snakemake's once-a-second sampling of short jobs may not."""
+    import subprocess
+    import sys
+
+    from lungcam.joblog import PEAK_MEMORY, job_log
+
+    with job_log(tmp_path / "job.log") as log:
+        log.info("working")
+        subprocess.run([sys.executable, "-c", "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"], check=True)
+    lines = (tmp_path / "job.log").read_text().splitlines()
+    assert "working" in lines[0] and lines[-1].startswith(PEAK_MEMORY)
+    assert 200 <= float(lines[-1].removeprefix(PEAK_MEMORY)) < 2000
+
+
 def test_cohort_table_names_the_stage_that_excluded_a_patient():
     records = [
         {"patient_id": "a", "status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"},
