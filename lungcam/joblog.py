@@ -4,9 +4,7 @@ Every rule has a `log:` file; a job's Python logging, warnings and any traceback
 failed or excluded patient can be understood from its own log. The last line gives the job's
 peak memory as the kernel counted it (the job's process and the largest of its finished child
 processes, such as dcm2niix): Snakemake's benchmark files sample memory once a second and miss
-short jobs, and `mem_mb` is checked against this figure (benchmarks/stage_memory.py). It is an
-upper bound: Linux carries the peak across fork and exec, so a job started by Snakemake reports
-at least the Snakemake process's own resident memory at that moment.
+short jobs, and `mem_mb` is checked against this figure (benchmarks/stage_memory.py).
 """
 
 from __future__ import annotations

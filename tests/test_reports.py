@@ -52,18 +52,20 @@ def test_leak_scan_decodes_images_embedded_in_html(tmp_path):
 
 def test_job_log_ends_with_the_peak_memory_of_the_job_and_its_children(tmp_path):
     """The job log's last line is the kernel's peak resident memory, children included: a child
-    that holds 200 MB shows, as Snakemake's once-a-second sampling of short jobs may not."""
+    that holds 200 MB shows, as Snakemake's once-a-second sampling of short jobs may not. The
+    job runs in a fresh process, as a workflow job does (this test process has its own peak)."""
     import subprocess
     import sys
 
-    from lungcam.joblog import PEAK_MEMORY, job_log
+    from lungcam.joblog import PEAK_MEMORY
 
-    with job_log(tmp_path / "job.log") as log:
-        log.info("working")
-        subprocess.run([sys.executable, "-c", "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"], check=True)
+    child = "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"
+    job = (f"import subprocess, sys\nfrom lungcam.joblog import job_log\nwith job_log({str(tmp_path / 'job.log')!r}) as log:\n"
+           f"    log.info('working')\n    subprocess.run([sys.executable, '-c', {child!r}], check=True)\n")
+    subprocess.run([sys.executable, "-c", job], check=True)
     lines = (tmp_path / "job.log").read_text().splitlines()
     assert "working" in lines[0] and lines[-1].startswith(PEAK_MEMORY)
-    assert 200 <= float(lines[-1].removeprefix(PEAK_MEMORY)) < 2000
+    assert 200 <= float(lines[-1].removeprefix(PEAK_MEMORY)) < 1000
 
 
 def test_cohort_table_names_the_stage_that_excluded_a_patient():
