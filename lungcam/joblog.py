@@ -4,7 +4,9 @@ Every rule has a `log:` file; a job's Python logging, warnings and any traceback
 failed or excluded patient can be understood from its own log. The last line gives the job's
 peak memory as the kernel counted it (the job's process and the largest of its finished child
 processes, such as dcm2niix): Snakemake's benchmark files sample memory once a second and miss
-short jobs, and `mem_mb` is checked against this figure (benchmarks/stage_memory.py).
+short jobs, and `mem_mb` is checked against this figure (benchmarks/stage_memory.py). It is an
+upper bound: at exec Linux folds the peak of the process that started the job into the job's,
+so a job started by Snakemake reports at least Snakemake's own peak.
 """
 
 from __future__ import annotations
