@@ -1,8 +1,9 @@
 """What made a run's outputs: code version, software versions, resolved config, input checksums.
 
 `provenance.json` (CONTRACT.md) lets an auditor trace every output to the code, settings and
-inputs that made it. The DICOM folders are checksummed per patient during ingest, where the files
-are read anyway (qc/{patient_id}.json, `ingest.files.sha256`); this module gathers those and
+inputs that made it. The DICOM folders are checksummed per patient in the ingest job, in parallel
+across patients (qc/{patient_id}.json, `ingest.files.sha256`): a second pass over files the job
+has just listed and read, so mostly from the page cache. This module gathers those and
 checksums the small inputs itself. Paths are written as the sample sheet and config give them,
 so the file holds no path of the machine that the user did not write.
 """
