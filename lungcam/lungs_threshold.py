@@ -6,11 +6,16 @@ superior; callers reorient first. Labels: 1 = right lung (smaller x), 2 = left l
 1. Aerated lung: air inside the body (below `lung_hu`), without the trachea and main bronchi
    (region grown from the trachea), the two largest regions, split by erosion if they touch.
 2. Dense lung: thresholding misses consolidation and dense ground glass, worst where they touch
-   the chest wall. Each lung gets an envelope: the inner surface of the rib cage (rays cast from
-   the lung's centre to the first rib, gaps between ribs interpolated), its mediastinal boundary,
-   its base and its apex, smoothed so that the "bites" lesions take out of the aerated lung are
-   bridged while the heart notch keeps its shape.
-   Dense regions inside the envelope that touch the aerated lung are lung.
+   the chest wall. Each lung gets a cautious envelope: the inner surface of the rib cage (rays
+   cast from the lung's centre to the first rib, gaps between ribs interpolated) where the lung
+   reaches the ribs nearby, its mediastinal boundary, its base and its apex, smoothed so that
+   the "bites" lesions take out of the aerated lung are bridged while the heart notch keeps its
+   shape. Dense regions inside it that touch the aerated lung are lung.
+   A consolidated lobe takes away the air these limits are read from. Where a lung shows a
+   consolidation (air bronchograms, or a large uniform dense region already found), a bold
+   envelope applies: the rib cage on every ray, the other lung's base and mediastinal boundary
+   mirrored. Inside it the consolidation grows as far as its own density goes, so it stops at
+   liver, heart or fat of another density; liver, heart and chest wall alone never open it.
 3. Holes: vessels and bronchi enclosed in a slice are filled; a large enclosed region is filled
    only when lung closes it above and below too, so the diaphragm dome (open towards the
    abdomen) is not.
@@ -30,6 +35,12 @@ log = logging.getLogger(__name__)
 # the dome survives while dips narrower than 2*sqrt(depth/curvature) (73 mm for 40 mm) close.
 DOME_CURVATURE = 0.03
 WORKING_MM = 1.4  # in-plane resolution the segmentation runs at
+BASE_SHIFT_PERCENTILE = 25  # of the column-wise difference between a lung's base and the other's
+BRONCHOGRAM_MM = 20.0  # an air bronchogram is a tube at least this long,
+AIRWAY_RADIUS_MM = 5.0  # at most this wide (radius)
+TUBE_ELONGATION = 3.5  # and this many times longer than wide
+WALL_BAND_HU = 30.0  # least half-width of the density band a consolidation grows in
+UNIFORM_SD_HU = 20.0  # most robust standard deviation (smoothed) of a uniform consolidation
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,8 @@ class ThresholdSettings:
     bridge_mm: float = 40.0  # widest mediastinal bite bridged
     speck_mm: float = 1.5  # dense specks thinner than this inside the envelope are noise
     small_hole_cm2: float = 3.0  # holes up to this area per slice are vessels or bronchi
+    bronchogram_ml: float = 0.5  # air bronchograms that let a consolidation reach the bold envelope
+    consolidation_ml: float = 5.0  # or a uniform dense region this large inside the cautious one
 
     @classmethod
     def from_config(cls, section: dict) -> "ThresholdSettings":
@@ -173,7 +186,8 @@ def _paraboloid(radius_px: tuple[int, int], curvature: tuple[float, float]) -> n
     return -(curvature[0] * yy ** 2 + curvature[1] * xx ** 2)
 
 
-def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spacing: tuple[float, float, float],
+                 slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per slice, whether each pixel lies inside the rib cage seen from `center` (y, x pixels).
 
     Rays every 2.5 degrees in every slice: the cage radius on a ray is the first bone beyond the
@@ -181,6 +195,10 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
     ray that hit one, in this or a neighbouring slice, up to about 25 mm away. A ray extends
     beyond its air only where, at that angle within 30 mm up or down, the lung touches the ribs;
     otherwise (costal cartilage, mediastinum, paravertebral muscle) it ends where its air ends.
+
+    Returns that cautious limit and a bold one, where every ray reaches the ribs (less the
+    pleural gap), over `slices` (slices without air included, rays then start at the centre):
+    the bold one bounds a consolidation that has shown itself by its air bronchograms.
     """
     depth, height, width = aerated.shape
     pixel = spacing[1]
@@ -192,19 +210,20 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
     reach = int(30.0 / pixel)
     outer = np.full((depth, len(angles)), -1.0)
     cage = np.full((depth, len(angles)), np.nan)
-    for k in np.nonzero(aerated.any(axis=(1, 2)))[0]:
+    far_cage = np.full((depth, len(angles)), np.nan)  # the bold limit looks for bone at any distance
+    for k in slices:
         lung_ray = aerated[k][ys, xs]
         last = len(radii) - 1 - np.argmax(lung_ray[:, ::-1], axis=1)
         outer[k] = np.where(lung_ray.any(axis=1), last, -1)
         # Beyond the aerated lung, or from the centre on a ray with no air left at all.
-        start = outer[k][:, None]
-        stop = np.where(outer[k] >= 0, outer[k] + reach, len(radii))[:, None]
-        bone_ray = bone[k][ys, xs] & (radii[None, :] > start) & (radii[None, :] <= stop)
-        hit = bone_ray.any(axis=1)
-        cage[k, hit] = np.argmax(bone_ray, axis=1)[hit]
+        beyond = bone[k][ys, xs] & (radii[None, :] > outer[k][:, None])
+        hit = beyond.any(axis=1)
+        far_cage[k, hit] = np.argmax(beyond, axis=1)[hit]
+        near = hit & ((outer[k] < 0) | (far_cage[k] <= outer[k] + reach))
+        cage[k, near] = far_cage[k, near]
     hits = np.isfinite(cage)
     if not hits.any():
-        return np.ones(aerated.shape, bool)
+        return np.ones(aerated.shape, bool), np.ones(aerated.shape, bool)
     # The lung stops short of the ribs by the pleura and extrapleural fat. That gap, measured on
     # rays where the two are close (healthy lung) and carried to the other rays from the nearest
     # such ray, keeps the envelope at the expected lung surface rather than at the ribs.
@@ -218,45 +237,57 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
         middle = slice(len(angles), 2 * len(angles))
         return padded[nearest[0], nearest[1]][:, middle], distance[:, middle]
 
-    # Between two ribs a ray can reach the scapula first; the rib cage is the innermost bone
-    # around a ray (15 mm up and down, 5 degrees either side).
-    inner = ndimage.minimum_filter(np.where(hits, cage, np.inf), size=(2 * int(round(15.0 / spacing[0])) + 1, 5), mode="wrap")
-    cage = np.where(hits, np.minimum(cage, inner), np.nan)
+    def innermost(cage: np.ndarray) -> np.ndarray:
+        """Between two ribs a ray can reach the scapula first; the rib cage is the innermost bone
+        around a ray (15 mm up and down, 5 degrees either side)."""
+        hits = np.isfinite(cage)
+        inner = ndimage.minimum_filter(np.where(hits, cage, np.inf), size=(2 * int(round(15.0 / spacing[0])) + 1, 5), mode="wrap")
+        return np.where(hits, np.minimum(cage, inner), np.nan)
+
+    cage = innermost(cage)
+    far_cage = innermost(far_cage)
     gap = cage - outer
     healthy = hits & (outer >= 0) & (gap <= 10.0 / pixel)
     if not healthy.any():
-        return np.ones(aerated.shape, bool)
+        return np.ones(aerated.shape, bool), np.ones(aerated.shape, bool)
     local_gap, _ = nearest_valid(np.where(healthy, gap, 0.0), healthy)
     borrowed, distance = nearest_valid(np.nan_to_num(cage), hits)
+    far_borrowed, far_distance = nearest_valid(np.nan_to_num(far_cage), np.isfinite(far_cage))
     # A lesion's bite: at this angle the lung reaches the ribs in nearby slices. Where it never
     # does (muscle beside the spine, cartilage in front) the gap is anatomy, not a lesion.
     window = (2 * int(round(30.0 / spacing[0])) + 1, 3)
     touched_nearby = ndimage.maximum_filter(healthy.astype(np.uint8), size=window, mode="wrap") > 0
-    limit = np.where((distance <= 25.0) & touched_nearby, borrowed - local_gap, np.maximum(outer, 0))
+    cautious = np.where((distance <= 25.0) & touched_nearby, borrowed - local_gap, np.maximum(outer, 0))
+    bold = np.where(far_distance <= 25.0, far_borrowed, np.maximum(outer, 0))
     gy, gx = np.mgrid[:height, :width]
     pixel_radius = np.hypot(gy - center[0], gx - center[1])
     pixel_ray = np.rint((np.rad2deg(np.arctan2(gy - center[0], gx - center[1])) % 360) / step_deg).astype(int) % len(angles)
     inside = np.ones(aerated.shape, bool)
-    for k in np.nonzero(aerated.any(axis=(1, 2)))[0]:
-        inside[k] = pixel_radius <= limit[k][pixel_ray]
-    return inside
+    inside_bold = np.ones(aerated.shape, bool)
+    for k in slices:
+        inside[k] = pixel_radius <= cautious[k][pixel_ray]
+        inside_bold[k] = pixel_radius <= bold[k][pixel_ray]
+    return inside, inside_bold
 
 
-def _mediastinal_limit(aerated: np.ndarray, side: int, mid_x: float, spacing, bridge_mm: float) -> np.ndarray:
-    """Pixels on the lung's side of its (bite-bridged) mediastinal boundary.
-
-    Per (z, y) row, the boundary is the aerated lung's medial-most pixel; rows without lung take
-    the nearest row's value; a grey opening removes bites narrower than `bridge_mm`.
-    """
-    depth, height, width = aerated.shape
+def _lateral(width: int, side: int, mid_x: float) -> np.ndarray:
+    """Distance (pixels) of each column from the body midline, positive on lung `side`'s side."""
     x = np.arange(width)
-    lateral = (mid_x - x) if side == 1 else (x - mid_x)  # distance from the midline, lung side > 0
+    return (mid_x - x) if side == 1 else (x - mid_x)
+
+
+def _medial_boundary(aerated: np.ndarray, side: int, mid_x: float, spacing, bridge_mm: float) -> np.ndarray:
+    """Per (z, y) row, the lung's (bite-bridged) mediastinal boundary as a distance from the midline.
+
+    The boundary is the aerated lung's medial-most pixel; rows without lung take the nearest
+    row's value; a grey opening removes bites narrower than `bridge_mm`.
+    """
+    lateral = _lateral(aerated.shape[2], side, mid_x)
     has = aerated.any(axis=2)
     medial = np.where(has, np.where(aerated, lateral[None, None, :], np.inf).min(axis=2), np.nan)
     medial = _fill_nan_nearest(np.nan_to_num(medial, nan=0.0), has)
     window = (max(1, int(bridge_mm / spacing[0])), max(1, int(bridge_mm / spacing[1])))
-    medial = ndimage.grey_opening(medial, size=window)
-    return lateral[None, None, :] >= medial[:, :, None] - 1
+    return ndimage.grey_opening(medial, size=window)
 
 
 def _surfaces(aerated: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -290,52 +321,177 @@ def _smooth_surface(surface: np.ndarray, spacing, operation) -> np.ndarray:
     return ndimage.zoom(smoothed, zoom, order=1)[: surface.shape[0], : surface.shape[1]]
 
 
-def _height_limits(aerated: np.ndarray, other: np.ndarray, mid_x: float, spacing) -> np.ndarray:
-    """Pixels between the lung's base and apex, per column.
+def _height_limits(aerated: np.ndarray, other: np.ndarray, mid_x: float, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels between the lung's base and apex, per column: a cautious and a bold envelope.
 
-    The base is the lowest aerated voxel of the column: on real scans no smooth model of the
-    diaphragm (paraboloid opening, quadratic fit, the other side mirrored) was accurate enough
-    to go lower without taking in the liver or spleen dome, so a lesion lying on the diaphragm
-    under a column's lowest air is missed rather than the dome included. The apex is smoothed
-    with a paraboloid closing, and the apices being nearly symmetric, where a lung's own apex
-    falls short of the other's, mirrored, by more than 10 mm the mirrored one is used (a lobe
-    consolidated from apex to fissure has no air to go by).
+    Cautious: the base is the lowest aerated voxel of the column. On real scans no smooth model
+    of the diaphragm (paraboloid opening, quadratic fit, the other side mirrored) was accurate
+    enough to go lower without taking in the liver or spleen dome, so without further evidence
+    a lesion lying on the diaphragm under a column's lowest air is missed rather than the dome
+    included. Bold: the base may go down to the other lung's base, mirrored and raised by the
+    usual difference between the two hemidiaphragms (a low percentile of the column-wise
+    difference: columns where this lung's base is consolidated stand higher), over the union of
+    the two lungs' footprints; a lower lobe consolidated down to the diaphragm has no air to go by.
+
+    The apex is smoothed with a paraboloid closing, and the apices being nearly symmetric, where
+    a lung's own apex falls short of the other's, mirrored, by more than 10 mm the mirrored one is
+    used (a lobe consolidated from apex to fissure has no air to go by).
     """
     z = np.arange(aerated.shape[0]) * spacing[0]
     bottom, top, has = _surfaces(aerated, z)
-    footprint = ndimage.binary_closing(has, structure=np.ones((5, 5), bool), iterations=3)
+    closing = dict(structure=np.ones((5, 5), bool), iterations=3)
+    footprint = ndimage.binary_closing(has, **closing)
+    floor, reach = bottom, footprint
     if other.any():
-        _, other_top, other_has = _surfaces(other, z)
+        other_bottom, other_top, other_has = _surfaces(other, z)
+        mirrored_has = _mirror(other_has, mid_x)
         mirrored_top = _mirror(other_top, mid_x)
-        top = np.where(_mirror(other_has, mid_x) & (mirrored_top > top + 10.0), mirrored_top, top)
+        top = np.where(mirrored_has & (mirrored_top > top + 10.0), mirrored_top, top)
+        both = has & mirrored_has
+        if both.any():
+            mirrored_bottom = _mirror(other_bottom, mid_x)
+            shift = np.percentile((bottom - mirrored_bottom)[both], BASE_SHIFT_PERCENTILE)
+            floor = np.where(mirrored_has, np.minimum(bottom, mirrored_bottom + shift), bottom)
+        reach = ndimage.binary_closing(has | mirrored_has, **closing)
     top = _smooth_surface(top, spacing, ndimage.grey_closing)
-    inside = (z[:, None, None] >= bottom[None]) & (z[:, None, None] <= top[None])
-    return inside & footprint[None]
+    height = z[:, None, None]
+    cautious = (height >= bottom[None]) & (height <= top[None]) & footprint[None]
+    bold = (height >= floor[None]) & (height <= top[None]) & reach[None]
+    return cautious, bold
+
+
+def _touching(candidates: np.ndarray, aerated: np.ndarray, reach: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of `candidates` and the ids of those within `reach` voxels of `aerated`."""
+    components, n = ndimage.label(candidates)
+    if n == 0:
+        return components, np.zeros(0, int)
+    ids = np.unique(components[ndimage.binary_dilation(aerated, iterations=reach) & candidates])
+    return components, ids[ids > 0]
+
+
+def _tubes(air: np.ndarray, spacing) -> np.ndarray:
+    """The connected pieces of `air` shaped like airways: at most AIRWAY_RADIUS_MM in radius, at
+    least BRONCHOGRAM_MM long (four standard deviations along the main axis) and TUBE_ELONGATION
+    times longer than wide. Noise specks, bubbles in bowel content and gas-filled bowel are not."""
+    pieces, n = ndimage.label(air)
+    keep = np.zeros(n + 1, bool)
+    for i, box in enumerate(ndimage.find_objects(pieces)):
+        inside = pieces[box] == i + 1
+        points = np.argwhere(inside) * np.asarray(spacing)
+        if len(points) < 4:
+            continue
+        length = 4.0 * np.sqrt(np.linalg.eigvalsh(np.cov(points.T))[-1])
+        if length < BRONCHOGRAM_MM:
+            continue
+        radius = ndimage.distance_transform_edt(np.pad(inside, 1), sampling=spacing).max()
+        keep[i + 1] = radius <= AIRWAY_RADIUS_MM and length >= TUBE_ELONGATION * 2.0 * radius
+    return keep[pieces]
+
+
+def _bronchogram_walls(bronchograms: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray:
+    """The consolidation around air bronchograms, 3 to 6 mm from them (clear of the lumen's blur)."""
+    step = max(1, int(round(3.0 / spacing[1])))
+    near = ndimage.binary_dilation(bronchograms, iterations=step)
+    return ndimage.binary_dilation(near, iterations=step) & ~near & dense
+
+
+def _density_band(smooth: np.ndarray, region: np.ndarray) -> tuple[float, float]:
+    """Median density of `region` and the half-width of its band: three robust standard
+    deviations, at least WALL_BAND_HU."""
+    values = smooth[region]
+    level = float(np.median(values))
+    return level, max(3.0 * 1.4826 * float(np.median(np.abs(values - level))), WALL_BAND_HU)
+
+
+def _consolidation_density(smooth: np.ndarray, bronchograms: np.ndarray, found: np.ndarray, bold: np.ndarray,
+                           spacing, settings: "ThresholdSettings") -> tuple[float, float] | None:
+    """Density band of a consolidation, or None when there is no evidence of one.
+
+    Evidence is either air bronchograms (at least `bronchogram_ml`; the band is read off their
+    walls) or a large, uniform dense region already found inside the cautious envelope (at
+    least `consolidation_ml` once 3 mm of blurred rim is peeled off, robust standard deviation
+    at most UNIFORM_SD_HU). Vessels, partial volume at the lung's surface and patchy ground glass
+    are neither that large nor that uniform.
+    """
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    if bronchograms.sum() * voxel_ml >= settings.bronchogram_ml:
+        walls = _bronchogram_walls(bronchograms, bold, spacing)
+        if walls.any():
+            return _density_band(smooth, walls)
+    rim = max(1, int(round(3.0 / spacing[1])))
+    cores, n = ndimage.label(ndimage.binary_erosion(found, structure=np.ones((1, 3, 3), bool), iterations=rim))
+    if n:
+        sizes = np.bincount(cores.ravel())[1:] * voxel_ml
+        largest = np.argmax(sizes)
+        if sizes[largest] >= settings.consolidation_ml:
+            level, band = _density_band(smooth, cores == largest + 1)
+            if band <= 3.0 * UNIFORM_SD_HU:
+                return level, band
+    return None
+
+
+def _grow_consolidation(smooth: np.ndarray, bronchograms: np.ndarray, aerated: np.ndarray, found: np.ndarray,
+                        bold: np.ndarray, spacing, settings: ThresholdSettings) -> np.ndarray:
+    """The consolidation inside the bold envelope (dense voxels `bold`) connected to the aerated
+    lung or the dense lung `found` so far, or nothing when the lung shows none.
+
+    A consolidation is nearly uniform: where its density differs from the liver, heart or fat
+    next to it, it stops there. Between it and the aerated lung lies a blurred shell less dense
+    than its band: bridged (3 mm) when testing the connection, and added back at the end.
+    """
+    density = _consolidation_density(smooth, bronchograms, found, bold, spacing, settings)
+    if density is None:
+        return np.zeros(bold.shape, bool)
+    level, band = density
+    rim = max(1, int(round(3.0 / spacing[1])))
+    speck = max(1, int(round(settings.speck_mm / spacing[1])))
+    opening = np.ones((1, 2 * speck + 1, 2 * speck + 1), bool)
+    uniform = bold & (np.abs(smooth - level) <= band)
+    components, ids = _touching(ndimage.binary_opening(uniform, structure=opening) | bronchograms, aerated | found, rim)
+    consolidated = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & (uniform | bronchograms)
+    shell = ndimage.binary_dilation(consolidated, iterations=rim) & bold & (smooth <= level + band)
+    return consolidated | shell
 
 
 def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing, settings: ThresholdSettings) -> np.ndarray:
-    """Add consolidation and dense ground glass inside each lung's envelope to `labels`."""
+    """Add consolidation and dense ground glass inside each lung's envelopes to `labels`.
+
+    Dense tissue touching the aerated lung inside the cautious envelope is lung. When the lung
+    shows a consolidation (see _consolidation_density), dense tissue of the consolidation's
+    density band inside the bold envelope, connected to the lung, is lung too. Bronchograms are
+    air tubes more than 3 mm from the aerated lung and lateral to its mediastinal boundary (the
+    hilar bronchi are medial to it).
+    """
     out = labels.copy()
     bone = (hu >= settings.bone_hu) & body
     dense = body & (hu >= settings.lung_hu) & (hu < settings.bone_hu) & (labels == 0)
+    rim = max(1, int(round(3.0 / spacing[1])))
+    smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # noise makes specks, not tubes
+    loose_air = body & (smooth < settings.lung_hu) & ~ndimage.binary_dilation(labels > 0, structure=np.ones((1, 3, 3), bool), iterations=rim)
     mid_x = np.argwhere(body[body.shape[0] // 2])[:, 1].mean() if body[body.shape[0] // 2].any() else hu.shape[2] / 2
     speck = max(1, int(round(settings.speck_mm / spacing[1])))
     opening = np.ones((1, 2 * speck + 1, 2 * speck + 1), bool)
     for side in (1, 2):
         aerated = labels == side
+        other = labels == 3 - side
         if aerated.sum() < 100:
             continue
+        lateral = _lateral(hu.shape[2], side, mid_x)[None, None, :]
         center = np.argwhere(aerated.any(axis=0)).mean(axis=0)
-        envelope = _height_limits(aerated, labels == 3 - side, mid_x, spacing)
-        envelope &= _mediastinal_limit(aerated, side, mid_x, spacing, settings.bridge_mm)
-        envelope &= _cage_limits(aerated, bone, center, spacing)
-        gaps = ndimage.binary_opening(dense & envelope, structure=opening)
-        gap_labels, n = ndimage.label(gaps)
-        if n == 0:
-            continue
-        touching = np.unique(gap_labels[ndimage.binary_dilation(aerated) & gaps])
-        keep = np.isin(gap_labels, touching[touching > 0])
-        keep = ndimage.binary_dilation(keep, structure=opening) & dense & envelope  # restore the rim
+        height, height_bold = _height_limits(aerated, other, mid_x, spacing)
+        medial = _medial_boundary(aerated, side, mid_x, spacing, settings.bridge_mm)
+        cage, cage_bold = _cage_limits(aerated, bone, center, spacing, np.nonzero(height_bold.any(axis=(1, 2)))[0])
+        envelope = height & cage & (lateral >= medial[:, :, None] - 1)
+        bold = height_bold & cage_bold
+        medial_bold = medial
+        if other.sum() >= 100:  # rows without air: as far medially as the other lung reaches
+            mirrored = _medial_boundary(other, 3 - side, mid_x, spacing, settings.bridge_mm)
+            medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, mirrored))
+        components, ids = _touching(ndimage.binary_opening(dense & envelope, structure=opening), aerated)
+        keep = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & dense & envelope  # restore the rim
+        bronchograms = _tubes(loose_air & bold & (lateral >= medial[:, :, None] - 1), spacing)
+        bold &= (lateral >= medial_bold[:, :, None] - 1) & dense
+        keep |= _grow_consolidation(smooth, bronchograms, aerated, keep, bold, spacing, settings)
         out[keep & (out == 0)] = side
     return out
 
