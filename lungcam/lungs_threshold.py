@@ -196,9 +196,10 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
     beyond its air only where, at that angle within 30 mm up or down, the lung touches the ribs;
     otherwise (costal cartilage, mediastinum, paravertebral muscle) it ends where its air ends.
 
-    Returns that cautious limit and a bold one, where every ray reaches the ribs (less the
-    pleural gap), over `slices` (slices without air included, rays then start at the centre):
-    the bold one bounds a consolidation that has shown itself by its air bronchograms.
+    Returns that cautious limit and a bold one, where every ray reaches the first rib beyond its
+    air at any distance, over `slices` (slices without air included, rays then start at the
+    centre). The bold one bounds a consolidation that has shown itself (see add_dense_lung); no
+    pleural gap is taken off it, the consolidation's own density stops it at the chest wall.
     """
     depth, height, width = aerated.shape
     pixel = spacing[1]
@@ -404,7 +405,7 @@ def _density_band(smooth: np.ndarray, region: np.ndarray) -> tuple[float, float]
 
 
 def _consolidation_density(smooth: np.ndarray, bronchograms: np.ndarray, found: np.ndarray, bold: np.ndarray,
-                           spacing, settings: "ThresholdSettings") -> tuple[float, float] | None:
+                           spacing, settings: ThresholdSettings) -> tuple[float, float] | None:
     """Density band of a consolidation, or None when there is no evidence of one.
 
     Evidence is either air bronchograms (at least `bronchogram_ml`; the band is read off their
