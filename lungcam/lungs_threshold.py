@@ -322,8 +322,9 @@ def _smooth_surface(surface: np.ndarray, spacing, operation) -> np.ndarray:
     return ndimage.zoom(smoothed, zoom, order=1)[: surface.shape[0], : surface.shape[1]]
 
 
-def _height_limits(aerated: np.ndarray, other: np.ndarray, mid_x: float, spacing) -> tuple[np.ndarray, np.ndarray]:
+def _height_limits(own: tuple, other: tuple, depth: int, mid_x: float, spacing) -> tuple[np.ndarray, np.ndarray]:
     """Pixels between the lung's base and apex, per column: a cautious and a bold envelope.
+    `own` and `other` are the two lungs' _surfaces.
 
     Cautious: the base is the lowest aerated voxel of the column. On real scans no smooth model
     of the diaphragm (paraboloid opening, quadratic fit, the other side mirrored) was accurate
@@ -338,13 +339,13 @@ def _height_limits(aerated: np.ndarray, other: np.ndarray, mid_x: float, spacing
     a lung's own apex falls short of the other's, mirrored, by more than 10 mm the mirrored one is
     used (a lobe consolidated from apex to fissure has no air to go by).
     """
-    z = np.arange(aerated.shape[0]) * spacing[0]
-    bottom, top, has = _surfaces(aerated, z)
+    z = np.arange(depth) * spacing[0]
+    bottom, top, has = own
     closing = dict(structure=np.ones((5, 5), bool), iterations=3)
     footprint = ndimage.binary_closing(has, **closing)
     floor, reach = bottom, footprint
-    if other.any():
-        other_bottom, other_top, other_has = _surfaces(other, z)
+    other_bottom, other_top, other_has = other
+    if other_has.any():
         mirrored_has = _mirror(other_has, mid_x)
         mirrored_top = _mirror(other_top, mid_x)
         top = np.where(mirrored_has & (mirrored_top > top + 10.0), mirrored_top, top)
@@ -464,12 +465,15 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     hilar bronchi are medial to it).
     """
     out = labels.copy()
+    z = np.arange(hu.shape[0]) * spacing[0]
+    surfaces = {side: _surfaces(labels == side, z) for side in (1, 2)}
     bone = (hu >= settings.bone_hu) & body
     dense = body & (hu >= settings.lung_hu) & (hu < settings.bone_hu) & (labels == 0)
     rim = max(1, int(round(3.0 / spacing[1])))
     smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # noise makes specks, not tubes
     loose_air = body & (smooth < settings.lung_hu) & ~ndimage.binary_dilation(labels > 0, structure=np.ones((1, 3, 3), bool), iterations=rim)
     mid_x = np.argwhere(body[body.shape[0] // 2])[:, 1].mean() if body[body.shape[0] // 2].any() else hu.shape[2] / 2
+    medials = {side: _medial_boundary(labels == side, side, mid_x, spacing, settings.bridge_mm) for side in (1, 2)}
     speck = max(1, int(round(settings.speck_mm / spacing[1])))
     opening = np.ones((1, 2 * speck + 1, 2 * speck + 1), bool)
     for side in (1, 2):
@@ -479,15 +483,14 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
             continue
         lateral = _lateral(hu.shape[2], side, mid_x)[None, None, :]
         center = np.argwhere(aerated.any(axis=0)).mean(axis=0)
-        height, height_bold = _height_limits(aerated, other, mid_x, spacing)
-        medial = _medial_boundary(aerated, side, mid_x, spacing, settings.bridge_mm)
+        height, height_bold = _height_limits(surfaces[side], surfaces[3 - side], hu.shape[0], mid_x, spacing)
+        medial = medials[side]
         cage, cage_bold = _cage_limits(aerated, bone, center, spacing, np.nonzero(height_bold.any(axis=(1, 2)))[0])
         envelope = height & cage & (lateral >= medial[:, :, None] - 1)
         bold = height_bold & cage_bold
         medial_bold = medial
         if other.sum() >= 100:  # rows without air: as far medially as the other lung reaches
-            mirrored = _medial_boundary(other, 3 - side, mid_x, spacing, settings.bridge_mm)
-            medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, mirrored))
+            medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         components, ids = _touching(ndimage.binary_opening(dense & envelope, structure=opening), aerated)
         keep = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & dense & envelope  # restore the rim
         bronchograms = _tubes(loose_air & bold & (lateral >= medial[:, :, None] - 1), spacing)
@@ -553,10 +556,12 @@ def drop_crumbs(labels: np.ndarray, spacing, min_ml: float = 1.0) -> np.ndarray:
 
 
 def _crop_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
-    index = np.argwhere(mask)
-    lo = np.maximum(index.min(axis=0) - margin, 0)
-    hi = np.minimum(index.max(axis=0) + margin + 1, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
+    """Bounding box of `mask` plus `margin` voxels (from its projections: no index array)."""
+    box = []
+    for axis in range(mask.ndim):
+        present = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+        box.append(slice(max(present[0] - margin, 0), min(present[-1] + margin + 1, mask.shape[axis])))
+    return tuple(box)
 
 
 def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings: ThresholdSettings = ThresholdSettings()) -> np.ndarray:
