@@ -62,6 +62,11 @@ class ThresholdSettings:
         return cls(**{k: float(v) for k, v in section.items()})
 
 
+def _pixels(mm: float, spacing) -> int:
+    """`mm` as a whole number of in-plane pixels, at least one."""
+    return max(1, int(round(mm / spacing[1])))
+
+
 def _largest_components(mask: np.ndarray, count: int, structure=None) -> list[np.ndarray]:
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
@@ -311,7 +316,7 @@ def _smooth_surface(surface: np.ndarray, spacing, operation) -> np.ndarray:
     Computed on a copy subsampled to about 3 mm per pixel (the structuring element would
     otherwise have tens of thousands of elements) and interpolated back.
     """
-    step = max(1, int(round(3.0 / spacing[1])))
+    step = _pixels(3.0, spacing)
     coarse = surface[::step, ::step]
     pixel = spacing[1] * step
     radius = max(1, int(60.0 / pixel))
@@ -392,7 +397,7 @@ def _tubes(air: np.ndarray, spacing) -> np.ndarray:
 
 def _bronchogram_walls(bronchograms: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray:
     """The consolidation around air bronchograms, 3 to 6 mm from them (clear of the lumen's blur)."""
-    step = max(1, int(round(3.0 / spacing[1])))
+    step = _pixels(3.0, spacing)
     near = ndimage.binary_dilation(bronchograms, iterations=step)
     return ndimage.binary_dilation(near, iterations=step) & ~near & dense
 
@@ -420,7 +425,7 @@ def _consolidation_density(smooth: np.ndarray, bronchograms: np.ndarray, found: 
         walls = _bronchogram_walls(bronchograms, bold, spacing)
         if walls.any():
             return _density_band(smooth, walls)
-    rim = max(1, int(round(3.0 / spacing[1])))
+    rim = _pixels(3.0, spacing)
     cores, n = ndimage.label(ndimage.binary_erosion(found, structure=np.ones((1, 3, 3), bool), iterations=rim))
     if n:
         sizes = np.bincount(cores.ravel())[1:] * voxel_ml
@@ -433,21 +438,20 @@ def _consolidation_density(smooth: np.ndarray, bronchograms: np.ndarray, found: 
 
 
 def _grow_consolidation(smooth: np.ndarray, bronchograms: np.ndarray, aerated: np.ndarray, found: np.ndarray,
-                        bold: np.ndarray, spacing, settings: ThresholdSettings) -> np.ndarray:
+                        bold: np.ndarray, opening: np.ndarray, spacing, settings: ThresholdSettings) -> np.ndarray:
     """The consolidation inside the bold envelope (dense voxels `bold`) connected to the aerated
     lung or the dense lung `found` so far, or nothing when the lung shows none.
 
     A consolidation is nearly uniform: where its density differs from the liver, heart or fat
     next to it, it stops there. Between it and the aerated lung lies a blurred shell less dense
     than its band: bridged (3 mm) when testing the connection, and added back at the end.
+    `opening` removes dense specks (`speck_mm`), as for the cautious envelope.
     """
     density = _consolidation_density(smooth, bronchograms, found, bold, spacing, settings)
     if density is None:
         return np.zeros(bold.shape, bool)
     level, band = density
-    rim = max(1, int(round(3.0 / spacing[1])))
-    speck = max(1, int(round(settings.speck_mm / spacing[1])))
-    opening = np.ones((1, 2 * speck + 1, 2 * speck + 1), bool)
+    rim = _pixels(3.0, spacing)
     uniform = bold & (np.abs(smooth - level) <= band)
     components, ids = _touching(ndimage.binary_opening(uniform, structure=opening) | bronchograms, aerated | found, rim)
     consolidated = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & (uniform | bronchograms)
@@ -466,19 +470,19 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     """
     out = labels.copy()
     z = np.arange(hu.shape[0]) * spacing[0]
-    surfaces = {side: _surfaces(labels == side, z) for side in (1, 2)}
+    lungs = {side: labels == side for side in (1, 2)}
+    surfaces = {side: _surfaces(lungs[side], z) for side in (1, 2)}
     bone = (hu >= settings.bone_hu) & body
     dense = body & (hu >= settings.lung_hu) & (hu < settings.bone_hu) & (labels == 0)
-    rim = max(1, int(round(3.0 / spacing[1])))
+    rim = _pixels(3.0, spacing)
     smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # noise makes specks, not tubes
     loose_air = body & (smooth < settings.lung_hu) & ~ndimage.binary_dilation(labels > 0, structure=np.ones((1, 3, 3), bool), iterations=rim)
     mid_x = np.argwhere(body[body.shape[0] // 2])[:, 1].mean() if body[body.shape[0] // 2].any() else hu.shape[2] / 2
-    medials = {side: _medial_boundary(labels == side, side, mid_x, spacing, settings.bridge_mm) for side in (1, 2)}
-    speck = max(1, int(round(settings.speck_mm / spacing[1])))
+    medials = {side: _medial_boundary(lungs[side], side, mid_x, spacing, settings.bridge_mm) for side in (1, 2)}
+    speck = _pixels(settings.speck_mm, spacing)
     opening = np.ones((1, 2 * speck + 1, 2 * speck + 1), bool)
     for side in (1, 2):
-        aerated = labels == side
-        other = labels == 3 - side
+        aerated, other = lungs[side], lungs[3 - side]
         if aerated.sum() < 100:
             continue
         lateral = _lateral(hu.shape[2], side, mid_x)[None, None, :]
@@ -495,7 +499,7 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
         keep = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & dense & envelope  # restore the rim
         bronchograms = _tubes(loose_air & bold & (lateral >= medial[:, :, None] - 1), spacing)
         bold &= (lateral >= medial_bold[:, :, None] - 1) & dense
-        keep |= _grow_consolidation(smooth, bronchograms, aerated, keep, bold, spacing, settings)
+        keep |= _grow_consolidation(smooth, bronchograms, aerated, keep, bold, opening, spacing, settings)
         out[keep & (out == 0)] = side
     return out
 
@@ -570,7 +574,7 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings:
     Fine in-plane grids (512x512 scans, 0.6-0.8 mm) are segmented at about WORKING_MM per pixel
     (block means) and the labels repeated back: four times less work, same lungs.
     """
-    factor = max(1, int(round(WORKING_MM / spacing[1])))
+    factor = _pixels(WORKING_MM, spacing)
     if factor == 1:
         return _segment(hu, spacing, settings)
     depth, height, width = hu.shape
