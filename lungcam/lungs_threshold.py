@@ -76,15 +76,14 @@ def _largest_components(mask: np.ndarray, count: int, structure=None) -> list[np
     return [labels == (i + 1) for i in order]
 
 
-def body_mask(hu: np.ndarray, threshold: float, pixel_mm: float) -> np.ndarray:
+def body_mask(hu: np.ndarray, threshold: float, spacing: tuple[float, float, float]) -> np.ndarray:
     """The patient's body: largest connected dense region, holes filled slice by slice.
 
     A per-slice opening (about 1.5 mm) first cuts thin bridges to the table and blankets; wider
     would break a thin chest wall and open the body outline.
     """
     dense = hu > threshold
-    iterations = max(1, int(round(1.5 / pixel_mm)))
-    dense = ndimage.binary_opening(dense, structure=np.ones((1, 3, 3), bool), iterations=iterations)
+    dense = ndimage.binary_opening(dense, structure=np.ones((1, 3, 3), bool), iterations=_pixels(1.5, spacing))
     parts = _largest_components(dense, 1)
     if not parts:
         return np.zeros(hu.shape, bool)
@@ -587,7 +586,7 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings:
 
 def _segment(hu: np.ndarray, spacing: tuple[float, float, float], settings: ThresholdSettings) -> np.ndarray:
     labels = np.zeros(hu.shape, np.uint8)
-    body = body_mask(hu, settings.body_hu, spacing[1])
+    body = body_mask(hu, settings.body_hu, spacing)
     if not body.any():
         return labels
     box = _crop_box(body)
