@@ -5,6 +5,11 @@ times `snakemake -n` of the lungcam workflow on it; then writes a bare Snakefile
 jobs as that dry run planned (one trivial rule per patient and one that gathers them) and times
 its dry run in the same way, in the same run. Target (issue 7): at most 1.5x the bare time.
 
+A third dry run, not part of the target, apportions the gap: a workflow of the same shape as
+lungcam's plan (per patient a checkpoint on the DICOM folder and a QC job whose input function
+waits on it) with the conventions every lungcam rule follows (`script:`, `log:`, `benchmark:`,
+`conda:`, `params:`, `mem_mb` growing with the attempt), and nothing else.
+
     .venv/bin/python benchmarks/dag.py --patients 5000
 """
 
@@ -32,6 +37,35 @@ rule gather:
 rule one:
     output: "out/{{i}}.txt"
     shell: "echo {{wildcards.i}} > {{output}}"
+"""
+
+SHAPED = """
+PATIENTS = [f"p{{i:05d}}" for i in range({patients})]
+
+rule all:
+    input: expand("qc/{{patient}}.json", patient=PATIENTS)
+
+checkpoint ingest:
+    input: "{dicom}/{{patient}}"
+    output: directory("stage/{{patient}}")
+    params: settings={{"min_slices": 16, "series": {{"rank_by": ["most_slices"]}}}}
+    log: "logs/ingest/{{patient}}.log"
+    benchmark: "logs/benchmarks/ingest/{{patient}}.tsv"
+    resources: mem_mb=lambda wildcards, attempt: 2000 * attempt, runtime=10
+    conda: "env.yaml"
+    script: "step.py"
+
+def qc_inputs(wildcards):
+    return {{"ingest": checkpoints.ingest.get(patient=wildcards.patient).output[0]}}
+
+rule patient_qc:
+    input: unpack(qc_inputs)
+    output: "qc/{{patient}}.json"
+    log: "logs/patient_qc/{{patient}}.log"
+    benchmark: "logs/benchmarks/patient_qc/{{patient}}.tsv"
+    resources: mem_mb=lambda wildcards, attempt: 1000 * attempt, runtime=2
+    conda: "env.yaml"
+    script: "step.py"
 """
 
 
@@ -62,8 +96,16 @@ def main() -> None:
         bare.mkdir()
         (bare / "Snakefile").write_text(BARE.format(jobs=jobs - 2))
         bare_seconds, bare_jobs = dry_run(bare, "-s", str(bare / "Snakefile"))
+        shaped = root / "shaped"
+        shaped.mkdir()
+        (shaped / "Snakefile").write_text(SHAPED.format(patients=args.patients, dicom=root / "dicom"))
+        (shaped / "env.yaml").write_text("channels: [conda-forge]\ndependencies: [python]\n")
+        (shaped / "step.py").write_text("")
+        shaped_seconds, shaped_jobs = dry_run(shaped, "-s", str(shaped / "Snakefile"))
     print(f"{args.patients} patients: lungcam dry run {lungcam_seconds:.1f} s for {jobs} planned jobs; "
           f"bare workflow {bare_seconds:.1f} s for {bare_jobs} jobs; ratio {lungcam_seconds / bare_seconds:.2f} (target <= 1.5)")
+    print(f"same shape and rule conventions, nothing else: {shaped_seconds:.1f} s for {shaped_jobs} jobs, "
+          f"{shaped_seconds / bare_seconds:.2f}x the bare workflow; lungcam {lungcam_seconds / shaped_seconds:.2f}x it")
 
 
 if __name__ == "__main__":
