@@ -7,6 +7,7 @@ issue's targets for the default map: pointing game >= 0.80 on lesion-positive pa
 slice-level AUC >= 0.85.
 
     .venv/bin/python benchmarks/cam.py /tmp/demo-hu2020 --patients 6
+    .venv/bin/python benchmarks/cam.py /tmp/run200/work --cohort 60 --methods multiscale gradcam
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def main() -> None:
     parser.add_argument("workdir", type=Path, help="working directory of a finished demo training run")
     parser.add_argument("--patients", type=int, default=6, help="patients to time per method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--cohort", type=int, default=0, help="map and score only the first N patients of predictions.tsv (0: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = args.workdir / "results"
     rows = pd.read_csv(results / "predictions.tsv", sep="\t", dtype={"patient_id": str, "label": str}, keep_default_na=False).to_dict("records")
+    if args.cohort:
+        rows = rows[: args.cohort]
     masks = lesion_masks(args.workdir)
     print(f"{'method':>20s}  s/patient  pointing game [95% CI]   hit    Dice (best)  slice AUC mean [95% CI]  pooled")
     with tempfile.TemporaryDirectory() as tmp:
