@@ -49,7 +49,7 @@ def main() -> None:
     if args.cohort:
         rows = rows[: args.cohort]
     masks = lesion_masks(args.workdir)
-    print(f"{'method':>20s}  s/patient  pointing game [95% CI]   hit    Dice (best)  slice AUC mean [95% CI]  pooled")
+    print(f"{'method':>20s}  s/patient  pointing game [95% CI]   hit    Dice (best)  slice AUC mean [95% CI]  pooled  peak to lesion (mm): median, mean")
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             seconds, cams = [], []
@@ -60,11 +60,12 @@ def main() -> None:
                                   results / "lungs" / f"{row['patient_id']}.nii.gz", cams[-1], method=method)
                 if index < args.patients:
                     seconds.append(time.perf_counter() - start)
-            _, summary = localise_cohort(cams, [results / "lungs" / p.name for p in cams], masks, None, LesionSettings.from_config(validate_config({})["cam"]["lesions"]), seed=0)
+            table, summary = localise_cohort(cams, [results / "lungs" / p.name for p in cams], masks, None, LesionSettings.from_config(validate_config({})["cam"]["lesions"]), seed=0)
             pointing, auc = summary["pointing_game"], summary["slice_auc"]
             print(f"{method:>20s}  {sum(seconds) / len(seconds):9.2f}  {pointing['mean']:.3f} [{pointing['ci95'][0]:.2f}, {pointing['ci95'][1]:.2f}]"
                   f"  {summary['hit']['mean']:.3f}  {summary['dice']['mean']:.3f} ({summary['best_dice']['mean']:.3f})"
-                  f"  {auc['mean']:.3f} [{auc['ci95'][0]:.2f}, {auc['ci95'][1]:.2f}]      {summary['slice_auc_pooled']['auc']:.3f}", flush=True)
+                  f"  {auc['mean']:.3f} [{auc['ci95'][0]:.2f}, {auc['ci95'][1]:.2f}]      {summary['slice_auc_pooled']['auc']:.3f}"
+                  f"  {table['peak_distance_mm'].median():6.1f}, {summary['peak_distance_mm']['mean']:.1f}", flush=True)
     print(f"{len(rows)} patients, {pointing['n']} lesion-positive; targets for the default map: pointing game >= 0.80, slice AUC >= 0.85")
 
 
