@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
@@ -58,8 +59,7 @@ def patient_localisation(cam: np.ndarray, lesion: np.ndarray, lungs: np.ndarray,
     in_lungs, scores, inside_lesion = lungs[box] > 0, cam[box], lesion[box]
     peak = np.unravel_index(np.argmax(np.where(in_lungs, scores, -1.0)), scores.shape)
     result["pointing_game"] = float(inside_lesion[peak])
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    offsets = (np.argwhere(inside_lesion) - np.array(peak)) * spacing
+    offsets = (np.argwhere(inside_lesion) - np.array(peak)) * voxel_sizes(affine)
     result["peak_distance_mm"] = round(float(np.sqrt((offsets**2).sum(axis=1)).min()), 2) if len(offsets) else float("nan")
     lung_scores, lung_lesion = scores[in_lungs], inside_lesion[in_lungs]
     top = in_lungs & (scores >= np.percentile(lung_scores, 95)) & (scores > 0)
