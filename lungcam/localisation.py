@@ -4,6 +4,9 @@ Per patient, against the lesion mask resampled (nearest neighbour) onto the scan
 - pointing game: the map's maximum lies in a lesion;
 - peak distance: how far (mm) that maximum lies from the nearest lesion voxel, 0 inside one, so
   that a near miss can be told from a map that points at the wrong lung;
+- lesion in lungs: the share of the lesion inside the lung mask. The map is 0 outside the lungs,
+  so a lesion the lung mask left out (a consolidation taken for chest wall) cannot be pointed
+  at: a miss of the lung mask, not of the map;
 - hit (as DeCoVNet measured it): the largest 3D component of the top 5% of the map within the
   lungs has its centre of mass in a lesion;
 - Dice and IoU of the flagged voxels at the configured threshold (`lesions.cam_threshold`) and at
@@ -53,7 +56,8 @@ def patient_localisation(cam: np.ndarray, lesion: np.ndarray, lungs: np.ndarray,
     slices = slice_scores(cam, lesion, lungs, axial_axis(affine))
     result["slice_auc"] = slice_auc(slices)
     if not lesion.any():
-        return result | {"pointing_game": float("nan"), "peak_distance_mm": float("nan"), "hit": float("nan"), "dice": float("nan"), "iou": float("nan"), "best_dice": float("nan"), "best_threshold": float("nan")}
+        return result | {"pointing_game": float("nan"), "peak_distance_mm": float("nan"), "lesion_in_lungs": float("nan"), "hit": float("nan"), "dice": float("nan"), "iou": float("nan"), "best_dice": float("nan"), "best_threshold": float("nan")}
+    result["lesion_in_lungs"] = round(float((lungs[lesion] > 0).mean()), 4)
     box = ndimage.find_objects((lungs > 0).astype(np.uint8))
     box = box[0] if box else tuple(slice(0, n) for n in lungs.shape)  # the lungs' bounding box
     in_lungs, scores, inside_lesion = lungs[box] > 0, cam[box], lesion[box]
@@ -98,7 +102,7 @@ def bootstrap_mean(values: np.ndarray, seed: int, repeats: int = 2000) -> tuple[
 def cohort_summary(per_patient: pd.DataFrame, slices: pd.DataFrame, seed: int) -> dict:
     """Cohort means with 95% CIs, and the slice-level AUC pooled over all patients' slices."""
     summary = {"patients": int(len(per_patient)), "lesion_positive": int((per_patient["lesion_ml"] > 0).sum())}
-    for column in ("pointing_game", "peak_distance_mm", "hit", "dice", "iou", "best_dice", "slice_auc"):
+    for column in ("pointing_game", "peak_distance_mm", "lesion_in_lungs", "hit", "dice", "iou", "best_dice", "slice_auc"):
         mean, low, high = bootstrap_mean(per_patient[column].to_numpy(), seed)
         summary[column] = {"mean": mean, "ci95": [low, high], "n": int(np.isfinite(per_patient[column].to_numpy(dtype=float)).sum())}
     summary["slice_auc_pooled"] = {"auc": slice_auc(slices), "slices": int(len(slices))}
