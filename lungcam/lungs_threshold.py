@@ -12,10 +12,11 @@ superior; callers reorient first. Labels: 1 = right lung (smaller x), 2 = left l
    the "bites" lesions take out of the aerated lung are bridged while the heart notch keeps its
    shape. Dense regions inside it that touch the aerated lung are lung.
    A consolidated lobe takes away the air these limits are read from. Where a lung shows a
-   consolidation (air bronchograms, or a large uniform dense region already found), a bold
-   envelope applies: the rib cage on every ray, the other lung's base and mediastinal boundary
-   mirrored. Inside it the consolidation grows as far as its own density goes, so it stops at
-   liver, heart or fat of another density; liver, heart and chest wall alone never open it.
+   consolidation (air bronchograms, loose or joined to the aerated lung, or a large uniform
+   dense region already found), a bold envelope applies: the rib cage on every ray, the other
+   lung's base and mediastinal boundary mirrored. Inside it the consolidation grows as far as
+   its own density goes, so it stops at liver, heart or fat of another density; liver, heart
+   and chest wall alone never open it.
 3. Holes: vessels and bronchi enclosed in a slice are filled; a large enclosed region is filled
    only when lung closes it above and below too, so the diaphragm dome (open towards the
    abdomen) is not.
@@ -39,6 +40,8 @@ BASE_SHIFT_PERCENTILE = 25  # of the column-wise difference between a lung's bas
 BRONCHOGRAM_MM = 20.0  # an air bronchogram is a tube at least this long,
 AIRWAY_RADIUS_MM = 5.0  # at most this wide (radius)
 TUBE_ELONGATION = 3.5  # and this many times longer than wide
+ISLAND_MM2 = 100.0  # largest cross-section in one slice of a bronchogram that joins the aerated lung
+ISLAND_DENSE = 0.9  # least dense share of the 3 mm ring around such a cross-section
 WALL_BAND_HU = 30.0  # least half-width of the density band a consolidation grows in
 UNIFORM_SD_HU = 20.0  # most robust standard deviation (smoothed) of a uniform consolidation
 
@@ -394,6 +397,36 @@ def _tubes(air: np.ndarray, spacing) -> np.ndarray:
     return keep[pieces]
 
 
+def _enclosed_air(aerated: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray:
+    """Small cross-sections of the aerated lung enclosed by `dense` tissue, slice by slice.
+
+    A bronchogram that joins the aerated lung somewhere (a lower lobe's bronchi run on into the
+    aerated upper lobe) is aerated lung, not loose air. In the slices through the consolidation
+    its cross-sections are still islands: 2D pieces of the lung of at most ISLAND_MM2, whose
+    3 mm ring is at least ISLAND_DENSE dense. `dense` is the dense tissue inside the lung's bold
+    envelope: the tips of a healthy lung's costophrenic recesses are islands too, but their ring
+    is diaphragm and chest wall, below the lung's base or beyond the ribs, outside it.
+    """
+    found = np.zeros(aerated.shape, bool)
+    if not aerated.any():
+        return found
+    ring = _pixels(3.0, spacing)
+    box = _crop_box(aerated, ring + 1)
+    in_plane = np.array([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3))], bool)
+    pieces, _ = ndimage.label(aerated[box], structure=in_plane)
+    area = np.bincount(pieces.ravel())[1:] * spacing[1] * spacing[2]
+    small = np.flatnonzero(area <= ISLAND_MM2) + 1
+    if small.size == 0:
+        return found
+    candidates = np.where(np.isin(pieces, small), pieces, 0)
+    del pieces
+    grown = ndimage.grey_dilation(candidates, footprint=np.ones((1, 2 * ring + 1, 2 * ring + 1), bool))
+    around = np.where(candidates > 0, 0, grown)  # each island's ring (where rings meet, the larger id)
+    dense_share = ndimage.mean(dense[box], labels=around, index=small)
+    found[box] = np.isin(candidates, small[np.nan_to_num(dense_share) >= ISLAND_DENSE])
+    return found
+
+
 def _bronchogram_walls(bronchograms: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray:
     """The consolidation around air bronchograms, 3 to 6 mm from them (clear of the lumen's blur)."""
     step = _pixels(3.0, spacing)
@@ -464,8 +497,9 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     Dense tissue touching the aerated lung inside the cautious envelope is lung. When the lung
     shows a consolidation (see _consolidation_density), dense tissue of the consolidation's
     density band inside the bold envelope, connected to the lung, is lung too. Bronchograms are
-    air tubes more than 3 mm from the aerated lung and lateral to its mediastinal boundary (the
-    hilar bronchi are medial to it).
+    air tubes lateral to the lung's mediastinal boundary (the hilar bronchi are medial to it),
+    either more than 3 mm from the aerated lung or part of it but running through dense tissue
+    inside the bold envelope (see _enclosed_air).
     """
     out = labels.copy()
     z = np.arange(hu.shape[0]) * spacing[0]
@@ -496,7 +530,9 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
             medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         components, ids = _touching(ndimage.binary_opening(dense & envelope, structure=opening), aerated)
         keep = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & dense & envelope  # restore the rim
-        bronchograms = _tubes(loose_air & bold & (lateral >= medial[:, :, None] - 1), spacing)
+        inside_bold = bold & (lateral >= medial[:, :, None] - 1)
+        islands = _enclosed_air(aerated, inside_bold & (smooth >= settings.lung_hu), spacing)
+        bronchograms = _tubes((loose_air | islands) & inside_bold, spacing)
         bold &= (lateral >= medial_bold[:, :, None] - 1) & dense
         keep |= _grow_consolidation(smooth, bronchograms, aerated, keep, bold, opening, spacing, settings)
         out[keep & (out == 0)] = side
