@@ -64,9 +64,9 @@ rule patient_qc:
 
 
 # patient_qc only merges two small JSON records, so on a cluster it runs where Snakemake runs
-# rather than queueing a SLURM job. It must stay out of SLURM groups anyway: it is the grouped
-# job whose input waits on a checkpoint, and Snakemake's dry run of such a group fails now and
-# then with "KeyError: patient_qc" (snakemake/snakemake#4202).
+# rather than queueing a SLURM job. It must stay out of SLURM groups anyway: its input waits on
+# a checkpoint, and Snakemake's dry run of a group holding such a job fails now and then with
+# "KeyError: patient_qc" (snakemake/snakemake#4202).
 localrules:
     patient_qc,
     prepare,
