@@ -23,16 +23,10 @@ import pandas as pd
 
 from lungcam.cache import CacheSettings, build_cache
 from lungcam.cam import write_patient_cam
-from lungcam.config import load_config
+from lungcam.config import validate_config
 from lungcam.lesions import LesionSettings
 from lungcam.localisation import localise_cohort
 from lungcam.lungs import LungSettings, run_lungs
-
-
-def merged(defaults: dict, run: dict) -> dict:
-    """The current defaults with the run's values where it set them (keys added since keep
-    their defaults)."""
-    return {k: merged(v, run.get(k, {})) if isinstance(v, dict) else run.get(k, v) for k, v in defaults.items()}
 
 
 def remap_patient(job: tuple[Path, Path, dict, dict]) -> str:
@@ -69,7 +63,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     run = args.run
-    config = merged(load_config(), json.loads((run / "results/provenance.json").read_text())["config"])
+    # the run's settings; keys added since it ran get their defaults
+    config = validate_config(json.loads((run / "results/provenance.json").read_text())["config"])
     before = pd.read_csv(run / "results/localisation.tsv", sep="\t", dtype={"patient_id": str}).set_index("patient_id")
     patients = list(before.index[before["lesion_ml"] > 0][: args.patients])
     predictions = pd.read_csv(run / "results/predictions.tsv", sep="\t", dtype={"patient_id": str, "label": str}, keep_default_na=False).set_index("patient_id")

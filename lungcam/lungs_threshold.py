@@ -509,7 +509,8 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     dense = body & (hu >= settings.lung_hu) & (hu < settings.bone_hu) & (labels == 0)
     rim = _pixels(3.0, spacing)
     smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # noise makes specks, not tubes
-    loose_air = body & (smooth < settings.lung_hu) & ~ndimage.binary_dilation(labels > 0, structure=np.ones((1, 3, 3), bool), iterations=rim)
+    solid = smooth >= settings.lung_hu
+    loose_air = body & ~solid & ~ndimage.binary_dilation(labels > 0, structure=np.ones((1, 3, 3), bool), iterations=rim)
     mid_x = np.argwhere(body[body.shape[0] // 2])[:, 1].mean() if body[body.shape[0] // 2].any() else hu.shape[2] / 2
     medials = {side: _medial_boundary(lungs[side], side, mid_x, spacing, settings.bridge_mm) for side in (1, 2)}
     speck = _pixels(settings.speck_mm, spacing)
@@ -523,15 +524,16 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
         height, height_bold = _height_limits(surfaces[side], surfaces[3 - side], hu.shape[0], mid_x, spacing)
         medial = medials[side]
         cage, cage_bold = _cage_limits(aerated, bone, center, spacing, np.nonzero(height_bold.any(axis=(1, 2)))[0])
-        envelope = height & cage & (lateral >= medial[:, :, None] - 1)
+        beyond_medial = lateral >= medial[:, :, None] - 1
+        envelope = height & cage & beyond_medial
         bold = height_bold & cage_bold
         medial_bold = medial
         if other.sum() >= 100:  # rows without air: as far medially as the other lung reaches
             medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         components, ids = _touching(ndimage.binary_opening(dense & envelope, structure=opening), aerated)
         keep = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & dense & envelope  # restore the rim
-        inside_bold = bold & (lateral >= medial[:, :, None] - 1)
-        islands = _enclosed_air(aerated, inside_bold & (smooth >= settings.lung_hu), spacing)
+        inside_bold = bold & beyond_medial
+        islands = _enclosed_air(aerated, inside_bold & solid, spacing)
         bronchograms = _tubes((loose_air | islands) & inside_bold, spacing)
         bold &= (lateral >= medial_bold[:, :, None] - 1) & dense
         keep |= _grow_consolidation(smooth, bronchograms, aerated, keep, bold, opening, spacing, settings)

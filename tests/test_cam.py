@@ -122,11 +122,11 @@ def test_localisation_figures_of_a_map_that_finds_its_lesion():
     assert result["best_dice"] == 1.0 and result["best_threshold"] > 0.85  # above the speck (0.9) and the small blob
     elsewhere = patient_localisation(np.where(lesion, 0.0, cam).astype(np.float32), lesion, lungs, affine, LesionSettings("relative", 0.5, 0.0))
     assert elsewhere["pointing_game"] == 0.0 and elsewhere["hit"] == 0.0 and elsewhere["dice"] == 0.0
-    # the maximum is now the speck (voxel 50, 30, 20); the lesion's nearest voxel is (15, 19, 13)
     assert result["peak_distance_mm"] == 0.0 and result["lesion_in_lungs"] == 1.0
     outside = lesion.copy()
     outside[0:2, 0:10, 0:12] = True  # 240 more lesion voxels, before the lungs (which start at index 5)
     assert patient_localisation(cam, outside, lungs, affine, LesionSettings("relative", 0.5, 0.0))["lesion_in_lungs"] == 0.5
+    # the maximum is now the speck (voxel 50, 30, 20); the lesion's nearest voxel is (15, 19, 13)
     assert elsewhere["peak_distance_mm"] == pytest.approx(np.sqrt((35 * 2.0) ** 2 + (11 * 1.0) ** 2 + (7 * 1.5) ** 2), abs=0.01)
     table = pd.DataFrame([{"patient_id": "a", **result}, {"patient_id": "b", **elsewhere}])
     slices = pd.concat([slice_scores(cam, lesion, lungs, 2), slice_scores(np.where(lesion, 0.0, cam), lesion, lungs, 2)])
