@@ -2,8 +2,8 @@
 
 Builds a synthetic slice bank (the loader reads it exactly as it reads a real one), then:
 1. loader: the training DataLoader alone (memmap reads by worker processes) over one epoch;
-2. training: hu2020 forward + backward + Adam step fed by that loader (bf16 autocast and
-   channels_last on CUDA), slices per second;
+2. training: hu2020 forward + backward + Adam step fed by that loader (channels_last as in
+   training unless --contiguous, bf16 autocast on CUDA), slices per second;
 3. compute only: the same steps on one batch already on the device (the upper bound);
 4. on CUDA, the GPU busy fraction during (2): NVML's utilisation (share of time a kernel ran),
    sampled every 50 ms.
@@ -99,13 +99,15 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--contiguous", action="store_true", help="the default memory layout instead of channels_last")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
+    channels_last = not args.contiguous
     print(f"device {torch.cuda.get_device_name(0) if cuda else 'cpu'} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")
-    print(f"hu2020 width {args.width}, input {args.size}x{args.size}, batch {args.batch}, bf16 autocast and channels_last: {cuda}")
+    print(f"hu2020 width {args.width}, input {args.size}x{args.size}, batch {args.batch}, bf16 autocast: {cuda}, channels_last: {channels_last}")
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         labels = synthetic_bank(folder, args.slices, args.size)
@@ -116,16 +118,16 @@ def main() -> int:
         loader_rate = seen / (time.perf_counter() - start)
 
         model = build_model("hu2020", 3, args.width, 0.5).to(device)
-        if cuda:
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         warm = max(3, args.steps // 10)
-        train_steps(model, optimizer, loader_for(folder, labels, args.batch, 0, False), device, cuda, cuda, warm)
+        train_steps(model, optimizer, loader_for(folder, labels, args.batch, 0, False), device, cuda, channels_last, warm)
         monitor = Utilisation() if cuda else None
         if monitor:
             monitor.start()
         start = time.perf_counter()
-        seen = train_steps(model, optimizer, loader_for(folder, labels, args.batch, args.workers, cuda, epoch_seed=1), device, cuda, cuda, args.steps)
+        seen = train_steps(model, optimizer, loader_for(folder, labels, args.batch, args.workers, cuda, epoch_seed=1), device, cuda, channels_last, args.steps)
         train_rate = seen / (time.perf_counter() - start)
         busy = None
         if monitor:
@@ -148,7 +150,7 @@ def main() -> int:
             monitor = Utilisation()
             monitor.start()
             start = time.perf_counter()
-            seen = train_steps(model, optimizer, resident.batches(batches), device, cuda, cuda, args.steps)
+            seen = train_steps(model, optimizer, resident.batches(batches), device, cuda, channels_last, args.steps)
             resident_train = seen / (time.perf_counter() - start)
             monitor.running = False
             monitor.join()
@@ -156,7 +158,7 @@ def main() -> int:
 
         fixed = next(iter(loader_for(folder, labels, args.batch, 0, False)))
         start = time.perf_counter()
-        seen = train_steps(model, optimizer, [fixed] * args.steps, device, cuda, cuda, args.steps)
+        seen = train_steps(model, optimizer, [fixed] * args.steps, device, cuda, channels_last, args.steps)
         compute_rate = seen / (time.perf_counter() - start)
 
     print(f"\ndata loader ({args.workers} workers):      {loader_rate:10.0f} slices/s")

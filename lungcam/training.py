@@ -3,9 +3,10 @@
 Reproducible and resumable: every random choice of an epoch (data order, bag subsets, dropout)
 derives from (seed, fold, epoch), and the full training state is checkpointed after every
 epoch, so a run killed at any point (SLURM preemption) and restarted from its checkpoint ends
-with the same weights as an uninterrupted run. On CUDA it trains with bf16 autocast and
-channels_last; with several processes (torchrun) it trains data-parallel, each process taking
-every n-th batch.
+with the same weights as an uninterrupted run. It trains in the channels_last memory format,
+which oneDNN's CPU convolutions run faster than the default layout (benchmarks/train.py) and
+which a GPU's tensor cores want, and on CUDA with bf16 autocast; with several processes
+(torchrun) it trains data-parallel, each process taking every n-th batch.
 """
 
 from __future__ import annotations
@@ -305,7 +306,7 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
 
     torch.manual_seed(settings.seed * 1000 + fold_number + 1)
     model = build_model(settings.model, len(classes), settings.width, settings.dropout).to(device)
-    if settings.channels_last and device.type == "cuda":
+    if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
@@ -345,7 +346,7 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
             bags = groups if settings.model == "mil" else None
             if settings.augment:
                 images = augment(images, bags)
-            if settings.channels_last and device.type == "cuda":
+            if settings.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels, groups = labels.to(device), groups.to(device)
             target = labels[_bag_starts(groups)] if settings.model == "mil" else labels
