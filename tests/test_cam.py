@@ -12,7 +12,7 @@ from torch import nn
 from lungcam.cache import load_cache
 from lungcam.cam import cache_cam, scan_cam, slice_cams, target_class
 from lungcam.models import build_model
-from lungcam.slice_bank import bank_preprocessing
+from lungcam.slice_bank import bank_preprocessing, zscore
 
 INPUT = 48  # model input; cache slices are not square, so the resize is anisotropic
 
@@ -221,8 +221,6 @@ def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method
 def test_grad_cam_is_the_gradient_weighted_features_of_the_three_scales(blob_network):
     """Grad-CAM through torchcam equals the definition computed here by hand: per scale,
     ReLU(sum_k mean(d score / d A_k) A_k), upsampled to the slice and averaged unscaled."""
-    from lungcam.slice_bank import zscore
-
     slices = blob_slices(4, seed=7)[0]
     maps = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="gradcam")
     x = zscore(torch.from_numpy(slices).float())
@@ -233,6 +231,35 @@ def test_grad_cam_is_the_gradient_weighted_features_of_the_three_scales(blob_net
         nn.functional.interpolate(torch.relu((g.mean(dim=(2, 3), keepdim=True) * f).sum(dim=1, keepdim=True)), size=(BLOB, BLOB), mode="bilinear", align_corners=False)
         for g, f in zip(gradients, features)]).mean(dim=0)[:, 0]
     assert maps == pytest.approx(expected.detach().numpy(), rel=1e-4, abs=1e-6)
+
+
+def test_pool3_map_is_the_finest_of_the_three_averaged_by_multiscale(blob_network):
+    """`pool3` is the first scale's class map upsampled; `multiscale` averages it with the
+    pool4 and pool5 maps upsampled the same way."""
+    slices = blob_slices(4, seed=11)[0]
+    with torch.no_grad():
+        scales = [nn.functional.interpolate(m[:, :1], size=(BLOB, BLOB), mode="bilinear", align_corners=False)[:, 0].clamp_min(0).numpy()
+                  for m in blob_network.maps(zscore(torch.from_numpy(slices).float()))]
+    fine = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="pool3")
+    fused = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="multiscale")
+    assert fine == pytest.approx(scales[0], abs=1e-6)
+    assert fused == pytest.approx(np.mean(scales, axis=0), abs=1e-6)
+    assert not np.allclose(fine, fused)
+
+
+def test_pool3_map_finds_the_disc_the_network_learned(blob_network):
+    """As for the other methods (test above), except where the peak may lie: one 8 x 8 map
+    upsampled bilinearly peaks on its cells' centres, 8 pixels apart, so the peak is within the
+    disc's radius plus half a cell's diagonal of the disc's centre, not nearer."""
+    from sklearn.metrics import roc_auc_score
+
+    slices, classes, discs = blob_slices(40, seed=1000)
+    slices, discs = slices[classes == 0], discs[classes == 0]
+    maps = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="pool3")
+    assert roc_auc_score(discs.ravel(), maps.ravel()) > 0.9
+    peaks = [np.unravel_index(np.argmax(m), m.shape) for m in maps]
+    centres = [np.argwhere(d).mean(axis=0) for d in discs]
+    assert all(np.hypot(*(np.array(p) - c)) <= 5 + 4 * np.sqrt(2) for p, c in zip(peaks, centres))
 
 
 def test_an_unknown_map_method_is_refused(blob_network):
