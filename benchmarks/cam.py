@@ -6,8 +6,8 @@ scores all maps against the sample sheet's lesion masks as the `localisation` ru
 issue's targets for the default map: pointing game >= 0.80 on lesion-positive patients and
 slice-level AUC >= 0.85.
 
-    .venv/bin/python benchmarks/cam.py /tmp/demo-hu2020 --patients 6
-    .venv/bin/python benchmarks/cam.py /tmp/run200/work --cohort 60 --methods multiscale gradcam
+    .venv/bin/python benchmarks/cam.py demo-hu2020 --patients 6
+    .venv/bin/python benchmarks/cam.py run200 --cohort 60 --methods multiscale gradcam
 """
 
 from __future__ import annotations

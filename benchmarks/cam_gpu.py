@@ -1,7 +1,7 @@
 """The map methods on a GPU: seconds per patient there, and the largest difference from the same
 maps computed on the CPU (the `cam` rule's work, out-of-fold model, for the first patients).
 
-    python benchmarks/cam_gpu.py /tmp/demo-hu2020 --patients 8
+    python benchmarks/cam_gpu.py demo-hu2020 --patients 8
 
 On a machine without the whole run, a working directory holding the run's results/predictions.tsv,
 results/model/, results/lungs/ and work/cache/ of those patients is enough.

@@ -8,9 +8,9 @@ results/model/fold*.pt, work/train/bank) and prints, with the metrics of results
 2. slice level, for hu2020 (as Hu et al. evaluated: every lung slice carries its patient's
    label; each fold's model scores the slices of its own test patients).
 
-    .venv/bin/snakemake --cores 2 --directory /tmp/demo-hu2020
-    .venv/bin/snakemake --cores 2 --directory /tmp/demo-mil --config 'demo={"train": {"model": "mil"}}'
-    .venv/bin/python benchmarks/classifier.py /tmp/demo-hu2020 /tmp/demo-mil
+    .venv/bin/snakemake --cores 2 --directory demo-hu2020
+    .venv/bin/snakemake --cores 2 --directory demo-mil --config 'demo={"train": {"model": "mil"}}'
+    .venv/bin/python benchmarks/classifier.py demo-hu2020 demo-mil
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ with the current code and the run's settings, maps them with the fold model that
 and prints the localisation figures of the run's own maps and of the new ones, per class, with
 the misses and the share of each missed lesion inside the lung mask.
 
-    .venv/bin/python benchmarks/remap.py /tmp/run200/work --patients 60 --out /tmp/remap
+    .venv/bin/python benchmarks/remap.py run200 --patients 60 --out remap
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ it in mode predict with a trained model file (slice bank and prediction are coho
 others per patient), one job at a time; and prints, per rule, the job's peak resident memory as
 the kernel counted it (the last line of its log, lungcam.joblog) next to the rule's `mem_mb`.
 
-    .venv/bin/python benchmarks/stage_memory.py /tmp/demo-full2/results/model/fold0.pt
+    .venv/bin/python benchmarks/stage_memory.py demo-full2/results/model/fold0.pt
 """
 
 from __future__ import annotations
