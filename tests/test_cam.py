@@ -202,10 +202,15 @@ def blob_network():
     return network.eval()
 
 
-@pytest.mark.parametrize("method", ["multiscale", "gradcampp", "layercam", "integrated_gradients"])
-def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method):
+# One 8 x 8 map upsampled bilinearly (pool3 alone) peaks on its cells' centres, 8 pixels apart:
+# its peak is within the disc's radius plus half a cell's diagonal of the disc's centre, not
+# nearer; the other maps mostly peak within 6 pixels of it.
+@pytest.mark.parametrize(("method", "within_px", "share"), [
+    ("multiscale", 6, 0.5), ("pool3", 5 + 4 * np.sqrt(2), 1.0), ("gradcampp", 6, 0.5), ("layercam", 6, 0.5), ("integrated_gradients", 6, 0.5)])
+def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method, within_px, share):
     """The network decides by the disc, so each method's map must score disc pixels above the
-    rest (pixel AUC) and mostly peak on the disc."""
+    rest (pixel AUC) and peak on or near the disc (at least `share` of the peaks within
+    `within_px` of its centre)."""
     from sklearn.metrics import roc_auc_score
 
     slices, classes, discs = blob_slices(40, seed=1000)
@@ -215,7 +220,7 @@ def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method
     assert roc_auc_score(discs.ravel(), maps.ravel()) > 0.9
     peaks = [np.unravel_index(np.argmax(m), m.shape) for m in maps]
     near = [np.argwhere(d).mean(axis=0) for d in discs]
-    assert np.mean([np.hypot(*(np.array(p) - c)) <= 6 for p, c in zip(peaks, near)]) >= 0.5
+    assert np.mean([np.hypot(*(np.array(p) - c)) <= within_px for p, c in zip(peaks, near)]) >= share
 
 
 def test_grad_cam_is_the_gradient_weighted_features_of_the_three_scales(blob_network):
@@ -245,21 +250,6 @@ def test_pool3_map_is_the_finest_of_the_three_averaged_by_multiscale(blob_networ
     assert fine == pytest.approx(scales[0], abs=1e-6)
     assert fused == pytest.approx(np.mean(scales, axis=0), abs=1e-6)
     assert not np.allclose(fine, fused)
-
-
-def test_pool3_map_finds_the_disc_the_network_learned(blob_network):
-    """As for the other methods (test above), except where the peak may lie: one 8 x 8 map
-    upsampled bilinearly peaks on its cells' centres, 8 pixels apart, so the peak is within the
-    disc's radius plus half a cell's diagonal of the disc's centre, not nearer."""
-    from sklearn.metrics import roc_auc_score
-
-    slices, classes, discs = blob_slices(40, seed=1000)
-    slices, discs = slices[classes == 0], discs[classes == 0]
-    maps = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="pool3")
-    assert roc_auc_score(discs.ravel(), maps.ravel()) > 0.9
-    peaks = [np.unravel_index(np.argmax(m), m.shape) for m in maps]
-    centres = [np.argwhere(d).mean(axis=0) for d in discs]
-    assert all(np.hypot(*(np.array(p) - c)) <= 5 + 4 * np.sqrt(2) for p, c in zip(peaks, centres))
 
 
 def test_an_unknown_map_method_is_refused(blob_network):
