@@ -166,6 +166,7 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
                   f"slice probabilities aggregated per patient by {aggregation}" if train["model"] == "hu2020"
                   else "the multi-scale network of Hu et al. (IEEE Access 2020) with gated attention pooling over each patient's slices (Ilse et al., ICML 2018), trained with the patient label only")
     cam_text = {"multiscale": "the paper's multi-scale class activation maps (pool3, pool4 and pool5, upsampled and averaged)",
+                "pool3": "the finest of the paper's class activation maps (pool3, upsampled)",
                 "gradcam": "Grad-CAM (Selvaraju et al., ICCV 2017)", "gradcampp": "Grad-CAM++ (Chattopadhay et al., WACV 2018)",
                 "layercam": "LayerCAM (Jiang et al., IEEE TIP 2021)", "integrated_gradients": "Integrated Gradients (Sundararajan et al., ICML 2017)"}[cam["method"]]
     evaluation = (f"Patients were split into {train['folds']} stratified folds (no patient in two folds); every patient was classified by the model that did not train on it."

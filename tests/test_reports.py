@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 import pytest
 
-from lungcam.config import load_config
+from lungcam.config import load_config, load_schema
 from lungcam.leak_scan import find_leaks
 from lungcam.provenance import folder_digest
 from lungcam.figures import qc_strip_svg
@@ -102,6 +102,9 @@ def test_methods_paragraph_follows_the_config():
     config["cam"]["method"], config["train"]["model"] = "layercam", "mil"
     text = methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
     assert "LayerCAM" in text and "attention pooling" in text
+    for method in load_schema("config.schema.yaml")["properties"]["cam"]["properties"]["method"]["enum"]:  # every map method is described
+        config["cam"]["method"] = method
+        assert "Infection maps are " in methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
 
 
 @pytest.mark.slow
