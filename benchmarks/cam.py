@@ -6,8 +6,12 @@ scores all maps against the sample sheet's lesion masks as the `localisation` ru
 issue's targets for the default map: pointing game >= 0.80 on lesion-positive patients and
 slice-level AUC >= 0.85.
 
+With `--shifts`, each method is also run densely evaluated (`cam.shifts`: the maps at n x n
+input offsets within a pool3 cell, averaged back in place); the table names the method and n.
+
     .venv/bin/python benchmarks/cam.py demo-hu2020 --patients 6
     .venv/bin/python benchmarks/cam.py run200 --cohort 60 --methods multiscale gradcam
+    .venv/bin/python benchmarks/cam.py demo-s13c --methods multiscale pool3 --shifts 1 2 4
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.cam import METHODS, write_patient_cam  # noqa: E402
+from lungcam.cam import METHODS, SHIFTS, write_patient_cam  # noqa: E402
 from lungcam.config import validate_config  # noqa: E402
 from lungcam.lesions import LesionSettings  # noqa: E402
 from lungcam.localisation import localise_cohort  # noqa: E402
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=6, help="patients to time per method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--cohort", type=int, default=0, help="map and score only the first N patients of predictions.tsv (0: all)")
+    parser.add_argument("--shifts", nargs="+", type=int, default=[1], choices=SHIFTS, help="dense evaluation: offsets per axis (cam.shifts)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = args.workdir / "results"
@@ -51,18 +56,19 @@ def main() -> None:
     masks = lesion_masks(args.workdir)
     print(f"{'method':>20s}  s/patient  pointing game [95% CI]   hit    Dice (best)  slice AUC mean [95% CI]  pooled  peak to lesion (mm): median, mean")
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods:
+        for method, shifts in ((m, n) for m in args.methods for n in args.shifts):
             seconds, cams = [], []
             for index, row in enumerate(rows):
                 cams.append(Path(tmp) / f"{row['patient_id']}.nii.gz")
                 start = time.perf_counter()
                 write_patient_cam(results / "model" / f"fold{row['fold']}.pt", row, "predicted", args.workdir / "work" / "cache" / row["patient_id"],
-                                  results / "lungs" / f"{row['patient_id']}.nii.gz", cams[-1], method=method)
+                                  results / "lungs" / f"{row['patient_id']}.nii.gz", cams[-1], method=method, shifts=shifts)
                 if index < args.patients:
                     seconds.append(time.perf_counter() - start)
             table, summary = localise_cohort(cams, [results / "lungs" / p.name for p in cams], masks, None, LesionSettings.from_config(validate_config({})["cam"]["lesions"]), seed=0)
             pointing, auc = summary["pointing_game"], summary["slice_auc"]
-            print(f"{method:>20s}  {sum(seconds) / len(seconds):9.2f}  {pointing['mean']:.3f} [{pointing['ci95'][0]:.2f}, {pointing['ci95'][1]:.2f}]"
+            name = method if shifts == 1 else f"{method} x{shifts}"
+            print(f"{name:>20s}  {sum(seconds) / len(seconds):9.2f}  {pointing['mean']:.3f} [{pointing['ci95'][0]:.2f}, {pointing['ci95'][1]:.2f}]"
                   f"  {summary['hit']['mean']:.3f}  {summary['dice']['mean']:.3f} ({summary['best_dice']['mean']:.3f})"
                   f"  {auc['mean']:.3f} [{auc['ci95'][0]:.2f}, {auc['ci95'][1]:.2f}]      {summary['slice_auc_pooled']['auc']:.3f}"
                   f"  {table['peak_distance_mm'].median():6.1f}, {summary['peak_distance_mm']['mean']:.1f}", flush=True)

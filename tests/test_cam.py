@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lungcam.cache import load_cache
-from lungcam.cam import cache_cam, scan_cam, slice_cams, target_class
+from lungcam.cam import cache_cam, scan_cam, shift_offsets, slice_cams, target_class
 from lungcam.models import build_model
 from lungcam.slice_bank import bank_preprocessing, zscore
 
@@ -204,10 +204,11 @@ def blob_network():
 
 # One 8 x 8 map upsampled bilinearly (pool3 alone) peaks on its cells' centres, 8 pixels apart:
 # its peak is within the disc's radius plus half a cell's diagonal of the disc's centre, not
-# nearer; the other maps mostly peak within 6 pixels of it.
-@pytest.mark.parametrize(("method", "within_px", "share"), [
-    ("multiscale", 6, 0.5), ("pool3", 5 + 4 * np.sqrt(2), 1.0), ("gradcampp", 6, 0.5), ("layercam", 6, 0.5), ("integrated_gradients", 6, 0.5)])
-def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method, within_px, share):
+# nearer; the other maps mostly peak within 6 pixels of it, and evaluated densely all of them.
+@pytest.mark.parametrize(("method", "shifts", "within_px", "share"), [
+    ("multiscale", 1, 6, 0.5), ("pool3", 1, 5 + 4 * np.sqrt(2), 1.0), ("gradcampp", 1, 6, 0.5), ("layercam", 1, 6, 0.5),
+    ("integrated_gradients", 1, 6, 0.5), ("multiscale", 4, 6, 1.0), ("layercam", 4, 6, 1.0)])
+def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method, shifts, within_px, share):
     """The network decides by the disc, so each method's map must score disc pixels above the
     rest (pixel AUC) and peak on or near the disc (at least `share` of the peaks within
     `within_px` of its centre)."""
@@ -215,7 +216,7 @@ def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method
 
     slices, classes, discs = blob_slices(40, seed=1000)
     slices, discs = slices[classes == 0], discs[classes == 0]
-    maps = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method=method, steps=16)
+    maps = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method=method, steps=16, shifts=shifts)
     assert maps.shape == slices.shape and maps.min() >= 0
     assert roc_auc_score(discs.ravel(), maps.ravel()) > 0.9
     peaks = [np.unravel_index(np.argmax(m), m.shape) for m in maps]
@@ -250,6 +251,58 @@ def test_pool3_map_is_the_finest_of_the_three_averaged_by_multiscale(blob_networ
     assert fine == pytest.approx(scales[0], abs=1e-6)
     assert fused == pytest.approx(np.mean(scales, axis=0), abs=1e-6)
     assert not np.allclose(fine, fused)
+
+
+class PooledInput(nn.Module):
+    """Stands in for a shift-equivariant network: each map (two classes, three scales) is the
+    input averaged over `cell` x `cell` blocks, one map pixel per block."""
+
+    def __init__(self, cell: int):
+        super().__init__()
+        self.cell = cell
+
+    def maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [nn.functional.avg_pool2d(x, self.cell).expand(-1, 2, -1, -1)] * 3
+
+
+def dot_slices(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dark slices (BLOB x BLOB) with one bright pixel each, 8 or more pixels from the border."""
+    rng = np.random.default_rng(seed)
+    points = rng.integers(8, BLOB - 8, (count, 2))
+    slices = np.full((count, BLOB, BLOB), 10, dtype=np.uint8)
+    slices[np.arange(count), points[:, 0], points[:, 1]] = 250
+    return slices, points
+
+
+def test_dense_evaluation_leaves_a_shift_equivariant_full_resolution_map_unchanged():
+    """Each shifted evaluation's map is moved back by its own offset, so for a network whose
+    map follows its input pixel for pixel every evaluation agrees and the average is the one
+    evaluation's map, up to the borders: dense evaluation moves nothing."""
+    slices = blob_slices(6, seed=3)[0]
+    once = slice_cams(PooledInput(1), slices, 0, BLOB, torch.device("cpu"))
+    for shifts in (2, 4):
+        assert slice_cams(PooledInput(1), slices, 0, BLOB, torch.device("cpu"), shifts=shifts) == pytest.approx(once, abs=1e-5)
+
+
+def test_dense_evaluation_puts_a_coarse_map_peak_on_its_point():
+    """With maps of 8 x 8 pixel cells, one evaluation peaks at the centre of the cell holding a
+    bright point (up to 4 pixels per axis away); 4 x 4 shifted evaluations peak within a pixel per
+    axis of the point itself."""
+    slices, points = dot_slices(40, seed=5)
+    distances = {}
+    for shifts in (1, 4):
+        maps = slice_cams(PooledInput(8), slices, 0, BLOB, torch.device("cpu"), shifts=shifts)
+        peaks = np.array([np.unravel_index(np.argmax(m), m.shape) for m in maps])
+        distances[shifts] = np.abs(peaks - points).max(axis=1)
+    assert distances[4].max() <= 1
+    assert np.mean(distances[1] >= 2) > 0.5
+
+
+@pytest.mark.parametrize("shifts", [0, 3, 8])
+def test_shift_counts_that_do_not_divide_a_cell_symmetrically_are_refused(shifts):
+    assert shift_offsets(2) == [-2, 2] and shift_offsets(4) == [-3, -1, 1, 3] and shift_offsets(1) == [0]
+    with pytest.raises(ValueError, match=f"cam shifts must be one of 1, 2, 4, not {shifts}"):
+        slice_cams(PooledInput(8), dot_slices(1, seed=0)[0], 0, BLOB, torch.device("cpu"), shifts=shifts)
 
 
 def test_an_unknown_map_method_is_refused(blob_network):

@@ -164,6 +164,7 @@ def test_incremental_reruns_touch_only_what_a_change_concerns(training_demo):
     reports = {"metrics", "provenance", "patient_report", "summary", "all"}
     cam_method = planned({"cam": {"method": "layercam"}})
     assert set(cam_method) == {"cam", "lesions", "localisation"} | reports and cam_method["cam"] == 9
+    assert planned({"cam": {"shifts": 1}}) == cam_method
     assert set(planned({"report": {"bootstrap": 300}})) == reports | {"classification_metrics"}
     added = planned({"demo": {"scout_only": 2}})  # one more patient (whose study holds only a localizer)
     assert added["phantom"] == 1 and added["ingest"] == 1 and added["train_fold"] == 3 and added["summary"] == 1

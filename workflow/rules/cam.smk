@@ -21,6 +21,7 @@ rule cam:
         target=lookup(dpath="cam/target", within=config),
         method=lookup(dpath="cam/method", within=config),
         steps=lookup(dpath="cam/ig_steps", within=config),
+        shifts=lookup(dpath="cam/shifts", within=config),
         device=lookup(dpath="train/device", within=config),
     log:
         log_path("cam"),
