@@ -25,7 +25,7 @@ rim rather than inside it. With `shifts` n > 1 the maps are computed n x n times
 moved by offsets spread evenly over one cell and symmetric about 0; each map is upsampled to the
 input's pixels, moved back by its offset, and the n x n are averaged. The network and its maps
 are the same; they are only sampled at more positions (benchmarks/README.md: on a well-trained
-64 px model the pointing game of the paper's map rises from 0.69 to 0.76).
+64 px model, 2 x 2 evaluations raise the pointing game of the paper's map from 0.69 to 0.78).
 """
 
 from __future__ import annotations
