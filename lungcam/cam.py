@@ -26,6 +26,7 @@ moved by offsets spread evenly over one cell and symmetric about 0; each map is 
 input's pixels, moved back by its offset, and the n x n are averaged. The network and its maps
 are the same; they are only sampled at more positions (benchmarks/README.md: on a well-trained
 64 px model, 2 x 2 evaluations raise the pointing game of the paper's map from 0.69 to 0.78).
+Integrated Gradients attributes to the input's own pixels and is always evaluated once.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ MapFunction = Callable[[torch.Tensor, int], list[torch.Tensor]]
 
 CELL = 8  # input pixels per cell of the finest map, pool3 (three 2 x 2 max-pools)
 SHIFTS = (1, 2, 4)  # offsets per axis that divide a cell evenly and symmetrically into whole pixels
+PIXEL_METHODS = ("integrated_gradients",)  # maps at the input's own pixels: nothing to evaluate densely
 
 
 def _slice_network(model: torch.nn.Module) -> Hu2020Net:
@@ -94,6 +96,14 @@ def _map_function(network: torch.nn.Module, method: str, steps: int, batch_size:
         raise ValueError(f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
 
 
+def evaluations_per_axis(method: str, shifts: int) -> int:
+    """The `shifts` that `method` is evaluated with: as configured for the layer maps, 1 for
+    Integrated Gradients, whose attributions are already per input pixel (dense evaluation made it
+    3.5 times slower on the demo for the same figures, benchmarks/README.md)."""
+    shift_offsets(shifts)  # refuses a count that does not divide a cell
+    return 1 if method in PIXEL_METHODS else shifts
+
+
 def shift_offsets(shifts: int) -> list[int]:
     """The input offsets (pixels, per axis) of dense evaluation: `shifts` of them, evenly spaced
     over one pool3 cell and symmetric about 0, so that averaging them does not move the map."""
@@ -133,7 +143,8 @@ def slice_cams(model: torch.nn.Module, slices: np.ndarray, target: int, input_si
                method: str = "multiscale", steps: int = 32, batch_size: int = 32, shifts: int = 1) -> np.ndarray:
     """Maps (n, h, w) of uint8 cache slices (n, h, w) for class `target` by `method`: each
     layer's map upsampled to the cache slice, then averaged over the layers (the paper's fusion);
-    with `shifts` > 1 each layer's map is first evaluated densely (module docstring).
+    with `shifts` > 1 each layer's map is first evaluated densely (module docstring), except for
+    the per-pixel Integrated Gradients.
 
     Every method's layers are averaged unscaled, as the paper averages its maps (whose maxima
     are the logits), so slices stay comparable with each other. For Grad-CAM this lets the
@@ -144,7 +155,7 @@ def slice_cams(model: torch.nn.Module, slices: np.ndarray, target: int, input_si
     height, width = slices.shape[1:]
     layers: list[np.ndarray] = []
     with _map_function(network, method, steps, batch_size) as class_maps:
-        maps_of = _shift_averaged(class_maps, shifts)
+        maps_of = _shift_averaged(class_maps, evaluations_per_axis(method, shifts))
         for start in range(0, len(slices), batch_size):
             batch = resize_slices(np.asarray(slices[start: start + batch_size]), input_size)
             maps = maps_of(zscore(torch.from_numpy(batch).to(device)), target)
@@ -221,7 +232,7 @@ def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir:
     image.header.set_data_dtype(np.float32)
     image.header["descrip"] = f"lungcam {method} {mapped}".encode()[:79]
     nib.save(image, out_path)
-    summary = {"method": method, "shifts": shifts, "class": mapped, "model": str(model_path), "peak": float(cam.max()), "voxels_above_half": int((cam >= 0.5).sum())}
+    summary = {"method": method, "shifts": evaluations_per_axis(method, shifts), "class": mapped, "model": str(model_path), "peak": float(cam.max()), "voxels_above_half": int((cam >= 0.5).sum())}
     if volume_path is not None and figure_path is not None:
         hu, view = load_hu_lps(volume_path)
         title = f"{row.get('patient_id', '')} {method} map of {mapped} (predicted {row['predicted']})"

@@ -298,6 +298,16 @@ def test_dense_evaluation_puts_a_coarse_map_peak_on_its_point():
     assert np.mean(distances[1] >= 2) > 0.5
 
 
+def test_integrated_gradients_is_evaluated_once_whatever_the_shifts(blob_network):
+    """Its attributions are per input pixel already: dense evaluation would only multiply its cost."""
+    slices = blob_slices(2, seed=13)[0]
+    once, asked_dense = (slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="integrated_gradients", steps=8, shifts=shifts)
+                         for shifts in (1, 4))
+    assert np.array_equal(once, asked_dense)
+    assert slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="layercam", shifts=4) != pytest.approx(
+        slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="layercam"), abs=1e-3)
+
+
 @pytest.mark.parametrize("shifts", [0, 3, 8])
 def test_shift_counts_that_do_not_divide_a_cell_symmetrically_are_refused(shifts):
     assert shift_offsets(2) == [-2, 2] and shift_offsets(4) == [-3, -1, 1, 3] and shift_offsets(1) == [0]
