@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.cam import METHODS, SHIFTS, evaluations_per_axis, write_patient_cam  # noqa: E402
+from lungcam.cam import METHODS, write_patient_cam  # noqa: E402
+from lungcam.map_sampling import SHIFTS, evaluations_per_axis  # noqa: E402
 from lungcam.config import validate_config  # noqa: E402
 from lungcam.lesions import LesionSettings  # noqa: E402
 from lungcam.localisation import localise_cohort  # noqa: E402

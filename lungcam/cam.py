@@ -40,6 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from .cache import CacheTransform, load_cache, to_source_grid
+from .map_sampling import CELL, evaluations_per_axis, shift_offsets
 from .models import AttentionMIL, Hu2020Net
 from .slice_bank import resize_slices, zscore
 
@@ -49,10 +50,6 @@ TORCHCAM_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMpp", "layercam": 
 SCALE_LAYERS = ["blocks.2", "blocks.3", "blocks.4"]  # pool3, pool4, pool5: what the heads read
 
 MapFunction = Callable[[torch.Tensor, int], list[torch.Tensor]]
-
-CELL = 8  # input pixels per cell of the finest map, pool3 (three 2 x 2 max-pools)
-SHIFTS = (1, 2, 4)  # offsets per axis that divide a cell evenly and symmetrically into whole pixels
-PIXEL_METHODS = ("integrated_gradients",)  # maps at the input's own pixels: nothing to evaluate densely
 
 
 def _slice_network(model: torch.nn.Module) -> Hu2020Net:
@@ -94,23 +91,6 @@ def _map_function(network: torch.nn.Module, method: str, steps: int, batch_size:
         yield integrated_gradients
     else:
         raise ValueError(f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
-
-
-def evaluations_per_axis(method: str, shifts: int) -> int:
-    """The `shifts` that `method` is evaluated with: as configured for the layer maps, 1 for
-    Integrated Gradients, whose attributions are already per input pixel (dense evaluation made it
-    3.5 times slower on the demo for the same figures, benchmarks/README.md)."""
-    shift_offsets(shifts)  # refuses a count that does not divide a cell
-    return 1 if method in PIXEL_METHODS else shifts
-
-
-def shift_offsets(shifts: int) -> list[int]:
-    """The input offsets (pixels, per axis) of dense evaluation: `shifts` of them, evenly spaced
-    over one pool3 cell and symmetric about 0, so that averaging them does not move the map."""
-    if shifts not in SHIFTS:
-        raise ValueError(f"cam shifts must be one of {', '.join(map(str, SHIFTS))}, not {shifts!r}")
-    step = CELL // shifts
-    return [step // 2 + i * step - CELL // 2 for i in range(shifts)]
 
 
 def _shift_averaged(maps_of: MapFunction, shifts: int) -> MapFunction:

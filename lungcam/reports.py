@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from .map_sampling import evaluations_per_axis
+
 # QC measures of the summary's strip plots: column of the cohort table -> axis title.
 QC_MEASURES = {
     "lung_volume_ml": "lung volume (mL)",
@@ -169,8 +171,9 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
                 "pool3": "the finest of the paper's class activation maps (pool3, upsampled)",
                 "gradcam": "Grad-CAM (Selvaraju et al., ICCV 2017)", "gradcampp": "Grad-CAM++ (Chattopadhay et al., WACV 2018)",
                 "layercam": "LayerCAM (Jiang et al., IEEE TIP 2021)", "integrated_gradients": "Integrated Gradients (Sundararajan et al., ICML 2017)"}[cam["method"]]
-    if cam["shifts"] > 1:
-        cam_text += f", evaluated densely (the input shifted to {cam['shifts']} x {cam['shifts']} offsets within a pool3 cell and the maps averaged back in place)"
+    shifts = evaluations_per_axis(cam["method"], cam["shifts"])
+    if shifts > 1:
+        cam_text += f", evaluated densely (the input shifted to {shifts} x {shifts} offsets within a pool3 cell and the maps averaged back in place)"
     evaluation = (f"Patients were split into {train['folds']} stratified folds (no patient in two folds); every patient was classified by the model that did not train on it."
                   if config["mode"] == "train" else "A trained model was applied to this cohort (prediction mode).")
     return (f"{patients} chest CT scans were converted from DICOM with dcm2niix, choosing one series per patient; {excluded} were excluded by quality control. "

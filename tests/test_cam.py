@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from lungcam.cache import load_cache
-from lungcam.cam import cache_cam, scan_cam, shift_offsets, slice_cams, target_class
+from lungcam.cam import cache_cam, scan_cam, slice_cams, target_class
+from lungcam.map_sampling import shift_offsets
 from lungcam.models import build_model
 from lungcam.slice_bank import bank_preprocessing, zscore
 

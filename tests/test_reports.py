@@ -103,6 +103,8 @@ def test_methods_paragraph_follows_the_config():
     config["cam"]["method"], config["cam"]["shifts"], config["train"]["model"] = "layercam", 1, "mil"
     text = methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
     assert "LayerCAM" in text and "attention pooling" in text and "offsets" not in text
+    config["cam"]["method"], config["cam"]["shifts"] = "integrated_gradients", 4  # evaluated once whatever the shifts
+    assert "offsets" not in methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
     for method in load_schema("config.schema.yaml")["properties"]["cam"]["properties"]["method"]["enum"]:  # every map method is described
         config["cam"]["method"] = method
         assert "Infection maps are " in methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
