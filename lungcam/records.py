@@ -50,3 +50,25 @@ def read_predictions(path: Path | str):
     import pandas as pd
 
     return pd.read_csv(path, sep="\t", dtype={"patient_id": str, "label": str, "fold": str}, keep_default_na=False)
+
+
+def write_status_table(records: list[Path | str], path: Path | str) -> None:
+    """One line `patient_id<TAB>status` per patient, from each patient's record of one stage.
+
+    The workflow decides which patients go on to the next stage from this one small table per
+    stage (a cohort-level checkpoint) rather than from a checkpoint per patient: Snakemake
+    re-plans after every checkpoint, so per-patient checkpoints cost time quadratic in the
+    cohort size (benchmarks/checkpoints.py).
+    """
+    statuses = sorted((record["patient_id"], record["status"]) for record in map(read_record, records))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{patient}\t{status}\n" for patient, status in [("patient_id", "status"), *statuses]), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_status_table(path: Path | str) -> dict[str, str]:
+    """patient_id -> status, as written by `write_status_table`."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()[1:]
+    return dict(line.split("\t") for line in lines if line)

@@ -2,14 +2,16 @@
 
 from pathlib import Path
 
+import pandas as pd
+
 from lungcam.joblog import job_log
-from lungcam.records import read_record
 from lungcam.slice_bank import build_slice_bank
 
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
-    ok = [read_record(p)["patient_id"] for p in snakemake.input.qc if read_record(p)["status"] == "ok"]
+    cohort = pd.read_csv(snakemake.input.cohort_qc, sep="\t", dtype=str, keep_default_na=False)
+    ok = list(cohort.loc[cohort["status"] == "ok", "patient_id"])
     caches = {patient: Path(snakemake.params.cache_root) / patient for patient in ok}
     index = build_slice_bank(caches, snakemake.output[0], snakemake.params.input_size, snakemake.params.min_lung_fraction, snakemake.params.cache)
     log.info("slice bank: %d slices of %d patients", len(index), len(ok))

@@ -51,6 +51,17 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
+def test_a_fresh_plan_waits_on_one_status_checkpoint_per_stage(tmp_path):
+    """Who goes on after ingest and lung QC is read from one status table per stage, not from a
+    checkpoint per patient (Snakemake re-plans after every checkpoint: quadratic in patients,
+    benchmarks/checkpoints.py). So a fresh dry run plans every patient's ingest, the two status
+    checkpoints, and no per-patient job that would wait on a checkpoint."""
+    config = write_config(tmp_path, SMALL_DEMO)
+    jobs = planned_jobs(snakemake(tmp_path, "--configfile", str(config), "-n").stdout)
+    assert jobs["ingest"] == 4 and jobs["ingest_status"] == 1 and jobs["lungs_status"] == 1
+    assert not {"nifti", "lungs", "cache", "patient_qc", "cam", "patient_report"} & set(jobs)
+
+
 def test_slurm_profile_sends_training_to_the_gpu_partition(tmp_path):
     """Dry run with profiles/slurm: every job is submitted with the account placeholder, the
     training jobs to the GPU partition with one GPU, the others to the CPU partition; the

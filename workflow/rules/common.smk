@@ -4,6 +4,7 @@ Validation happens here, once, before any job starts: a bad config key or sample
 the run with a message naming it.
 """
 
+import functools
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from lungcam.config import apply_demo_overrides, validate_config
 from lungcam.folds import task_classes
 from lungcam.lungmask_backend import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows
-from lungcam.records import read_record
+from lungcam.records import read_status_table
 from lungcam.samplesheet import load_sample_sheet
 
 import pandas as pd
@@ -54,6 +55,7 @@ if DEMO:
 else:
     SAMPLES = load_sample_sheet(config["samples"], config["classes"], require_labels=MODE == "train")
 PATIENTS = list(SAMPLES.index)
+DICOM_DIRS = SAMPLES["dicom_dir"].to_dict()  # a dict lookup per ingest job, not a DataFrame one
 
 # ---- training ------------------------------------------------------------------------------
 
@@ -94,15 +96,38 @@ def startup_message() -> str:
     return f"lungcam: {len(PATIENTS)} patients from {source}; outputs in {RESULTS}/"
 
 
-def ingest_record(patient: str) -> dict:
-    """The ingest record of `patient` (waits for the ingest checkpoint of that patient)."""
-    stage = checkpoints.ingest.get(patient=patient).output.stage
-    return read_record(os.path.join(stage, "record.json"))
+@functools.cache
+def _status_table(path: str, mtime_ns: int) -> dict[str, str]:
+    """A stage's status table, read once per version of the file (input functions ask per patient)."""
+    return read_status_table(path)
 
 
-def lungs_record(patient: str) -> dict:
-    """The lungs record of `patient` (waits for the lungs checkpoint of that patient)."""
-    return read_record(checkpoints.lungs.get(patient=patient).output.record)
+def stage_statuses(checkpoint) -> dict[str, str]:
+    """patient -> status after one stage, from that stage's status checkpoint (waits for it)."""
+    path = checkpoint.get().output[0]
+    return _status_table(path, os.stat(path).st_mtime_ns)
+
+
+def ingest_ok(patient: str) -> bool:
+    """Whether `patient` passed ingest (waits for the cohort's ingest status)."""
+    return stage_statuses(checkpoints.ingest_status).get(patient) == "ok"
+
+
+def lungs_ok(patient: str) -> bool:
+    """Whether `patient` passed ingest and lung QC (waits for the cohort's lung status)."""
+    return ingest_ok(patient) and stage_statuses(checkpoints.lungs_status).get(patient) == "ok"
+
+
+def lungs_status_inputs(wildcards) -> dict:
+    """The lung records of the patients that passed ingest."""
+    return {"records": expand(rules.lungs.output.record, patient=[p for p in PATIENTS if ingest_ok(p)])}
+
+
+def qc_records(wildcards) -> list[str]:
+    """Every patient's QC file, requested once both status tables exist: each patient's QC job
+    is then planned once, with its final inputs, instead of waiting on a checkpoint."""
+    stage_statuses(checkpoints.lungs_status)
+    return expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS)
 
 
 def patient_qc_inputs(wildcards) -> dict:
@@ -113,10 +138,10 @@ def patient_qc_inputs(wildcards) -> dict:
     """
     patient = wildcards.patient
     inputs = {"ingest": f"{WORK}/ingest/{patient}"}
-    if ingest_record(patient)["status"] == "ok":
+    if ingest_ok(patient):
         inputs["nifti"] = f"{RESULTS}/nifti/{patient}.nii.gz"
         inputs["lungs"] = f"{WORK}/lungs/{patient}.json"
-        if lungs_record(patient)["status"] == "ok":
+        if lungs_ok(patient):
             inputs["cache"] = f"{WORK}/cache/{patient}"
     return inputs
 
@@ -130,8 +155,8 @@ CAM_MODELS = (
 
 
 def mapped_patients() -> list[str]:
-    """The patients that passed ingest and lung QC, so get a map (waits for their checkpoints)."""
-    return [p for p in PATIENTS if ingest_record(p)["status"] == "ok" and lungs_record(p)["status"] == "ok"]
+    """The patients that passed ingest and lung QC, so get a map (waits for the status checkpoints)."""
+    return [p for p in PATIENTS if lungs_ok(p)]
 
 
 SLICE_LABELS = config["cam"]["slice_labels"]
@@ -247,7 +272,7 @@ def metrics_inputs(wildcards) -> dict:
 def provenance_inputs(wildcards) -> dict:
     """Every patient's QC record (with its DICOM checksum), the sample sheet, and the other
     files the run read: lesion masks, slice labels, the prediction model."""
-    inputs = {"qc": expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS), "sample_sheet": SAMPLE_SHEET, "masks": list(LESION_MASKS.values())}
+    inputs = {"qc": qc_records(wildcards), "sample_sheet": SAMPLE_SHEET, "masks": list(LESION_MASKS.values())}
     if SLICE_LABELS:
         inputs["slice_labels"] = SLICE_LABELS
     if MODE == "predict":
@@ -260,9 +285,9 @@ def patient_report_inputs(wildcards) -> dict:
     classified and mapped, its prediction, key slices and lesion candidates."""
     patient = wildcards.patient
     inputs = {"qc": f"{RESULTS}/qc/{patient}.json", "provenance": f"{RESULTS}/provenance.json"}
-    if ingest_record(patient)["status"] == "ok":
+    if ingest_ok(patient):
         inputs["montage"] = f"{RESULTS}/qc/{patient}_lungs.png"
-        if lungs_record(patient)["status"] == "ok":
+        if lungs_ok(patient):
             inputs |= {"predictions": f"{RESULTS}/predictions.tsv", "key_slices": f"{RESULTS}/cam/{patient}_key_slices.png",
                        "lesions": f"{RESULTS}/lesions/{patient}.tsv", "burden": f"{RESULTS}/lesions/{patient}.json"}
     return inputs
@@ -272,7 +297,7 @@ def summary_inputs(wildcards) -> dict:
     """Every patient's report and QC record, the cohort outputs, and the figures."""
     inputs = {
         "reports": expand(f"{RESULTS}/reports/{{patient}}.html", patient=PATIENTS),
-        "qc": expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
+        "qc": qc_records(wildcards),
         "burdens": [f"{RESULTS}/lesions/{p}.json" for p in mapped_patients()],
         "predictions": f"{RESULTS}/predictions.tsv",
         "metrics": f"{RESULTS}/metrics.json",

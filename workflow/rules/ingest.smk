@@ -1,14 +1,16 @@
 """Ingest: DICOM study -> one verified NIfTI volume per patient, with header QC.
 
-`ingest` is a checkpoint: whether a patient continues depends on what its DICOM folder holds.
-It always succeeds for bad data (the record says `excluded` and why); the patient's later
-stages are requested only for patients whose record says `ok`.
+`ingest` always succeeds for bad data (the record says `excluded` and why). Whether a patient
+continues depends on what its DICOM folder holds, so the checkpoint `ingest_status` gathers
+every patient's status into one table, and the later stages are requested only for the
+patients it lists as `ok`. One checkpoint for the cohort, not one per patient: Snakemake
+re-plans the whole DAG after each checkpoint (benchmarks/checkpoints.py).
 """
 
 
-checkpoint ingest:
+rule ingest:
     input:
-        dicom=lambda wildcards: SAMPLES.loc[wildcards.patient, "dicom_dir"],
+        dicom=lambda wildcards: DICOM_DIRS[wildcards.patient],
     output:
         stage=directory(f"{WORK}/ingest/{{patient}}"),
     params:
@@ -24,6 +26,21 @@ checkpoint ingest:
         "../../envs/ingest.yaml"
     script:
         "../../scripts/ingest.py"
+
+
+checkpoint ingest_status:
+    input:
+        records=expand(rules.ingest.output.stage, patient=PATIENTS),
+    output:
+        f"{WORK}/status/ingest.tsv",
+    log:
+        f"{LOGS}/ingest_status.log",
+    benchmark:
+        f"{LOGS}/benchmarks/ingest_status.tsv"
+    conda:
+        "../../envs/ingest.yaml"
+    script:
+        "../../scripts/stage_status.py"
 
 
 rule nifti:
@@ -63,11 +80,13 @@ rule patient_qc:
         "../../scripts/patient_qc.py"
 
 
-# patient_qc only merges two small JSON records, so on a cluster it runs where Snakemake runs
-# rather than queueing a SLURM job. It must stay out of SLURM groups anyway: its input waits on
-# a checkpoint, and Snakemake's dry run of a group holding such a job fails now and then with
+# patient_qc only merges two small JSON records and the status rules read one record per
+# patient, so on a cluster they run where Snakemake runs rather than queueing SLURM jobs.
+# patient_qc must stay out of SLURM groups anyway: its input waits on checkpoints, and
+# Snakemake's dry run of a group holding such a job fails now and then with
 # "KeyError: patient_qc" (snakemake/snakemake#4202).
 localrules:
+    ingest_status,
     patient_qc,
     prepare,
 
@@ -77,7 +96,7 @@ rule prepare:
     (`snakemake prepare`, e.g. on CPU nodes before the GPU jobs); ends with one table of every
     patient's QC status."""
     input:
-        qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
+        qc=qc_records,
         demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
     output:
         f"{RESULTS}/cohort_qc.tsv",

@@ -1,13 +1,14 @@
 """Lungs: lung labels on each scan's own grid, lung QC and a QC montage.
 
-`lungs` is a checkpoint: an implausible mask excludes the patient, whose later stages are then
-not requested. With lungs.method: lungmask, its weights are an input; when they are not found
+An implausible mask excludes the patient: the checkpoint `lungs_status` gathers every
+patient's lung status into one table, and the later stages are requested only for the patients
+it lists as `ok`. With lungs.method: lungmask, its weights are an input; when they are not found
 locally, `download_lungmask_weights` (a local rule: it runs where Snakemake runs, typically a
 login node with internet) fetches them once into resources/lungmask/.
 """
 
 
-checkpoint lungs:
+rule lungs:
     input:
         unpack(lungs_inputs),
     output:
@@ -31,8 +32,24 @@ checkpoint lungs:
         "../../scripts/lungs.py"
 
 
+checkpoint lungs_status:
+    input:
+        unpack(lungs_status_inputs),
+    output:
+        f"{WORK}/status/lungs.tsv",
+    log:
+        f"{LOGS}/lungs_status.log",
+    benchmark:
+        f"{LOGS}/benchmarks/lungs_status.tsv"
+    conda:
+        "../../envs/lungs.yaml"
+    script:
+        "../../scripts/stage_status.py"
+
+
 localrules:
     download_lungmask_weights,
+    lungs_status,
 
 
 rule download_lungmask_weights:

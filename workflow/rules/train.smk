@@ -10,7 +10,7 @@ localrules:
 
 rule folds:
     input:
-        qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
+        cohort_qc=rules.prepare.output[0],
     output:
         f"{WORK}/train/folds.tsv",
     params:
@@ -30,7 +30,7 @@ rule folds:
 
 rule slice_bank:
     input:
-        qc=expand(f"{RESULTS}/qc/{{patient}}.json", patient=PATIENTS),
+        cohort_qc=rules.prepare.output[0],
     output:
         directory(f"{WORK}/train/bank"),
     params:

@@ -1,0 +1,15 @@
+"""Checkpoints `ingest_status` and `lungs_status`: every patient's status after one stage, in one
+table (lungcam.records.write_status_table) that the workflow reads to decide who goes on."""
+
+from pathlib import Path
+
+from lungcam.joblog import job_log
+from lungcam.records import write_status_table
+
+snakemake = globals()["snakemake"]
+
+with job_log(snakemake.log[0]) as log:
+    # ingest leaves a folder with its record.json inside, lungs a record file.
+    records = [Path(path) / "record.json" if Path(path).is_dir() else Path(path) for path in snakemake.input.records]
+    write_status_table(records, snakemake.output[0])
+    log.info("%s status of %d patients", snakemake.rule.removesuffix("_status"), len(records))

@@ -1,0 +1,23 @@
+"""Stage records and the per-stage status tables the workflow decides from."""
+
+from __future__ import annotations
+
+from lungcam.records import read_status_table, write_record, write_status_table
+
+
+def test_a_status_table_lists_every_patient_with_its_record_status(tmp_path):
+    records = []
+    for patient, status in (("p2", "ok"), ("p10", "excluded"), ("p1", "ok")):
+        path = tmp_path / "records" / f"{patient}.json"
+        write_record(path, {"patient_id": patient, "status": status, "reasons": [] if status == "ok" else ["lungs: no lung found"]})
+        records.append(path)
+    table = tmp_path / "status" / "lungs.tsv"
+    write_status_table(records, table)
+    assert read_status_table(table) == {"p1": "ok", "p10": "excluded", "p2": "ok"}
+    assert table.read_text().splitlines() == ["patient_id\tstatus", "p1\tok", "p10\texcluded", "p2\tok"]  # sorted, stable
+    assert list(table.parent.iterdir()) == [table]  # written through a temporary file, renamed
+
+
+def test_an_empty_cohort_gives_an_empty_status_table(tmp_path):
+    write_status_table([], tmp_path / "ingest.tsv")
+    assert read_status_table(tmp_path / "ingest.tsv") == {}
