@@ -28,15 +28,17 @@ def _plain(value):
     return value
 
 
-def write_record(path: Path | str, record: dict) -> None:
+def _write_text(path: Path | str, text: str) -> None:
     """Write atomically (temporary file, then rename) so a killed job never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(_plain(record), handle, indent=2, sort_keys=True, ensure_ascii=False)
-        handle.write("\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_record(path: Path | str, record: dict) -> None:
+    _write_text(path, json.dumps(_plain(record), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def read_record(path: Path | str) -> dict:
@@ -52,6 +54,14 @@ def read_predictions(path: Path | str):
     return pd.read_csv(path, sep="\t", dtype={"patient_id": str, "label": str, "fold": str}, keep_default_na=False)
 
 
+def read_passed_patients(cohort_qc: Path | str) -> list[str]:
+    """The patients whose status is `ok` in cohort_qc.tsv (rule `prepare`), in the table's order."""
+    import pandas as pd
+
+    cohort = pd.read_csv(cohort_qc, sep="\t", dtype=str, keep_default_na=False)
+    return list(cohort.loc[cohort["status"] == "ok", "patient_id"])
+
+
 def write_status_table(records: list[Path | str], path: Path | str) -> None:
     """One line `patient_id<TAB>status` per patient, from each patient's record of one stage.
 
@@ -61,11 +71,7 @@ def write_status_table(records: list[Path | str], path: Path | str) -> None:
     cohort size (benchmarks/checkpoints.py).
     """
     statuses = sorted((record["patient_id"], record["status"]) for record in map(read_record, records))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{patient}\t{status}\n" for patient, status in [("patient_id", "status"), *statuses]), encoding="utf-8")
-    os.replace(tmp, path)
+    _write_text(path, "".join(f"{patient}\t{status}\n" for patient, status in [("patient_id", "status"), *statuses]))
 
 
 def read_status_table(path: Path | str) -> dict[str, str]:

@@ -4,13 +4,13 @@ import pandas as pd
 
 from lungcam.folds import assign_folds
 from lungcam.joblog import job_log
+from lungcam.records import read_passed_patients
 
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
     classes, labels = snakemake.params.classes, snakemake.params.labels
-    cohort = pd.read_csv(snakemake.input.cohort_qc, sep="\t", dtype=str, keep_default_na=False)
-    passed = set(cohort.loc[cohort["status"] == "ok", "patient_id"])
+    passed = set(read_passed_patients(snakemake.input.cohort_qc))
     ok = [p for p, label in labels.items() if p in passed and label in classes]  # in sample-sheet order
     rows = pd.DataFrame({"patient_id": ok, "label": [labels[p] for p in ok]}, columns=["patient_id", "label"])
     folds = assign_folds(rows, snakemake.params.folds, snakemake.params.seed)

@@ -2,16 +2,14 @@
 
 from pathlib import Path
 
-import pandas as pd
-
 from lungcam.joblog import job_log
+from lungcam.records import read_passed_patients
 from lungcam.slice_bank import build_slice_bank
 
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
-    cohort = pd.read_csv(snakemake.input.cohort_qc, sep="\t", dtype=str, keep_default_na=False)
-    ok = list(cohort.loc[cohort["status"] == "ok", "patient_id"])
+    ok = read_passed_patients(snakemake.input.cohort_qc)
     caches = {patient: Path(snakemake.params.cache_root) / patient for patient in ok}
     index = build_slice_bank(caches, snakemake.output[0], snakemake.params.input_size, snakemake.params.min_lung_fraction, snakemake.params.cache)
     log.info("slice bank: %d slices of %d patients", len(index), len(ok))

@@ -3,13 +3,14 @@ table (lungcam.records.write_status_table) that the workflow reads to decide who
 
 from pathlib import Path
 
+from lungcam.ingest import RECORD_NAME
 from lungcam.joblog import job_log
 from lungcam.records import write_status_table
 
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
-    # ingest leaves a folder with its record.json inside, lungs a record file.
-    records = [Path(path) / "record.json" if Path(path).is_dir() else Path(path) for path in snakemake.input.records]
+    # ingest leaves a folder with its record inside, lungs a record file.
+    records = [Path(path) / RECORD_NAME if Path(path).is_dir() else Path(path) for path in snakemake.input.records]
     write_status_table(records, snakemake.output[0])
     log.info("%s status of %d patients", snakemake.rule.removesuffix("_status"), len(records))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lungcam.records import read_status_table, write_record, write_status_table
+from lungcam.records import read_passed_patients, read_status_table, write_record, write_status_table
 
 
 def test_a_status_table_lists_every_patient_with_its_record_status(tmp_path):
@@ -21,3 +21,12 @@ def test_a_status_table_lists_every_patient_with_its_record_status(tmp_path):
 def test_an_empty_cohort_gives_an_empty_status_table(tmp_path):
     write_status_table([], tmp_path / "ingest.tsv")
     assert read_status_table(tmp_path / "ingest.tsv") == {}
+
+
+def test_the_passed_patients_are_read_from_the_cohort_table_in_its_order(tmp_path):
+    table = tmp_path / "cohort_qc.tsv"
+    table.write_text("patient_id\tstatus\tstages\treasons\twarnings\n"
+                     "b\tok\tingest ok, lungs ok\t\t\n"
+                     "a\texcluded\tingest excluded\tingest: the DICOM folder is empty\t\n"
+                     "007\tok\tingest ok, lungs ok\t\tgantry tilt 18.5 degrees\n")
+    assert read_passed_patients(table) == ["b", "007"]  # ids stay text
