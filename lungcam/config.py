@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import jsonschema
 import yaml
@@ -64,14 +65,26 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate_record(record: dict, schema: dict, fill_defaults: bool = True) -> list[str]:
-    """Validate `record` in place (filling defaults); return readable error messages."""
+def record_validator(schema: dict, fill_defaults: bool = True) -> Callable[[dict], list[str]]:
+    """A function that validates a record in place (filling defaults) and returns readable error
+    messages. Building the validator costs more than using it, so a sample sheet of thousands of
+    rows builds it once."""
     cls = _with_defaults(jsonschema.Draft202012Validator) if fill_defaults else jsonschema.Draft202012Validator
-    messages = []
-    for error in sorted(cls(schema).iter_errors(record), key=lambda e: list(e.absolute_path)):
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        messages.append(f"{where}: {error.message}")
+    validator = cls(schema)
+
+    def messages(record: dict) -> list[str]:
+        found = []
+        for error in sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path)):
+            where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+            found.append(f"{where}: {error.message}")
+        return found
+
     return messages
+
+
+def validate_record(record: dict, schema: dict, fill_defaults: bool = True) -> list[str]:
+    """Validate one `record` in place (filling defaults); return readable error messages."""
+    return record_validator(schema, fill_defaults)(record)
 
 
 def validate_config(config: dict) -> dict:

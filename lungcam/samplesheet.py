@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import load_schema, validate_record
+from .config import load_schema, record_validator
 
 COLUMNS = ("patient_id", "label", "dicom_dir", "lesion_mask", "site")
 
@@ -49,7 +49,7 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
         )
     if table.empty:
         raise SampleSheetError(f"sample sheet {path}: no patients")
-    schema = load_schema("samples.schema.yaml")
+    check_row = record_validator(load_schema("samples.schema.yaml"), fill_defaults=False)
     base = path.resolve().parent
     problems: list[str] = []
     first_line: dict[str, int] = {}
@@ -59,7 +59,7 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
         record = {k: str(v).strip() for k, v in raw.items() if str(v).strip() != ""}
         pid = record.get("patient_id", "")
         where = f"line {line} (patient_id '{pid}')"
-        for message in validate_record(record, schema, fill_defaults=False):
+        for message in check_row(record):
             problems.append(f"{where}: {message}")
         if pid in first_line:
             problems.append(f"{where}: duplicate patient_id, first used on line {first_line[pid]}")
