@@ -3,7 +3,8 @@
 Reproducible and resumable: every random choice of an epoch (data order, bag subsets, dropout)
 derives from (seed, fold, epoch), and the full training state is checkpointed after every
 epoch, so a run killed at any point (SLURM preemption) and restarted from its checkpoint ends
-with the same weights as an uninterrupted run. It trains in the channels_last memory format,
+with the same weights as an uninterrupted run; a checkpoint is resumed only by the run that
+wrote it (same settings, patients and slice bank: `run_identity`). It trains in the channels_last memory format,
 which oneDNN's CPU convolutions run faster than the default layout (benchmarks/train.py) and
 which a GPU's tensor cores want, and on CUDA with bf16 autocast; with several processes
 (torchrun) it trains data-parallel, each process taking every n-th batch.
@@ -11,6 +12,8 @@ which a GPU's tensor cores want, and on CUDA with bf16 autocast; with several pr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -26,7 +29,7 @@ from torch.nn import functional as F
 from .folds import validation_split
 from .inference import AGGREGATIONS, predict_patients, save_model, with_decisions
 from .models import build_model, focal_cross_entropy
-from .slice_bank import IMAGES_NAME, SliceBank, zscore
+from .slice_bank import IMAGES_NAME, INDEX_NAME, PREPROCESSING_NAME, SliceBank, zscore
 
 log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
@@ -257,6 +260,29 @@ def write_curves(history: list[dict], tsv: Path, png: Path, title: str) -> None:
     plt.close(fig)
 
 
+def run_identity(settings: TrainSettings, classes: list[str], fold: int | str, train: pd.DataFrame, validation: pd.DataFrame, bank_dir: Path) -> str:
+    """A digest of what a training run is: settings, classes, fold, its training and validation
+    patients, and its slice bank (index, preprocessing, and the images file's size and time).
+
+    The checkpoint lives in the work folder, outside the rule's outputs, so that a job rerun
+    after preemption finds it. Snakemake also reruns training when settings or data changed; that
+    run must not resume, or return, the old finished training. A rebuilt bank counts as another
+    bank even if its images came out the same: that costs a fresh start, never a wrong model.
+    """
+    images = (bank_dir / IMAGES_NAME).stat()
+    identity = {
+        "settings": asdict(settings),
+        "classes": list(classes),
+        "fold": str(fold),
+        "train": sorted(train["patient_id"]),
+        "validation": sorted(validation["patient_id"]),
+        "bank_index": hashlib.sha256((bank_dir / INDEX_NAME).read_bytes()).hexdigest(),
+        "bank_preprocessing": (bank_dir / PREPROCESSING_NAME).read_text(),
+        "bank_images": [images.st_size, images.st_mtime_ns],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -315,13 +341,18 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
 
     state_path = work_dir / STATE_NAME
-    state = {"epoch": -1, "best_loss": float("inf"), "best_epoch": -1, "best_state": None, "stale": 0, "history": [], "done": False}
+    identity = run_identity(settings, classes, fold, train, validation, Path(bank_dir))
+    state = {"identity": identity, "epoch": -1, "best_loss": float("inf"), "best_epoch": -1, "best_state": None, "stale": 0, "history": [], "done": False}
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        log.info("fold %s: resuming after epoch %d", fold, state["epoch"])
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        if saved.get("identity") == identity:
+            state = saved
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            log.info("fold %s: resuming after epoch %d", fold, state["epoch"])
+        else:
+            log.warning("fold %s: %s belongs to another run (settings, patients or slice bank changed); training afresh", fold, state_path)
     amp = settings.amp and device.type == "cuda"
     metadata = {
         "model": settings.model,

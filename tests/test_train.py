@@ -227,6 +227,34 @@ def test_killed_training_resumes_to_the_same_result(bank, tmp_path):
     assert list(history["epoch"]) == list(range(5))
 
 
+def _moved_patients(patients: pd.DataFrame) -> pd.DataFrame:
+    """The same patients with one COVID-19 patient of each fold swapped into the other fold."""
+    moved = patients.copy()
+    covid = moved.index[moved["label"] == "COVID-19"]
+    first = {f: next(i for i in covid if moved.at[i, "fold"] == f) for f in (0, 1)}
+    moved.loc[first[0], "fold"], moved.loc[first[1], "fold"] = 1, 0
+    return moved
+
+
+@pytest.mark.parametrize("change", ["settings", "patients"])
+def test_a_changed_run_trains_afresh_beside_an_old_checkpoint(bank, tmp_path, change):
+    """Snakemake reruns training after a change of settings or patients, and the old run's
+    checkpoint is still in the work folder: the new run must give what it gives in an empty
+    folder, not resume (or return) the old, finished training."""
+    folder, patients = bank
+    old_settings = toy_settings(max_epochs=2)
+    new_settings = toy_settings(max_epochs=2, learning_rate=0.01) if change == "settings" else old_settings
+    new_patients = _moved_patients(patients) if change == "patients" else patients
+    train_fold(old_settings, CLASSES, folder, patients, 0, tmp_path / "reused", outputs(tmp_path / "reused"))
+    rerun = train_fold(new_settings, CLASSES, folder, new_patients, 0, tmp_path / "reused", outputs(tmp_path / "reused"))
+    fresh = train_fold(new_settings, CLASSES, folder, new_patients, 0, tmp_path / "fresh", outputs(tmp_path / "fresh"))
+    pd.testing.assert_frame_equal(rerun, fresh)
+    reused = torch.load(tmp_path / "reused" / "model.pt", weights_only=False)
+    expected = torch.load(tmp_path / "fresh" / "model.pt", weights_only=False)
+    assert reused["trained_on"] == expected["trained_on"]
+    assert all(torch.equal(reused["state_dict"][k], expected["state_dict"][k]) for k in expected["state_dict"])
+
+
 @pytest.mark.slow
 def test_data_parallel_training_with_two_processes(bank, tmp_path):
     """torchrun with two CPU processes (gloo backend) trains one model together."""
