@@ -4,10 +4,10 @@ Reproducible and resumable: every random choice of an epoch (data order, bag sub
 derives from (seed, fold, epoch), and the full training state is checkpointed after every
 epoch, so a run killed at any point (SLURM preemption) and restarted from its checkpoint ends
 with the same weights as an uninterrupted run; a checkpoint is resumed only by the run that
-wrote it (same settings, patients and slice bank: `run_identity`). It trains in the channels_last memory format,
-which oneDNN's CPU convolutions run faster than the default layout (benchmarks/train.py) and
-which a GPU's tensor cores want, and on CUDA with bf16 autocast; with several processes
-(torchrun) it trains data-parallel, each process taking every n-th batch.
+wrote it (same settings, patients and slice bank: `run_identity`). It trains in the
+channels_last memory format, which oneDNN's CPU convolutions run faster than the default layout
+(benchmarks/train.py) and which a GPU's tensor cores want, and on CUDA with bf16 autocast; with
+several processes (torchrun) it trains data-parallel, each process taking every n-th batch.
 """
 
 from __future__ import annotations
