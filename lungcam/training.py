@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from .folds import validation_split
 from .inference import AGGREGATIONS, predict_patients, save_model, with_decisions
 from .models import build_model, focal_cross_entropy
-from .slice_bank import IMAGES_NAME, INDEX_NAME, PREPROCESSING_NAME, SliceBank, zscore
+from .slice_bank import IMAGES_NAME, SliceBank, zscore
 
 log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
@@ -260,9 +260,11 @@ def write_curves(history: list[dict], tsv: Path, png: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_identity(settings: TrainSettings, classes: list[str], fold: int | str, train: pd.DataFrame, validation: pd.DataFrame, bank_dir: Path) -> str:
+def run_identity(settings: TrainSettings, classes: list[str], fold: int | str, train: pd.DataFrame, validation: pd.DataFrame,
+                 bank: SliceBank, bank_dir: Path) -> str:
     """A digest of what a training run is: settings, classes, fold, its training and validation
-    patients, and its slice bank (index, preprocessing, and the images file's size and time).
+    patients, and its slice bank (`bank`, loaded from `bank_dir`: index, preprocessing, and the
+    images file's size and time).
 
     The checkpoint lives in the work folder, outside the rule's outputs, so that a job rerun
     after preemption finds it. Snakemake also reruns training when settings or data changed; that
@@ -276,8 +278,8 @@ def run_identity(settings: TrainSettings, classes: list[str], fold: int | str, t
         "fold": str(fold),
         "train": sorted(train["patient_id"]),
         "validation": sorted(validation["patient_id"]),
-        "bank_index": hashlib.sha256((bank_dir / INDEX_NAME).read_bytes()).hexdigest(),
-        "bank_preprocessing": (bank_dir / PREPROCESSING_NAME).read_text(),
+        "bank_index": hashlib.sha256(pd.util.hash_pandas_object(bank.index, index=False).to_numpy().tobytes()).hexdigest(),
+        "bank_preprocessing": bank.preprocessing,
         "bank_images": [images.st_size, images.st_mtime_ns],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -341,7 +343,7 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
 
     state_path = work_dir / STATE_NAME
-    identity = run_identity(settings, classes, fold, train, validation, Path(bank_dir))
+    identity = run_identity(settings, classes, fold, train, validation, bank, Path(bank_dir))
     state = {"identity": identity, "epoch": -1, "best_loss": float("inf"), "best_epoch": -1, "best_state": None, "stale": 0, "history": [], "done": False}
     if state_path.exists():
         saved = torch.load(state_path, map_location="cpu", weights_only=False)

@@ -58,6 +58,11 @@ def toy_settings(**changes) -> TrainSettings:
     return replace(base, **changes)
 
 
+def same_weights(a: dict, b: dict) -> bool:
+    """Whether two state dicts hold the same tensors under the same names."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def outputs(folder: Path) -> dict:
     return {k: folder / name for k, name in (("model", "model.pt"), ("curves", "curves.tsv"), ("curves_png", "curves.png"), ("predictions", "pred.tsv"))}
 
@@ -149,7 +154,7 @@ def test_training_is_deterministic_on_cpu(bank, tmp_path, model):
     results = [train_fold(settings, CLASSES, folder, patients, 0, tmp_path / run, outputs(tmp_path / run)) for run in ("a", "b")]
     pd.testing.assert_frame_equal(results[0], results[1])
     weights = [torch.load(tmp_path / run / "model.pt", weights_only=False)["state_dict"] for run in ("a", "b")]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert same_weights(weights[0], weights[1])
     assert set(results[0]["patient_id"]) == set(patients.loc[patients["fold"] == 0, "patient_id"])
     assert list(results[0].columns) == ["patient_id", "label", "fold", "prob_COVID-19", "prob_CAP", "prob_NP", "predicted"]
     curves = pd.read_csv(tmp_path / "a" / "curves.tsv", sep="\t")
@@ -221,7 +226,7 @@ def test_killed_training_resumes_to_the_same_result(bank, tmp_path):
     subprocess.run([sys.executable, *cli_command(folder, interrupted, settings)], check=True, env=env, capture_output=True)
     whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)["state_dict"]
     resumed = torch.load(interrupted / "model.pt", weights_only=False)["state_dict"]
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert same_weights(whole, resumed)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "whole" / "pred.tsv", sep="\t"), pd.read_csv(interrupted / "pred.tsv", sep="\t"))
     history = pd.read_csv(interrupted / "curves.tsv", sep="\t")
     assert list(history["epoch"]) == list(range(5))
@@ -252,7 +257,7 @@ def test_a_changed_run_trains_afresh_beside_an_old_checkpoint(bank, tmp_path, ch
     reused = torch.load(tmp_path / "reused" / "model.pt", weights_only=False)
     expected = torch.load(tmp_path / "fresh" / "model.pt", weights_only=False)
     assert reused["trained_on"] == expected["trained_on"]
-    assert all(torch.equal(reused["state_dict"][k], expected["state_dict"][k]) for k in expected["state_dict"])
+    assert same_weights(reused["state_dict"], expected["state_dict"])
 
 
 @pytest.mark.slow
