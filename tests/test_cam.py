@@ -138,6 +138,30 @@ def test_localisation_figures_of_a_map_that_finds_its_lesion():
     assert 0.5 < summary["slice_auc_pooled"]["auc"] < 1.0
 
 
+def test_a_lesion_mask_reaches_the_map_grid_as_resampling_would_bring_it():
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    from lungcam.localisation import mask_on_grid
+
+    rng = np.random.default_rng(0)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine = lps_to_ras @ np.array([[0.7, 0, 0, -90.0], [0, 0.7, 0, -120.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
+    mask = nib.Nifti1Image((rng.uniform(size=(30, 26, 12)) > 0.7).astype(np.uint8), affine)
+    same_grid = nib.Nifti1Image(np.zeros(mask.shape, np.float32), affine)
+    def turned(codes):
+        return same_grid.as_reoriented(nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt(codes)))
+
+    ras, feet_first = turned(("R", "A", "S")), turned(("R", "A", "I"))  # as dcm2niix may write them
+    assert nib.aff2axcodes(affine) == ("L", "P", "S") and nib.aff2axcodes(feet_first.affine) == ("R", "A", "I")
+    shifted = nib.Nifti1Image(np.zeros(ras.shape, np.float32), ras.affine @ np.array([[1, 0, 0, 0.3], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
+    coarser = nib.Nifti1Image(np.zeros((15, 13, 12), np.float32), affine @ np.diag([2.0, 2.0, 1.0, 1.0]))
+    for reference in (same_grid, ras, feet_first, shifted, coarser):
+        expected = np.asarray(resample_from_to(mask, reference, order=0).dataobj)
+        assert np.array_equal(mask_on_grid(mask, reference), expected)
+    assert not np.array_equal(mask_on_grid(mask, ras), np.asarray(mask.dataobj))  # really turned
+
+
 def test_key_slices_are_those_with_the_most_map_mass(tmp_path):
     from lungcam.montage import key_slices, key_slices_figure
 
