@@ -1,4 +1,4 @@
-"""Checkpoint `ingest`: one patient's DICOM folder -> verified NIfTI and record (lungcam.ingest)."""
+"""Rule `ingest`: one patient's DICOM folder -> verified NIfTI and record (lungcam.ingest)."""
 
 from lungcam.ingest import IngestSettings, ingest_patient
 from lungcam.joblog import job_log

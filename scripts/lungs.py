@@ -1,4 +1,4 @@
-"""Checkpoint `lungs`: lung labels, lung QC and montage of one patient (lungcam.lungs)."""
+"""Rule `lungs`: lung labels, lung QC and montage of one patient (lungcam.lungs)."""
 
 from lungcam.joblog import job_log
 from lungcam.lungs import LungSettings, run_lungs
