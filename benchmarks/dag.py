@@ -11,7 +11,9 @@ statuses; the per-patient QC jobs requested by a cohort job whose input function
 with the conventions every lungcam rule follows (`script:`, `log:`, `benchmark:`, `conda:`,
 `params:`, `mem_mb` growing with the attempt), and nothing else. With `--ablate` it
 is also timed with each of those conventions taken out in turn, and with all of them out, to
-show what each costs. `--repeats N` times every dry run N times and reports the median.
+show what each costs. `--repeats N` runs N rounds, each round every workflow once in turn (so
+that a machine whose speed drifts weighs on all alike), and reports the medians and the
+lungcam/bare ratio of each round.
 
     .venv/bin/python benchmarks/dag.py --patients 5000
     .venv/bin/python benchmarks/dag.py --patients 5000 --ablate --repeats 3
@@ -102,31 +104,40 @@ def without(snakefile: str, convention: str) -> str:
     return "\n".join(line for line in snakefile.splitlines() if not line.lstrip().startswith(f"{convention}:"))
 
 
-def dry_run(workdir: Path, *args: str, repeats: int = 1) -> tuple[float, int]:
-    """(median seconds over `repeats`, jobs planned) of `snakemake -n` in `workdir`."""
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", str(workdir), *args],
-                              capture_output=True, text=True, check=True)
-        seconds.append(time.perf_counter() - start)
-    total = re.search(r"^total\s+(\d+)", done.stdout, re.MULTILINE)
-    return statistics.median(seconds), int(total.group(1))
+def dry_run(workdir: Path, *args: str) -> tuple[float, int]:
+    """(seconds, jobs planned) of one `snakemake -n` in `workdir`."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--directory", str(workdir), *args],
+                          capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - start
+    return seconds, int(re.search(r"^total\s+(\d+)", done.stdout, re.MULTILINE).group(1))
 
 
-def shaped_run(folder: Path, snakefile: str, repeats: int) -> tuple[float, int]:
-    """Dry run of a shaped Snakefile in its own `folder` (with the env file and empty script it names)."""
+def shaped_folder(folder: Path, snakefile: str) -> tuple[Path, str, str]:
+    """A shaped Snakefile in its own `folder` (with the env file and empty script it names); the
+    dry-run arguments for it."""
     folder.mkdir()
     (folder / "Snakefile").write_text(snakefile)
     (folder / "env.yaml").write_text("channels: [conda-forge]\ndependencies: [python]\n")
     (folder / "step.py").write_text("")
-    return dry_run(folder, "-s", str(folder / "Snakefile"), repeats=repeats)
+    return folder, "-s", str(folder / "Snakefile")
+
+
+def timed_rounds(workflows: dict[str, tuple], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each workflow's dry run, `repeats` rounds, each round running every workflow
+    once in turn: a machine that slows down or speeds up during the benchmark then weighs on
+    every workflow alike, and each round gives a paired ratio."""
+    seconds: dict[str, list[float]] = {name: [] for name in workflows}
+    for _ in range(repeats):
+        for name, (workdir, *args) in workflows.items():
+            seconds[name].append(dry_run(workdir, *args)[0])
+    return seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=5000)
-    parser.add_argument("--repeats", type=int, default=1, help="dry runs per workflow; the median is reported")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of dry runs (every workflow once per round); medians are reported")
     parser.add_argument("--ablate", action="store_true", help="also time the shaped workflow without each convention")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,25 +148,33 @@ def main() -> None:
             (root / "dicom" / f"p{i:05d}").mkdir(parents=True)
             rows.append(f"p{i:05d}\t{classes[i % 3]}\tdicom/p{i:05d}")
         (root / "patients.tsv").write_text("\n".join(rows) + "\n")
-        lungcam_seconds, jobs = dry_run(root / "run", "-s", str(REPO / "Snakefile"), "--config", f"samples={root / 'patients.tsv'}", repeats=args.repeats)
+        lungcam = (root / "run", "-s", str(REPO / "Snakefile"), "--config", f"samples={root / 'patients.tsv'}")
+        _, jobs = dry_run(*lungcam)  # also the warm-up: the first run compiles and caches
         bare = root / "bare"
         bare.mkdir()
         (bare / "Snakefile").write_text(BARE.format(jobs=jobs - 2))
-        bare_seconds, bare_jobs = dry_run(bare, "-s", str(bare / "Snakefile"), repeats=args.repeats)
         shaped = SHAPED.format(patients=args.patients, dicom=root / "dicom")
-        shaped_seconds, shaped_jobs = shaped_run(root / "shaped", shaped, args.repeats)
-        print(f"{args.patients} patients: lungcam dry run {lungcam_seconds:.1f} s for {jobs} planned jobs; "
-              f"bare workflow {bare_seconds:.1f} s for {bare_jobs} jobs; ratio {lungcam_seconds / bare_seconds:.2f} (target <= 1.5)")
-        print(f"same shape and rule conventions, nothing else: {shaped_seconds:.1f} s for {shaped_jobs} jobs, "
-              f"{shaped_seconds / bare_seconds:.2f}x the bare workflow; lungcam {lungcam_seconds / shaped_seconds:.2f}x it")
+        workflows = {"lungcam": lungcam, "bare": (bare, "-s", str(bare / "Snakefile")), "shaped": shaped_folder(root / "shaped", shaped)}
         if args.ablate:
             stripped = shaped
             for convention in CONVENTIONS:
-                seconds, _ = shaped_run(root / f"without-{convention}", without(shaped, convention), args.repeats)
+                workflows[f"without {convention}"] = shaped_folder(root / f"without-{convention}", without(shaped, convention))
                 stripped = without(stripped, convention)
-                print(f"  shaped without {convention:10s}: {seconds:5.1f} s, {seconds / bare_seconds:.2f}x the bare workflow")
-            seconds, _ = shaped_run(root / "without-all", stripped, args.repeats)
-            print(f"  shaped without all of them: {seconds:5.1f} s, {seconds / bare_seconds:.2f}x the bare workflow")
+            workflows["without all of them"] = shaped_folder(root / "without-all", stripped)
+        planned = {name: dry_run(*workflow)[1] for name, workflow in workflows.items() if name in ("bare", "shaped")}
+        seconds = timed_rounds(workflows, args.repeats)
+        median = {name: statistics.median(values) for name, values in seconds.items()}
+        paired = [a / b for a, b in zip(seconds["lungcam"], seconds["bare"])]
+        print(f"{args.patients} patients: lungcam dry run {median['lungcam']:.1f} s for {jobs} planned jobs; "
+              f"bare workflow {median['bare']:.1f} s for {planned['bare']} jobs; ratio {median['lungcam'] / median['bare']:.2f} (target <= 1.5)")
+        if args.repeats > 1:
+            print(f"  ratio per round: median {statistics.median(paired):.2f}, {min(paired):.2f}-{max(paired):.2f} over {len(paired)} rounds")
+        print(f"same shape and rule conventions, nothing else: {median['shaped']:.1f} s for {planned['shaped']} jobs, "
+              f"{median['shaped'] / median['bare']:.2f}x the bare workflow; lungcam {median['lungcam'] / median['shaped']:.2f}x it")
+        for name in workflows:
+            if name.startswith("without"):
+                label = f"shaped {name}"
+                print(f"  {label:26s}: {median[name]:5.1f} s, {median[name] / median['bare']:.2f}x the bare workflow")
 
 
 if __name__ == "__main__":
