@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+NO_PNEUMONIA = "NP"  # the class whose scans show no lesion (patient aggregation `presence`)
 TASKS = {
     "multiclass": None,  # all configured classes
     "covid_vs_np": ("COVID-19", "NP"),

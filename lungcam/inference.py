@@ -5,8 +5,8 @@ preprocessing (input size, slice selection, cache spacing and window), training 
 code version and the patients it was trained on (their pseudonymous ids only).
 
 `hu2020` classifies slices; a patient's prediction aggregates its slice probabilities
-(config `train.aggregation`: the mean of each class's top-k slice probabilities, renormalised;
-or the mean; or the maximum). `mil` predicts the patient directly from all its lung slices.
+(config `train.aggregation`, `aggregate_slices`). `mil` predicts the patient directly from all
+its lung slices.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .folds import NO_PNEUMONIA
 from .models import build_model
 from .slice_bank import SliceBank, zscore
 
 FORMAT = "lungcam-model/1"
-AGGREGATIONS = ("topk_mean", "mean", "max")
+AGGREGATIONS = ("presence", "topk_mean", "mean", "max")
 
 
 def save_model(path: Path | str, model: torch.nn.Module, metadata: dict) -> None:
@@ -64,15 +65,34 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[to
     return model.to(device).eval(), metadata
 
 
-def aggregate_slices(probabilities: np.ndarray, method: str, top_k: int) -> np.ndarray:
-    """One patient's class probabilities from its slices' (slices, classes) probabilities."""
-    if method == "mean":
+def _top_mean(values: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the k largest values of each column."""
+    return np.sort(values, axis=0)[-min(k, len(values)):].mean(axis=0)
+
+
+def aggregate_slices(probabilities: np.ndarray, method: str, top_k: int, classes: list[str]) -> np.ndarray:
+    """One patient's class probabilities from its slices' (slices, classes) probabilities.
+
+    - `presence`: NP is what is left when no slice shows a lesion. The patient's probability of
+      pneumonia is the mean of 1 - p(NP) over its `top_k` most lesion-like slices, and the lesion
+      classes share it in proportion to the means of their own `top_k` slice probabilities.
+      (With `topk_mean` the top slices of the NP column look normal in every patient, since a
+      COVID-19 or CAP scan has lesion-free slices too, so NP competes as if it were a finding.)
+      Without an NP class (task covid_vs_cap) it is `topk_mean`.
+    - `topk_mean`: per class, the mean of its `top_k` highest slice probabilities, renormalised.
+    - `mean`, `max`: per class, over all slices, renormalised.
+    """
+    if method == "presence" and NO_PNEUMONIA in classes:
+        negative = classes.index(NO_PNEUMONIA)
+        pneumonia = float(_top_mean(1.0 - probabilities[:, negative], top_k))
+        kinds = _top_mean(np.delete(probabilities, negative, axis=1), top_k)
+        return np.insert(pneumonia * kinds / max(float(kinds.sum()), 1e-12), negative, 1.0 - pneumonia)
+    if method in ("presence", "topk_mean"):
+        pooled = _top_mean(probabilities, top_k)
+    elif method == "mean":
         pooled = probabilities.mean(axis=0)
     elif method == "max":
         pooled = probabilities.max(axis=0)
-    elif method == "topk_mean":
-        k = min(top_k, len(probabilities))
-        pooled = np.sort(probabilities, axis=0)[-k:].mean(axis=0)
     else:
         raise ValueError(f"unknown aggregation {method!r}; use one of {AGGREGATIONS}")
     return pooled / pooled.sum()
@@ -110,7 +130,8 @@ def predict_patients(model: torch.nn.Module, metadata: dict, bank: SliceBank, pa
         if metadata["model"] == "mil":
             probabilities, _ = bag_probabilities(model, images, device, amp)
         else:
-            probabilities = aggregate_slices(slice_probabilities(model, images, device, amp=amp), settings["aggregation"], settings["top_k"])
+            probabilities = aggregate_slices(slice_probabilities(model, images, device, amp=amp), settings["aggregation"], settings["top_k"],
+                                             metadata["classes"])
         records.append({"patient_id": patient, **{f"prob_{c}": float(p) for c, p in zip(metadata["classes"], probabilities)}})
     return pd.DataFrame(records)
 

@@ -163,7 +163,8 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
     train, cam, lungs, cache = config["train"], config["cam"], config["lungs"], config["cache"]
     lung_text = ("lungmask (Hofmanninger et al., Eur Radiol Exp 2020), model " + lungs["lungmask"]["model"]
                  if lungs["method"] == "lungmask" else "a classical threshold method (air threshold, border and airway removal, hole filling and pleural consolidation recovery)")
-    aggregation = {"topk_mean": f"the mean of the {train['top_k']} highest per class", "mean": "their mean over all slices", "max": "their maximum over all slices"}[train["aggregation"]]
+    aggregation = {"presence": f"the {train['top_k']} most lesion-like slices for pneumonia and the {train['top_k']} highest per lesion class for its kind",
+                   "topk_mean": f"the mean of the {train['top_k']} highest per class", "mean": "their mean over all slices", "max": "their maximum over all slices"}[train["aggregation"]]
     model_text = ("the multi-scale weakly supervised network of Hu et al. (IEEE Access 2020), every slice inheriting its patient's label, "
                   f"slice probabilities aggregated per patient by {aggregation}" if train["model"] == "hu2020"
                   else "the multi-scale network of Hu et al. (IEEE Access 2020) with gated attention pooling over each patient's slices (Ilse et al., ICML 2018), trained with the patient label only")

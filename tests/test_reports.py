@@ -108,6 +108,10 @@ def test_methods_paragraph_follows_the_config():
     for method in load_schema("config.schema.yaml")["properties"]["cam"]["properties"]["method"]["enum"]:  # every map method is described
         config["cam"]["method"] = method
         assert "Infection maps are " in methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
+    config["train"]["model"] = "hu2020"
+    for aggregation in load_schema("config.schema.yaml")["properties"]["train"]["properties"]["aggregation"]["enum"]:  # and every aggregation
+        config["train"]["aggregation"] = aggregation
+        assert "aggregated per patient by " in methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
 
 
 @pytest.mark.slow

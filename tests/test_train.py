@@ -127,9 +127,24 @@ def test_focal_loss():
 
 def test_aggregation():
     slices = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
-    assert np.allclose(aggregate_slices(slices, "topk_mean", 2), np.array([0.75, 0.65]) / 1.4)
-    assert np.allclose(aggregate_slices(slices, "mean", 2), [0.55, 0.45])
-    assert np.allclose(aggregate_slices(slices, "max", 2), np.array([0.9, 0.8]) / 1.7)
+    classes = ["COVID-19", "CAP"]  # no NP: presence is topk_mean
+    assert np.allclose(aggregate_slices(slices, "topk_mean", 2, classes), np.array([0.75, 0.65]) / 1.4)
+    assert np.allclose(aggregate_slices(slices, "presence", 2, classes), np.array([0.75, 0.65]) / 1.4)
+    assert np.allclose(aggregate_slices(slices, "mean", 2, classes), [0.55, 0.45])
+    assert np.allclose(aggregate_slices(slices, "max", 2, classes), np.array([0.9, 0.8]) / 1.7)
+
+
+def test_presence_aggregation_takes_np_for_the_absence_of_lesions():
+    # A COVID-19 scan: two lesion slices and three normal ones.
+    covid = np.array([[0.8, 0.1, 0.1], [0.7, 0.1, 0.2], [0.1, 0.05, 0.85], [0.1, 0.05, 0.85], [0.1, 0.1, 0.8]])
+    classes = ["COVID-19", "CAP", "NP"]
+    per_class = aggregate_slices(covid, "topk_mean", 2, classes)
+    assert per_class.argmax() == 2  # its normal slices outvote the lesions
+    presence = aggregate_slices(covid, "presence", 2, classes)
+    assert presence.sum() == pytest.approx(1.0) and presence.argmax() == 0
+    assert presence[2] == pytest.approx(1 - np.mean([0.9, 0.8]))  # 1 - the two most lesion-like slices' 1 - p(NP)
+    assert presence[0] / presence[1] == pytest.approx(0.75 / 0.1)  # the kinds share the rest as their top-2 means
+    assert np.allclose(aggregate_slices(covid[:, [2, 0]], "presence", 2, ["NP", "COVID-19"]), [0.15, 0.85])  # NP first, two classes
 
 
 def test_zscore_per_slice():
