@@ -6,7 +6,9 @@ results/model/fold*.pt, work/train/bank) and prints, with the metrics of results
 1. patient level (out-of-fold): accuracy, macro one-vs-rest ROC AUC, per-class sensitivity and
    specificity, confusion matrix, and the targets (accuracy >= 0.90, macro AUC >= 0.95);
 2. slice level, for hu2020 (as Hu et al. evaluated: every lung slice carries its patient's
-   label; each fold's model scores the slices of its own test patients).
+   label; each fold's model scores the slices of its own test patients);
+3. for hu2020, the patient level again from those same slice probabilities under every
+   `train.aggregation` (the run's own is the one its early stopping used).
 
     .venv/bin/snakemake --cores 2 --directory demo-hu2020
     .venv/bin/snakemake --cores 2 --directory demo-mil --config 'demo={"train": {"model": "mil"}}'
@@ -24,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.inference import load_model, out_of_fold_slice_predictions  # noqa: E402
+from lungcam.inference import AGGREGATIONS, aggregate_slices, load_model, out_of_fold_slice_predictions  # noqa: E402
 from lungcam.metrics import point_metrics  # noqa: E402
 from lungcam.slice_bank import SliceBank  # noqa: E402
 
@@ -60,6 +62,15 @@ def evaluate(workdir: Path) -> None:
     models = {str(fold): workdir / "results" / "model" / f"fold{fold}.pt" for fold in predictions["fold"].unique()}
     slices = out_of_fold_slice_predictions(predictions, models, SliceBank.load(workdir / "work" / "train" / "bank"), torch.device("cpu"))
     report("slice level, out of fold", scores(slices, classes), classes, len(slices))
+    columns = [f"prob_{c}" for c in classes]
+    print(f"patient level from the same slices, top_k {metadata['settings']['top_k']} (the run's: {metadata['settings']['aggregation']}):")
+    for method in AGGREGATIONS:
+        pooled = pd.DataFrame([
+            {"label": group["label"].iloc[0], **dict(zip(columns, aggregate_slices(group[columns].to_numpy(), method, metadata["settings"]["top_k"], classes)))}
+            for _, group in slices.groupby("patient_id")
+        ])
+        result = scores(pooled, classes)
+        print(f"    {method:>9s}: accuracy {result['accuracy']:.3f}, macro AUC {result['macro_roc_auc']:.3f}")
 
 
 def main() -> None:
