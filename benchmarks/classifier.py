@@ -63,12 +63,12 @@ def evaluate(workdir: Path) -> None:
     slices = out_of_fold_slice_predictions(predictions, models, SliceBank.load(workdir / "work" / "train" / "bank"), torch.device("cpu"))
     report("slice level, out of fold", scores(slices, classes), classes, len(slices))
     columns = [f"prob_{c}" for c in classes]
-    print(f"patient level from the same slices, top_k {metadata['settings']['top_k']} (the run's: {metadata['settings']['aggregation']}):")
+    top_k = metadata["settings"]["top_k"]
+    patients = [(group["label"].iloc[0], group[columns].to_numpy()) for _, group in slices.groupby("patient_id")]
+    print(f"patient level from the same slices, top_k {top_k} (the run's: {metadata['settings']['aggregation']}):")
     for method in AGGREGATIONS:
-        pooled = pd.DataFrame([
-            {"label": group["label"].iloc[0], **dict(zip(columns, aggregate_slices(group[columns].to_numpy(), method, metadata["settings"]["top_k"], classes)))}
-            for _, group in slices.groupby("patient_id")
-        ])
+        pooled = pd.DataFrame([{"label": label, **dict(zip(columns, aggregate_slices(probabilities, method, top_k, classes)))}
+                               for label, probabilities in patients])
         result = scores(pooled, classes)
         print(f"    {method:>9s}: accuracy {result['accuracy']:.3f}, macro AUC {result['macro_roc_auc']:.3f}")
 

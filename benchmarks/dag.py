@@ -123,15 +123,17 @@ def shaped_folder(folder: Path, snakefile: str) -> tuple[Path, str, str]:
     return folder, "-s", str(folder / "Snakefile")
 
 
-def timed_rounds(workflows: dict[str, tuple], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each workflow's dry run, `repeats` rounds, each round running every workflow
-    once in turn: a machine that slows down or speeds up during the benchmark then weighs on
-    every workflow alike, and each round gives a paired ratio."""
+def timed_rounds(workflows: dict[str, tuple], repeats: int) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """(seconds of each workflow's dry runs, jobs each planned), `repeats` rounds, each round
+    running every workflow once in turn: a machine that slows down or speeds up during the
+    benchmark then weighs on every workflow alike, and each round gives a paired ratio."""
     seconds: dict[str, list[float]] = {name: [] for name in workflows}
+    jobs: dict[str, int] = {}
     for _ in range(repeats):
         for name, (workdir, *args) in workflows.items():
-            seconds[name].append(dry_run(workdir, *args)[0])
-    return seconds
+            elapsed, jobs[name] = dry_run(workdir, *args)
+            seconds[name].append(elapsed)
+    return seconds, jobs
 
 
 def main() -> None:
@@ -161,8 +163,7 @@ def main() -> None:
                 workflows[f"without {convention}"] = shaped_folder(root / f"without-{convention}", without(shaped, convention))
                 stripped = without(stripped, convention)
             workflows["without all of them"] = shaped_folder(root / "without-all", stripped)
-        planned = {name: dry_run(*workflow)[1] for name, workflow in workflows.items() if name in ("bare", "shaped")}
-        seconds = timed_rounds(workflows, args.repeats)
+        seconds, planned = timed_rounds(workflows, args.repeats)
         median = {name: statistics.median(values) for name, values in seconds.items()}
         paired = [a / b for a, b in zip(seconds["lungcam"], seconds["bare"])]
         print(f"{args.patients} patients: lungcam dry run {median['lungcam']:.1f} s for {jobs} planned jobs; "

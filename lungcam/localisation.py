@@ -146,8 +146,9 @@ def labelled_slice_scores(cam_lps: np.ndarray, lungs_lps: np.ndarray, labels: pd
 def localise_cohort(cams: list[Path | str], lungs: list[Path | str], masks: dict[str, str], slice_labels: pd.DataFrame | None,
                     settings: LesionSettings, seed: int) -> tuple[pd.DataFrame, dict]:
     """Per-patient localisation figures of the maps `cam/{patient_id}.nii.gz` (with their lung
-    masks), against `masks` (patient -> lesion mask, brought onto the map's grid by `mask_on_grid`) and the slice labels; and the cohort summary over the patients with a lesion mask,
-    plus the slice-label AUCs."""
+    masks), against `masks` (patient -> lesion mask, brought onto the map's grid by `mask_on_grid`)
+    and the slice labels; and the cohort summary over the patients with a lesion mask, plus the
+    slice-label AUCs."""
     import nibabel as nib
 
     from .orientation import LPSView

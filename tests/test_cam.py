@@ -149,6 +149,7 @@ def test_a_lesion_mask_reaches_the_map_grid_as_resampling_would_bring_it():
     affine = lps_to_ras @ np.array([[0.7, 0, 0, -90.0], [0, 0.7, 0, -120.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
     mask = nib.Nifti1Image((rng.uniform(size=(30, 26, 12)) > 0.7).astype(np.uint8), affine)
     same_grid = nib.Nifti1Image(np.zeros(mask.shape, np.float32), affine)
+
     def turned(codes):
         return same_grid.as_reoriented(nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt(codes)))
 
