@@ -3,8 +3,10 @@
 Builds a synthetic slice bank (the loader reads it exactly as it reads a real one), then:
 1. loader: the training DataLoader alone (memmap reads by worker processes) over one epoch;
 2. training: hu2020 forward + backward + Adam step fed by that loader (channels_last as in
-   training unless --contiguous, bf16 autocast on CUDA), slices per second;
-3. compute only: the same steps on one batch already on the device (the upper bound);
+   training unless --contiguous, bf16 autocast as `train.amp` gives it: on CUDA and on CPUs that
+   compute bf16 natively, unless --fp32), slices per second;
+3. compute only: the same steps on one batch already on the device (the upper bound); where bf16
+   autocast is on, also in float32, for the speed-up it brings on this machine;
 4. on CUDA, the GPU busy fraction during (2): NVML's utilisation (share of time a kernel ran),
    sampled every 50 ms.
 Targets: loader >= 10x training throughput; on a GPU at 224x224 batch 24, busy >= 80%.
@@ -28,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lungcam.inference import bf16_autocast  # noqa: E402
 from lungcam.models import build_model, focal_cross_entropy  # noqa: E402
 from lungcam.slice_bank import IMAGES_NAME, INDEX_NAME, zscore  # noqa: E402
 from lungcam.training import DeviceBank, EpochBatches  # noqa: E402
@@ -100,14 +103,16 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--contiguous", action="store_true", help="the default memory layout instead of channels_last")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (train.amp: false)")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
+    amp = bf16_autocast(not args.fp32, device)
     channels_last = not args.contiguous
     print(f"device {torch.cuda.get_device_name(0) if cuda else 'cpu'} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")
-    print(f"hu2020 width {args.width}, input {args.size}x{args.size}, batch {args.batch}, bf16 autocast: {cuda}, channels_last: {channels_last}")
+    print(f"hu2020 width {args.width}, input {args.size}x{args.size}, batch {args.batch}, bf16 autocast: {amp}, channels_last: {channels_last}")
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         labels = synthetic_bank(folder, args.slices, args.size)
@@ -122,12 +127,12 @@ def main() -> int:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         warm = max(3, args.steps // 10)
-        train_steps(model, optimizer, loader_for(folder, labels, args.batch, 0, False), device, cuda, channels_last, warm)
+        train_steps(model, optimizer, loader_for(folder, labels, args.batch, 0, False), device, amp, channels_last, warm)
         monitor = Utilisation() if cuda else None
         if monitor:
             monitor.start()
         start = time.perf_counter()
-        seen = train_steps(model, optimizer, loader_for(folder, labels, args.batch, args.workers, cuda, epoch_seed=1), device, cuda, channels_last, args.steps)
+        seen = train_steps(model, optimizer, loader_for(folder, labels, args.batch, args.workers, cuda, epoch_seed=1), device, amp, channels_last, args.steps)
         train_rate = seen / (time.perf_counter() - start)
         busy = None
         if monitor:
@@ -150,7 +155,7 @@ def main() -> int:
             monitor = Utilisation()
             monitor.start()
             start = time.perf_counter()
-            seen = train_steps(model, optimizer, resident.batches(batches), device, cuda, channels_last, args.steps)
+            seen = train_steps(model, optimizer, resident.batches(batches), device, amp, channels_last, args.steps)
             resident_train = seen / (time.perf_counter() - start)
             monitor.running = False
             monitor.join()
@@ -158,12 +163,19 @@ def main() -> int:
 
         fixed = next(iter(loader_for(folder, labels, args.batch, 0, False)))
         start = time.perf_counter()
-        seen = train_steps(model, optimizer, [fixed] * args.steps, device, cuda, channels_last, args.steps)
+        seen = train_steps(model, optimizer, [fixed] * args.steps, device, amp, channels_last, args.steps)
         compute_rate = seen / (time.perf_counter() - start)
+        fp32_rate = None
+        if amp:
+            start = time.perf_counter()
+            seen = train_steps(model, optimizer, [fixed] * args.steps, device, False, channels_last, args.steps)
+            fp32_rate = seen / (time.perf_counter() - start)
 
     print(f"\ndata loader ({args.workers} workers):      {loader_rate:10.0f} slices/s")
     print(f"training, fed by the loader:       {train_rate:10.1f} slices/s (forward + backward + step)")
     print(f"training, one batch on the device: {compute_rate:10.1f} slices/s (compute only)")
+    if fp32_rate is not None:
+        print(f"the same in float32:               {fp32_rate:10.1f} slices/s (bf16 autocast {compute_rate / fp32_rate:.2f}x)")
     ratio = loader_rate / train_rate
     print(f"\nloader / training throughput: {ratio:.1f}x (target >= 10x): {'met' if ratio >= 10 else 'NOT met'}")
     if busy is not None:

@@ -6,8 +6,8 @@ epoch, so a run killed at any point (SLURM preemption) and restarted from its ch
 with the same weights as an uninterrupted run; a checkpoint is resumed only by the run that
 wrote it (same settings, patients and slice bank: `run_identity`). It trains in the
 channels_last memory format, which oneDNN's CPU convolutions run faster than the default layout
-(benchmarks/train.py) and which a GPU's tensor cores want, and on CUDA with bf16 autocast; with
-several processes (torchrun) it trains data-parallel, each process taking every n-th batch.
+(benchmarks/train.py) and which a GPU's tensor cores want, and with bf16 autocast on CUDA and on
+CPUs that compute bf16 natively (`inference.bf16_autocast`); with several processes (torchrun) it trains data-parallel, each process taking every n-th batch.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .folds import validation_split
-from .inference import AGGREGATIONS, predict_patients, save_model, with_decisions
+from .inference import AGGREGATIONS, bf16_autocast, predict_patients, save_model, with_decisions
 from .models import build_model, focal_cross_entropy
 from .slice_bank import IMAGES_NAME, SliceBank, zscore
 
@@ -355,7 +355,7 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
             log.info("fold %s: resuming after epoch %d", fold, state["epoch"])
         else:
             log.warning("fold %s: %s belongs to another run (settings, patients or slice bank changed); training afresh", fold, state_path)
-    amp = settings.amp and device.type == "cuda"
+    amp = bf16_autocast(settings.amp, device)
     metadata = {
         "model": settings.model,
         "classes": classes,

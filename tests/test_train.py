@@ -18,7 +18,7 @@ import torch
 
 from lungcam.config import load_config
 from lungcam.folds import assign_folds, task_classes, validation_split
-from lungcam.inference import aggregate_slices, check_preprocessing, load_model
+from lungcam.inference import aggregate_slices, bf16_autocast, check_preprocessing, load_model
 from lungcam.models import AttentionMIL, Hu2020Net, focal_cross_entropy
 from lungcam.slice_bank import IMAGES_NAME, INDEX_NAME, PREPROCESSING_NAME, SliceBank, bank_preprocessing, zscore
 from lungcam.training import STATE_NAME, TrainSettings, train_fold
@@ -185,6 +185,22 @@ def test_training_learns_a_visible_signal(tmp_path, model, epochs):
     settings = toy_settings(model=model, max_epochs=epochs, augment=False, patience=epochs)
     predictions = pd.concat([train_fold(settings, CLASSES, folder, patients, fold, tmp_path / str(fold), outputs(tmp_path / str(fold))) for fold in (0, 1)])
     assert (predictions["predicted"] == predictions["label"]).mean() >= 0.6
+
+
+def test_amp_trains_in_bf16_where_the_cpu_computes_it(bank, tmp_path):
+    """train.amp asks for bf16 autocast: always on CUDA, on a CPU only where oneDNN computes bf16
+    natively (emulated it would be slower than float32). Where it does, the weights differ from a
+    float32 run's, so the setting reaches training; the determinism and resume tests above and
+    below run with it."""
+    assert bf16_autocast(True, torch.device("cuda")) and not bf16_autocast(False, torch.device("cuda"))
+    assert not bf16_autocast(False, torch.device("cpu"))
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert bf16_autocast(True, torch.device("cpu")) == native
+    folder, patients = bank
+    for amp in (True, False):
+        train_fold(toy_settings(amp=amp, max_epochs=1), CLASSES, folder, patients, 0, tmp_path / str(amp), outputs(tmp_path / str(amp)))
+    weights = [torch.load(tmp_path / str(amp) / "model.pt", weights_only=False)["state_dict"] for amp in (True, False)]
+    assert same_weights(weights[0], weights[1]) != native
 
 
 def test_model_file_carries_what_prediction_needs(bank, tmp_path):
