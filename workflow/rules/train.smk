@@ -66,7 +66,7 @@ rule train_fold:
         work=f"{WORK}/train/fold{{fold}}",
     wildcard_constraints:
         fold=r"\d+",
-    threads: 2
+    threads: config["train"]["threads"]
     resources:
         gpu=TRAIN_GPUS,
         mem_mb=memory_mb(16000),
@@ -97,7 +97,7 @@ rule train_final:
         settings=TRAIN_SETTINGS_JSON,
         classes=TASK_CLASSES_JSON,
         work=f"{WORK}/train/final",
-    threads: 2
+    threads: config["train"]["threads"]
     resources:
         gpu=TRAIN_GPUS,
         mem_mb=memory_mb(16000),
