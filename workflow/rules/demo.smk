@@ -33,7 +33,8 @@ localrules:
 
 rule demo_sample_sheet:
     input:
-        records=expand(f"{DEMO_ROOT}/truth/{{patient}}.json", patient=PATIENTS),
+        # The demo patients only: a real cohort plans no input for this rule, not one per patient.
+        records=expand(f"{DEMO_ROOT}/truth/{{patient}}.json", patient=PATIENTS if DEMO else []),
     output:
         f"{DEMO_ROOT}/samples.tsv",
     params:
