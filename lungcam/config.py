@@ -101,7 +101,10 @@ def validate_config(config: dict) -> dict:
 
 
 def apply_demo_overrides(config: dict) -> dict:
-    """In demo mode, replace train and cache keys with those of demo.train and demo.cache."""
+    """In demo mode, replace train and cache keys with those of demo.train and demo.cache, unless
+    demo.overrides is false."""
+    if not config["demo"]["overrides"]:
+        return config
     for section in ("train", "cache"):
         config[section] = {**config[section], **config["demo"][section]}
     return validate_config(config)

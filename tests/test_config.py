@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungcam.config import ConfigError, load_config, load_schema, validate_config
+from lungcam.config import ConfigError, apply_demo_overrides, load_config, load_schema, validate_config
 from lungcam.samplesheet import SampleSheetError, load_sample_sheet
 
 from .conftest import REPO
@@ -46,6 +46,17 @@ def test_empty_config_gets_all_defaults():
     config = load_config()
     assert config["ingest"]["series"]["rank_by"] == ["most_slices", "thinnest"]
     assert config["demo"]["patients_per_class"] == 12
+
+
+def test_demo_overrides_can_be_switched_off():
+    """`--config 'demo={"overrides": false}'` trains the demo with the train and cache sections as
+    they are (the paper's settings). Emptying demo.train on the command line would not: Snakemake
+    merges nested values into the config, so an empty dict changes nothing."""
+    demo = apply_demo_overrides(load_config())
+    assert demo["train"]["input_size"] == 64 and demo["train"]["threads"] == 1 and demo["cache"]["mask_outside_lungs"] is True
+    paper = apply_demo_overrides(load_config(overrides={"demo": {"overrides": "false"}}))  # as the command line gives it
+    assert paper["train"]["input_size"] == 224 and paper["train"]["max_epochs"] == 50 and paper["cache"]["mask_outside_lungs"] is False
+    assert paper["demo"]["train"]["input_size"] == 64  # still there, unused
 
 
 def test_text_from_nested_command_line_values_becomes_numbers():

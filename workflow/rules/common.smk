@@ -44,7 +44,7 @@ DEMO = config["samples"] == "demo"
 MODE = config["mode"]
 # The settings that make the synthetic cohort (not its demo.train and demo.cache overrides, so
 # that changing those retrains without regenerating the patients).
-DEMO_COHORT = {k: v for k, v in config["demo"].items() if k not in ("train", "cache")}
+DEMO_COHORT = {k: v for k, v in config["demo"].items() if k not in ("train", "cache", "overrides")}
 if DEMO:
     apply_demo_overrides(config)
     unknown = set(config["classes"]) - {"COVID-19", "CAP", "NP"}
