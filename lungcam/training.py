@@ -7,7 +7,8 @@ with the same weights as an uninterrupted run; a checkpoint is resumed only by t
 wrote it (same settings, patients and slice bank: `run_identity`). It trains in the
 channels_last memory format, which oneDNN's CPU convolutions run faster than the default layout
 (benchmarks/train.py) and which a GPU's tensor cores want, and with bf16 autocast on CUDA and on
-CPUs that compute bf16 natively (`inference.bf16_autocast`); with several processes (torchrun) it trains data-parallel, each process taking every n-th batch.
+CPUs that compute bf16 natively (`inference.bf16_autocast`); with several processes (torchrun)
+it trains data-parallel, each process taking every n-th batch.
 """
 
 from __future__ import annotations
