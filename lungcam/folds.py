@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-NO_PNEUMONIA = "NP"  # the class whose scans show no lesion (patient aggregation `presence`)
+NO_PNEUMONIA = "NP"  # the class whose scans show no lesion (task covid_vs_np, aggregation `presence`)
 TASKS = {
     "multiclass": None,  # all configured classes
-    "covid_vs_np": ("COVID-19", "NP"),
+    "covid_vs_np": ("COVID-19", NO_PNEUMONIA),
     "covid_vs_cap": ("COVID-19", "CAP"),
 }
 
