@@ -114,9 +114,10 @@ def bf16_autocast(amp: bool, device: torch.device) -> bool:
 def slice_probabilities(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 64, amp: bool = False) -> np.ndarray:
     """Softmax probabilities (slices, classes) of a Hu2020Net for uint8 slices (n, h, w)."""
     out = []
+    bf16 = bf16_autocast(amp, device)
     for start in range(0, len(images), batch_size):
         batch = zscore(torch.from_numpy(np.asarray(images[start: start + batch_size])).to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast(amp, device)):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch)
         out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.n_classes))
