@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungcam.config import ConfigError, apply_demo_overrides, load_config, load_schema, validate_config
-from lungcam.samplesheet import SampleSheetError, load_sample_sheet
+from lungcam.config import ConfigError, apply_demo_overrides, load_config, load_schema, record_validator, validate_config
+from lungcam.samplesheet import SampleSheetError, load_sample_sheet, row_checker
 
 from .conftest import REPO
 
@@ -104,6 +104,26 @@ def test_bad_rows_are_named(tmp_path, rows, message):
     with pytest.raises(SampleSheetError) as error:
         load_sample_sheet(write_sheet(tmp_path, rows), CLASSES)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"patient_id": "P1", "dicom_dir": "d"},
+        {"patient_id": "P_1-a", "label": "NP", "dicom_dir": "d", "lesion_mask": "m.nii.gz", "site": "A"},
+        {"patient_id": "../x", "dicom_dir": "d"},
+        {"patient_id": "P 1", "dicom_dir": "d"},
+        {"patient_id": "P" * 64, "dicom_dir": "d"},
+        {"patient_id": "P" * 65, "dicom_dir": "d"},
+        {"patient_id": "P1"},
+        {"dicom_dir": "d"},
+        {"patient_id": "P1", "dicom_dir": "d", "name": "Doe"},
+        {"patient_id": "ü", "dicom_dir": "d", "site": ""},
+    ],
+)
+def test_the_compiled_row_check_agrees_with_jsonschema(row):
+    """Good rows pass the compiled check alone: it must reject exactly what jsonschema rejects."""
+    assert row_checker()(dict(row)) == record_validator(load_schema("samples.schema.yaml"), fill_defaults=False)(dict(row))
 
 
 def test_all_problems_are_reported_at_once(tmp_path):
