@@ -24,6 +24,7 @@ import pandas as pd
 from lungcam.cache import CacheSettings, build_cache
 from lungcam.cam import write_patient_cam
 from lungcam.config import validate_config
+from lungcam.inference import read_model_metadata
 from lungcam.lesions import LesionSettings
 from lungcam.localisation import localise_cohort
 from lungcam.lungs import LungSettings, run_lungs
@@ -63,8 +64,10 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     run = args.run
-    # the run's settings; keys added since it ran get their defaults
+    # the run's settings; keys added since it ran get their defaults, except the cache, which is
+    # made as the run's models were trained on
     config = validate_config(json.loads((run / "results/provenance.json").read_text())["config"])
+    config["cache"] = read_model_metadata(run / "results/model/fold0.pt")["preprocessing"]["cache"]
     before = pd.read_csv(run / "results/localisation.tsv", sep="\t", dtype={"patient_id": str}).set_index("patient_id")
     patients = list(before.index[before["lesion_ml"] > 0][: args.patients])
     predictions = pd.read_csv(run / "results/predictions.tsv", sep="\t", dtype={"patient_id": str, "label": str}, keep_default_na=False).set_index("patient_id")

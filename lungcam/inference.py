@@ -36,9 +36,13 @@ def save_model(path: Path | str, model: torch.nn.Module, metadata: dict) -> None
 
 
 def _read_payload(path: Path | str) -> dict:
+    """A model file's contents. Models trained before `cache.antialias` existed were trained on
+    caches sampled at each voxel's centre, so their preprocessing says so (`antialias` false):
+    prediction then prepares slices as they were."""
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a lungcam model file ({FORMAT})")
+    payload["preprocessing"]["cache"].setdefault("antialias", False)
     return payload
 
 

@@ -178,7 +178,8 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
     evaluation = (f"Patients were split into {train['folds']} stratified folds (no patient in two folds); every patient was classified by the model that did not train on it."
                   if config["mode"] == "train" else "A trained model was applied to this cohort (prediction mode).")
     return (f"{patients} chest CT scans were converted from DICOM with dcm2niix, choosing one series per patient; {excluded} were excluded by quality control. "
-            f"Lungs were segmented with {lung_text}. Scans were resampled to {cache['spacing_mm']} mm, cropped to the lungs and windowed to "
+            f"Lungs were segmented with {lung_text}. Scans were resampled to {cache['spacing_mm']} mm"
+            f"{' (each voxel averaging its extent)' if cache['antialias'] else ''}, cropped to the lungs and windowed to "
             f"[{cache['window_hu'][0]}, {cache['window_hu'][1]}] HU; lung slices were resized to {train['input_size']} px. "
             f"The classifier ({', '.join(classes)}) is {model_text}, trained with a class-weighted focal cross-entropy and Adam (learning rate {train['learning_rate']}). "
             f"{evaluation} Infection maps are {cam_text}, restricted to the lungs and mapped back onto each scan; lesion candidates are connected components above "

@@ -174,5 +174,5 @@ def cached(request, tmp_path_factory, config):
     volume = root / "stage" / VOLUME_NAME
     truth = resample_from_to(nib.load(root / "truth.nii.gz"), nib.load(volume), order=0)
     nib.save(nib.Nifti1Image(np.asarray(truth.dataobj).astype(np.uint8), truth.affine), root / "lungs.nii.gz")
-    summary = build_cache(volume, root / "lungs.nii.gz", root / "cache", CacheSettings(spacing_mm=(2.5, 1.25, 1.25), margin_mm=10.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False))
+    summary = build_cache(volume, root / "lungs.nii.gz", root / "cache", CacheSettings(spacing_mm=(2.5, 1.25, 1.25), margin_mm=10.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False, antialias=True))
     return root, volume, summary, request.param

@@ -46,3 +46,32 @@ def test_a_peak_lands_on_its_physical_point(cached):
         mapped = to_source_grid(peak, transform)
         found = np.unravel_index(np.argmax(mapped), mapped.shape)
         assert np.all(np.abs(np.array(found) - target) <= 1), (position, found, target)
+
+
+def test_a_thin_series_is_cached_as_a_reconstruction_at_the_cache_spacing(tmp_path):
+    """A 1 mm series cached at 5 mm: each cache slice stands for its 5 mm, so its noise falls as a
+    5 mm reconstruction's would (by about sqrt(5)), not kept at the 1 mm slice's level; along the
+    axes the cache keeps at the scan's spacing nothing is smoothed."""
+    from lungcam.cache import CacheSettings, build_cache
+
+    rng = np.random.default_rng(0)
+    shape = (48, 48, 120)  # x, y, z at 1 mm
+    hu = (-800.0 + 50.0 * rng.standard_normal(shape)).astype(np.float32)
+    lungs = np.zeros(shape, np.uint8)
+    lungs[8:-8, 8:-8, 10:-10] = 1
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(hu, affine), tmp_path / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(lungs, affine), tmp_path / "lungs.nii.gz")
+
+    def cached_noise(spacing_mm: tuple, antialias: bool = True) -> np.ndarray:
+        settings = CacheSettings(spacing_mm=spacing_mm, margin_mm=0.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False, antialias=antialias)
+        out = tmp_path / f"cache-{spacing_mm[0]}-{antialias}"
+        build_cache(tmp_path / "scan.nii.gz", tmp_path / "lungs.nii.gz", out, settings)
+        image, cached_lungs, transform = load_cache(out)
+        return transform.to_hu(np.asarray(image))[np.asarray(cached_lungs) > 0]
+
+    values = cached_noise((5.0, 1.0, 1.0))
+    assert abs(values.mean() - (-800.0)) < 3.0
+    assert 50.0 / np.sqrt(5.0) * 0.85 < values.std() < 50.0 / np.sqrt(5.0) * 1.15, values.std()
+    assert abs(cached_noise((1.0, 1.0, 1.0)).std() - 50.0) < 2.0
+    assert abs(cached_noise((5.0, 1.0, 1.0), antialias=False).std() - 50.0) < 2.0  # sampled at the centres, as before

@@ -47,7 +47,7 @@ def toy_bank(folder: Path, per_class: int = 4, slices: int = 6, size: int = 32, 
                 images.append(np.clip(image, 0, 255).astype(np.uint8))
     np.save(folder / IMAGES_NAME, np.stack(images))
     pd.DataFrame(rows).to_csv(folder / INDEX_NAME, sep="\t", index=False)
-    (folder / PREPROCESSING_NAME).write_text(json.dumps(bank_preprocessing(size, 0.1, {"spacing_mm": [5.0, 2.0, 2.0]})))
+    (folder / PREPROCESSING_NAME).write_text(json.dumps(bank_preprocessing(size, 0.1, {"spacing_mm": [5.0, 2.0, 2.0], "antialias": True})))
     return pd.DataFrame(patients)
 
 
@@ -211,6 +211,10 @@ def test_model_file_carries_what_prediction_needs(bank, tmp_path):
     assert metadata["preprocessing"]["input_size"] == 32 and metadata["settings"]["top_k"] == 2
     assert metadata["code_version"] and set(metadata["trained_on"]) == set(patients.loc[patients["fold"] == 0, "patient_id"])
     assert metadata["preprocessing"] == SliceBank.load(folder).preprocessing
+    payload = torch.load(tmp_path / "model.pt", weights_only=False)  # a model from before cache.antialias
+    del payload["preprocessing"]["cache"]["antialias"]
+    torch.save(payload, tmp_path / "older.pt")
+    assert load_model(tmp_path / "older.pt")[1]["preprocessing"]["cache"]["antialias"] is False  # its slices were sampled so
 
 
 def test_final_model_trains_on_every_patient(bank, tmp_path):
