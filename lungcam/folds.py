@@ -2,7 +2,7 @@
 
 Folds split patients, never slices: all slices of a patient are in one fold, so no patient is
 ever seen in training and test. Inside each training set a stratified validation subset chooses
-the best checkpoint and stops training early.
+the best checkpoint and stops training early, unless `train.validation_fraction` is 0.
 """
 
 from __future__ import annotations
@@ -47,10 +47,13 @@ def assign_folds(patients: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
 
 
 def validation_split(train: pd.DataFrame, fraction: float, seed: int, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training, validation) patients: `fraction` of each class, at least one, for validation.
+    """(training, validation) patients: `fraction` of each class, at least one, for validation;
+    none for `fraction` 0 (every training patient trains, and the last epoch is kept).
 
     `fold` is the fold number, or -1 for the final model trained on every patient.
     """
+    if fraction == 0:
+        return train, train.iloc[:0]
     rng = np.random.default_rng([seed, fold + 1, 17])
     held = []
     for _, group in train.groupby("label", sort=True):

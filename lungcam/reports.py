@@ -158,6 +158,15 @@ def _failed_stage(stages: dict[str, str]) -> str:
     return next((stage for stage, state in stages.items() if state != "ok"), "")
 
 
+def _kept_model_text(train: dict) -> str:
+    """Which weights the classifier kept, in words."""
+    weights = f"an exponential moving average of the weights over about {train['ema_epochs']:g} epochs" if train["ema_epochs"] > 0 else "the weights"
+    if train["validation_fraction"] > 0:
+        return (f"{weights} of the epoch with the lowest loss on {train['validation_fraction']:.0%} of the training patients held out were kept "
+                f"(at most {train['max_epochs']} epochs, stopping after {train['patience']} without improvement)")
+    return f"every training patient trained for {train['max_epochs']} epochs, and {weights} of the last were kept"
+
+
 def methods_paragraph(config: dict, classes: list[str], patients: int, excluded: int) -> str:
     """A methods paragraph generated from the resolved config, citing the methods used."""
     train, cam, lungs, cache = config["train"], config["cam"], config["lungs"], config["cache"]
@@ -181,7 +190,8 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
             f"Lungs were segmented with {lung_text}. Scans were resampled to {cache['spacing_mm']} mm"
             f"{' (each voxel averaging its extent)' if cache['antialias'] else ''}, cropped to the lungs and windowed to "
             f"[{cache['window_hu'][0]}, {cache['window_hu'][1]}] HU; lung slices were resized to {train['input_size']} px. "
-            f"The classifier ({', '.join(classes)}) is {model_text}, trained with a class-weighted focal cross-entropy and Adam (learning rate {train['learning_rate']}). "
+            f"The classifier ({', '.join(classes)}) is {model_text}, trained with a class-weighted focal cross-entropy and Adam (learning rate {train['learning_rate']}); "
+            f"{_kept_model_text(train)}. "
             f"{evaluation} Infection maps are {cam_text}, restricted to the lungs and mapped back onto each scan; lesion candidates are connected components above "
             f"{'Otsu' + chr(39) + 's threshold' if cam['lesions']['threshold'] == 'otsu' else str(cam['lesions']['relative']) + ' of the map maximum'}. "
             "Confidence intervals are 95% percentile bootstrap intervals over patients.")

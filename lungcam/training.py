@@ -4,7 +4,13 @@ Reproducible and resumable: every random choice of an epoch (data order, bag sub
 derives from (seed, fold, epoch), and the full training state is checkpointed after every
 epoch, so a run killed at any point (SLURM preemption) and restarted from its checkpoint ends
 with the same weights as an uninterrupted run; a checkpoint is resumed only by the run that
-wrote it (same settings, patients and slice bank: `run_identity`). It trains in the
+wrote it (same settings, patients and slice bank: `run_identity`).
+
+The model kept is the best-validation epoch's, as in the paper, or, with `validation_fraction`
+0, the last epoch's, every training patient trained on. With `ema_epochs` the model evaluated
+and kept is an exponential moving average of the weights over about that many epochs
+(`torch.optim.swa_utils.AveragedModel`): it changes smoothly from epoch to epoch instead of
+jumping with each step's draw. It trains in the
 channels_last memory format, which oneDNN's CPU convolutions run faster than the default layout
 (benchmarks/train.py) and which a GPU's tensor cores want, and with bf16 autocast on CUDA and on
 CPUs that compute bf16 natively (`inference.bf16_autocast`); with several processes (torchrun)
@@ -68,6 +74,7 @@ class TrainSettings:
     workers: int
     gpus: int
     bank_on_gpu: bool
+    ema_epochs: float
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainSettings":
@@ -185,20 +192,35 @@ def _epoch_batches(settings: TrainSettings, patient_rows: dict[str, np.ndarray],
     return [order[i: i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
 
 
+def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (n, 1, h, w) images, `sigma` in pixels (separable, edges replicated)."""
+    radius = max(1, int(round(3 * sigma)))
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    taps = torch.exp(-taps * taps / (2 * sigma * sigma))
+    taps = taps / taps.sum()
+    rows = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+
+
 def augment(images: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Random left-right flip, small affine (rotation 10 deg, scale 10%, shift 5%), contrast and
-    noise, of z-scored slices (n, 1, h, w); slices of one group (a patient's bag, contiguous)
-    are transformed alike, or each slice on its own when `groups` is None.
+    """Random sharpness (from a 1-pixel Gaussian blur to as much unsharp masking), left-right
+    flip, small affine (rotation 10 deg, scale 10%, shift 5%), contrast and noise, of z-scored
+    slices (n, 1, h, w); slices of one group (a patient's bag, contiguous) are transformed alike,
+    or each slice on its own when `groups` is None.
 
     With a few dozen patients a network can learn each patient's scanner and anatomy by heart;
-    these draws make that harder than learning the lesions. They come from torch's generator,
-    seeded per epoch, so a resumed run draws the same.
+    these draws make that harder than learning the lesions. Sharpness matters most: a
+    reconstruction kernel and slice thickness make a whole scan sharper or smoother, and a lesion
+    is a smooth region, so a network trained without it called any smooth scan pneumonia (on the
+    demo a 1-pixel blur turned the normal scans' slices into lesions; benchmarks/README.md). The
+    draws come from torch's generator, seeded per epoch, so a resumed run draws the same.
     """
     if groups is None:
         member = torch.arange(images.shape[0])
     else:
         member = torch.unique_consecutive(groups.cpu(), return_inverse=True)[1]
     n = int(member.max()) + 1
+    sharpness = torch.empty(n).uniform_(-1.0, 1.0)
     flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
     angle = torch.deg2rad(torch.empty(n).uniform_(-10.0, 10.0))
     scale = torch.empty(n).uniform_(0.9, 1.1)
@@ -212,11 +234,47 @@ def augment(images: torch.Tensor, groups: torch.Tensor | None = None) -> torch.T
     theta[:, 1, 1] = scale * torch.cos(angle)
     theta[:, :, 2] = shift
     device = images.device
+    per_slice = (-1, 1, 1, 1)
+    images = images + sharpness[member].view(per_slice).to(device) * (images - _blur(images, 1.0))
     grid = F.affine_grid(theta[member].to(device), list(images.shape), align_corners=False)
     background = images.amin(dim=(2, 3), keepdim=True)
     moved = F.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros") + background
-    per_slice = (-1, 1, 1, 1)
     return moved * contrast[member].view(per_slice).to(device) + noise[member].view(per_slice).to(device) * torch.randn_like(images)
+
+
+class _EpochAverage:
+    """The update of an exponential moving average whose horizon is given in epochs: each step
+    moves the average 1 / (ema_epochs x steps per epoch) of the way to the current weights, so
+    the same setting averages over as many epochs for hu2020's many small steps as for mil's
+    few large ones. `steps_per_epoch` is set at the start of every epoch."""
+
+    def __init__(self, epochs: float):
+        self.epochs = epochs
+        self.steps_per_epoch = 1
+
+    @torch.no_grad()
+    def __call__(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _count) -> None:
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, min(1.0, 1.0 / (self.epochs * self.steps_per_epoch)))
+        else:  # batch norm's step counters
+            for mean, now in zip(averaged, current):
+                mean.copy_(now)
+
+
+def _weight_average(model: nn.Module, epochs: float) -> "tuple[torch.optim.swa_utils.AveragedModel, _EpochAverage] | tuple[None, None]":
+    """An exponential moving average of `model`'s weights and batch-norm statistics over about
+    `epochs` epochs, updated after every step, with its update rule ((None, None) for 0).
+
+    On a few dozen patients the weights of one step fit that step's slices; their average over
+    the last epochs generalises better and changes smoothly, so the model kept does not depend
+    on where the last step happened to leave it.
+    """
+    if epochs <= 0:
+        return None, None
+    from torch.optim.swa_utils import AveragedModel
+
+    update = _EpochAverage(epochs)
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True), update
 
 
 def _bag_starts(groups: torch.Tensor) -> torch.Tensor:
@@ -247,7 +305,8 @@ def write_curves(history: list[dict], tsv: Path, png: Path, title: str) -> None:
     table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(table["epoch"], table["train_loss"], label="training")
-    left.plot(table["epoch"], table["val_loss"], label="validation")
+    if table["val_loss"].notna().any():  # NaN throughout without validation patients
+        left.plot(table["epoch"], table["val_loss"], label="validation")
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend()
@@ -356,6 +415,10 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
             log.info("fold %s: resuming after epoch %d", fold, state["epoch"])
         else:
             log.warning("fold %s: %s belongs to another run (settings, patients or slice bank changed); training afresh", fold, state_path)
+    averaged, average_update = _weight_average(model, settings.ema_epochs)
+    if averaged is not None and "averaged" in state:
+        averaged.load_state_dict(state["averaged"])
+    kept = averaged.module if averaged is not None else model  # what is validated and saved
     amp = bf16_autocast(settings.amp, device)
     metadata = {
         "model": settings.model,
@@ -372,6 +435,8 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         batches = _epoch_batches(settings, train_rows, fold_number, epoch)
         # Every process must take the same number of steps, or one waits forever in all-reduce.
         batches = batches[: len(batches) // world * world][rank::world]
+        if average_update is not None:
+            average_update.steps_per_epoch = max(1, len(batches))
         loader = batch_source(Path(bank_dir), batches, row_labels, row_patients, device, settings, resident)
         model.train()
         start, losses, seen = time.perf_counter(), [], 0
@@ -391,14 +456,18 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(float(loss.detach()))
             seen += len(images)
         seconds = time.perf_counter() - start
-        predictions = predict_patients(model, metadata, bank, list(validation["patient_id"]), device, amp)
-        val_loss, val_accuracy = _validation_loss(predictions, label_of, classes)
-        improved = val_loss < state["best_loss"] - 1e-6
-        if improved:
-            state.update(best_loss=val_loss, best_epoch=epoch, best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, stale=0)
+        if len(validation):
+            predictions = predict_patients(kept, metadata, bank, list(validation["patient_id"]), device, amp)
+            val_loss, val_accuracy = _validation_loss(predictions, label_of, classes)
+        else:  # no validation patients: every epoch replaces the last, none stops early
+            val_loss, val_accuracy = float("nan"), float("nan")
+        if not len(validation) or val_loss < state["best_loss"] - 1e-6:
+            state.update(best_loss=val_loss, best_epoch=epoch, best_state={k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}, stale=0)
         else:
             state["stale"] += 1
         state["history"].append({
@@ -408,6 +477,8 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         })
         state["done"] = state["stale"] >= settings.patience or epoch + 1 >= settings.max_epochs
         state.update(epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+        if averaged is not None:
+            state["averaged"] = averaged.state_dict()
         if rank == 0:
             _save_state(state_path, state)
         log.info("fold %s epoch %d: train loss %.4f, validation loss %.4f, accuracy %.3f, %.0f slices/s",

@@ -21,7 +21,7 @@ from lungcam.folds import assign_folds, task_classes, validation_split
 from lungcam.inference import aggregate_slices, bf16_autocast, check_preprocessing, load_model
 from lungcam.models import AttentionMIL, Hu2020Net, focal_cross_entropy
 from lungcam.slice_bank import IMAGES_NAME, INDEX_NAME, PREPROCESSING_NAME, SliceBank, bank_preprocessing, zscore
-from lungcam.training import STATE_NAME, TrainSettings, train_fold
+from lungcam.training import STATE_NAME, TrainSettings, _weight_average, augment, train_fold
 
 from .conftest import REPO
 
@@ -187,6 +187,62 @@ def test_training_learns_a_visible_signal(tmp_path, model, epochs):
     assert (predictions["predicted"] == predictions["label"]).mean() >= 0.6
 
 
+def _detail(images: torch.Tensor) -> torch.Tensor:
+    """Energy of each image's finest detail (a discrete Laplacian), per image."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    return torch.nn.functional.conv2d(images, kernel)[..., 8:-8, 8:-8].pow(2).mean(dim=(1, 2, 3))
+
+
+def test_augmentation_blurs_and_sharpens_and_treats_a_bag_alike():
+    """Sharpness is drawn from a blur to as much unsharp masking, so that a scan's kernel and
+    slice thickness tell nothing of its class; a bag's slices (one patient) share every draw."""
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    slice_ = (torch.sin(xx / 2.0) * torch.cos(yy / 3.0)).view(1, 1, 48, 48)
+    slice_ = (slice_ - slice_.mean()) / slice_.std()
+    ratios = _detail(augment(slice_.repeat(200, 1, 1, 1))) / _detail(slice_)
+    assert ratios.min() < 0.5 and ratios.max() > 1.5  # smoother and sharper than the slice itself
+    bags = augment(slice_.repeat(6, 1, 1, 1), torch.tensor([4, 4, 4, 9, 9, 9]))
+    within = (bags[0] - bags[1]).std()  # the same transform, only the noise differs
+    assert within < 0.2 and (bags[0] - bags[3]).std() > 2 * within
+
+
+@pytest.mark.parametrize("steps_per_epoch", [5, 50])
+def test_the_weight_average_spans_its_epochs_whatever_the_steps(steps_per_epoch):
+    """ema_epochs is a horizon in epochs: weights that jumped from 0 to 1 have moved the average
+    about 1 - 1/e of the way after that many epochs, for few large steps (mil) or many small
+    ones (hu2020) alike; batch-norm statistics are averaged too."""
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    torch.nn.init.zeros_(model[0].weight)
+    averaged, update = _weight_average(model, 2.0)
+    averaged.update_parameters(model)  # the first update copies the weights
+    update.steps_per_epoch = steps_per_epoch
+    torch.nn.init.ones_(model[0].weight)
+    model[1].running_mean.fill_(1.0)
+    for _ in range(2 * steps_per_epoch):
+        averaged.update_parameters(model)
+    assert averaged.module[0].weight.item() == pytest.approx(1 - np.exp(-1), abs=0.04)
+    assert averaged.module[1].running_mean.item() == pytest.approx(averaged.module[0].weight.item())
+    assert _weight_average(model, 0.0) == (None, None)
+
+
+def test_without_validation_every_training_patient_trains_and_the_last_epoch_is_kept(bank, tmp_path):
+    """validation_fraction 0: no patient is held out of training, none stops it early, and the
+    model kept is the last epoch's (here the weight average's)."""
+    folder, patients = bank
+    settings = toy_settings(max_epochs=3, patience=1, validation_fraction=0.0, ema_epochs=1.0)
+    train_fold(settings, CLASSES, folder, patients, 0, tmp_path, outputs(tmp_path))
+    curves = pd.read_csv(tmp_path / "curves.tsv", sep="\t")
+    assert list(curves["epoch"]) == [0, 1, 2] and curves["val_loss"].isna().all()
+    payload = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert payload["best_epoch"] == 2 and set(payload["trained_on"]) == set(patients.loc[patients["fold"] != 0, "patient_id"])
+    state = torch.load(tmp_path / STATE_NAME, weights_only=False)
+    averaged = {k.removeprefix("module."): v for k, v in state["averaged"].items() if k.startswith("module.")}
+    assert same_weights(payload["state_dict"], averaged) and not same_weights(payload["state_dict"], state["model"])
+    train, validation = validation_split(patients[patients["fold"] != 0], 0.0, seed=1, fold=0)
+    assert validation.empty and len(train) == (patients["fold"] != 0).sum()
+
+
 def test_amp_trains_in_bf16_where_the_cpu_computes_it(bank, tmp_path):
     """train.amp asks for bf16 autocast: always on CUDA, on a CPU only where oneDNN computes bf16
     natively (emulated it would be slower than float32). Where it does, the weights differ from a
@@ -241,10 +297,12 @@ def cli_command(folder: Path, out: Path, settings: TrainSettings, fold: str = "0
     ]
 
 
-def test_killed_training_resumes_to_the_same_result(bank, tmp_path):
-    """Kill training after its second epoch checkpoint, restart it: same weights and predictions."""
+@pytest.mark.parametrize("ema_epochs", [0.0, 1.5])
+def test_killed_training_resumes_to_the_same_result(bank, tmp_path, ema_epochs):
+    """Kill training after its second epoch checkpoint, restart it: same weights and predictions
+    (with a weight average too: it is part of the checkpoint)."""
     folder, patients = bank
-    settings = toy_settings(model="hu2020", max_epochs=5)
+    settings = toy_settings(model="hu2020", max_epochs=5, ema_epochs=ema_epochs)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, *cli_command(folder, tmp_path / "whole", settings)], check=True, env=env, capture_output=True)
     interrupted = tmp_path / "interrupted"
