@@ -80,10 +80,15 @@ def aggregate_slices(probabilities: np.ndarray, method: str, top_k: int, classes
     - `presence`: NP is what is left when no slice shows a lesion. The patient's probability of
       pneumonia is the mean of 1 - p(NP) over its `top_k` most lesion-like slices, and the lesion
       classes share it in proportion to the means of their own `top_k` slice probabilities.
-      (With `topk_mean` the top slices of the NP column look normal in every patient, since a
-      COVID-19 or CAP scan has lesion-free slices too, so NP competes as if it were a finding.)
-      Without an NP class (task covid_vs_cap) it is `topk_mean`.
+      Without an NP class (task covid_vs_cap) it is `topk_mean`. It suits a model stopped early,
+      which still calls a normal slice NP: the top of the NP column then looks normal in every
+      patient (a COVID-19 or CAP scan has lesion-free slices too), and `topk_mean` would let NP
+      compete as if it were a finding.
     - `topk_mean`: per class, the mean of its `top_k` highest slice probabilities, renormalised.
+      It suits a model trained to convergence on slices that inherit their patient's label: a
+      lesion-free slice then gets the classes' shares of the lesion-free training slices (NP
+      about a half on the demo), so `presence` finds pneumonia in every normal scan, while here
+      NP's top slices stay near that share and a lesion class's rise to 1 only with lesions.
     - `mean`, `max`: per class, over all slices, renormalised.
     """
     if method == "presence" and NO_PNEUMONIA in classes:

@@ -147,6 +147,18 @@ def test_presence_aggregation_takes_np_for_the_absence_of_lesions():
     assert np.allclose(aggregate_slices(covid[:, [2, 0]], "presence", 2, ["NP", "COVID-19"]), [0.15, 0.85])  # NP first, two classes
 
 
+def test_topk_mean_suits_a_model_whose_normal_slices_carry_the_training_prior():
+    """Trained to convergence on inherited labels, a lesion-free slice gets each class's share of
+    the lesion-free training slices (NP about a half). topk_mean then keeps a normal scan NP and
+    a scan with lesions its lesion class, while presence finds pneumonia in the normal scan."""
+    normal = np.vstack([np.tile([0.25, 0.25, 0.5], (35, 1)), np.tile([0.2, 0.45, 0.35], (5, 1))])  # 5 a little CAP-like
+    covid = np.vstack([normal[5:], np.tile([0.95, 0.03, 0.02], (10, 1))])
+    classes = ["COVID-19", "CAP", "NP"]
+    assert aggregate_slices(normal, "topk_mean", 5, classes).argmax() == 2
+    assert aggregate_slices(covid, "topk_mean", 5, classes).argmax() == 0
+    assert aggregate_slices(normal, "presence", 5, classes).argmax() != 2
+
+
 def test_zscore_per_slice():
     batch = torch.stack([torch.full((8, 8), 10, dtype=torch.uint8), torch.arange(64, dtype=torch.uint8).reshape(8, 8)])
     z = zscore(batch)
