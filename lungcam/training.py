@@ -10,11 +10,12 @@ The model kept is the best-validation epoch's, as in the paper, or, with `valida
 0, the last epoch's, every training patient trained on. With `ema_epochs` the model evaluated
 and kept is an exponential moving average of the weights over about that many epochs
 (`torch.optim.swa_utils.AveragedModel`): it changes smoothly from epoch to epoch instead of
-jumping with each step's draw. It trains in the
-channels_last memory format, which oneDNN's CPU convolutions run faster than the default layout
-(benchmarks/train.py) and which a GPU's tensor cores want, and with bf16 autocast on CUDA and on
-CPUs that compute bf16 natively (`inference.bf16_autocast`); with several processes (torchrun)
-it trains data-parallel, each process taking every n-th batch.
+jumping with each step's draw.
+
+It trains in the channels_last memory format, which oneDNN's CPU convolutions run faster than
+the default layout (benchmarks/train.py) and which a GPU's tensor cores want, and with bf16
+autocast on CUDA and on CPUs that compute bf16 natively (`inference.bf16_autocast`); with
+several processes (torchrun) it trains data-parallel, each process taking every n-th batch.
 """
 
 from __future__ import annotations
