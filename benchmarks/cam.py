@@ -8,10 +8,13 @@ slice-level AUC >= 0.85.
 
 With `--shifts`, each method is also run densely evaluated (`cam.shifts`: the maps at n x n
 input offsets within a pool3 cell, averaged back in place); the table names the method and n.
+With `--smooth`, each map is also smoothed within the lungs by a Gaussian of that many mm
+(`cam.smooth_mm`; the default is the workflow's); the table names sigma after "s".
 
     .venv/bin/python benchmarks/cam.py demo-hu2020 --patients 6
     .venv/bin/python benchmarks/cam.py run200 --cohort 60 --methods multiscale gradcam
     .venv/bin/python benchmarks/cam.py demo-s13c --methods multiscale pool3 --shifts 1 2 4
+    .venv/bin/python benchmarks/cam.py demo --methods multiscale --shifts 2 --smooth 0 2 4 6
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--cohort", type=int, default=0, help="map and score only the first N patients of predictions.tsv (0: all)")
     parser.add_argument("--shifts", nargs="+", type=int, default=[1], choices=SHIFTS, help="dense evaluation: offsets per axis (cam.shifts)")
+    defaults = validate_config({})["cam"]
+    parser.add_argument("--smooth", nargs="+", type=float, default=[defaults["smooth_mm"]], help="sigma (mm) of the smoothing within the lungs (cam.smooth_mm)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = args.workdir / "results"
@@ -58,18 +63,18 @@ def main() -> None:
     print(f"{'method':>20s}  s/patient  pointing game [95% CI]   hit    Dice (best)  slice AUC mean [95% CI]  pooled  peak to lesion (mm): median, mean")
     with tempfile.TemporaryDirectory() as tmp:
         # as the workflow evaluates them (Integrated Gradients once), each pair once
-        for method, shifts in dict.fromkeys((m, evaluations_per_axis(m, n)) for m in args.methods for n in args.shifts):
+        for method, shifts, smooth in dict.fromkeys((m, evaluations_per_axis(m, n), sigma) for m in args.methods for n in args.shifts for sigma in args.smooth):
             seconds, cams = [], []
             for index, row in enumerate(rows):
                 cams.append(Path(tmp) / f"{row['patient_id']}.nii.gz")
                 start = time.perf_counter()
                 write_patient_cam(results / "model" / f"fold{row['fold']}.pt", row, "predicted", args.workdir / "work" / "cache" / row["patient_id"],
-                                  results / "lungs" / f"{row['patient_id']}.nii.gz", cams[-1], method=method, shifts=shifts)
+                                  results / "lungs" / f"{row['patient_id']}.nii.gz", cams[-1], method=method, shifts=shifts, smooth_mm=smooth)
                 if index < args.patients:
                     seconds.append(time.perf_counter() - start)
-            table, summary = localise_cohort(cams, [results / "lungs" / p.name for p in cams], masks, None, LesionSettings.from_config(validate_config({})["cam"]["lesions"]), seed=0)
+            table, summary = localise_cohort(cams, [results / "lungs" / p.name for p in cams], masks, None, LesionSettings.from_config(defaults["lesions"]), seed=0)
             pointing, auc = summary["pointing_game"], summary["slice_auc"]
-            name = method if shifts == 1 else f"{method} x{shifts}"
+            name = (method if shifts == 1 else f"{method} x{shifts}") + (f" s{smooth:g}" if smooth else "")
             print(f"{name:>20s}  {sum(seconds) / len(seconds):9.2f}  {pointing['mean']:.3f} [{pointing['ci95'][0]:.2f}, {pointing['ci95'][1]:.2f}]"
                   f"  {summary['hit']['mean']:.3f}  {summary['dice']['mean']:.3f} ({summary['best_dice']['mean']:.3f})"
                   f"  {auc['mean']:.3f} [{auc['ci95'][0]:.2f}, {auc['ci95'][1]:.2f}]      {summary['slice_auc_pooled']['auc']:.3f}"

@@ -184,6 +184,7 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
     shifts = evaluations_per_axis(cam["method"], cam["shifts"])
     if shifts > 1:
         cam_text += f", evaluated densely (the input shifted to {shifts} x {shifts} offsets within a pool3 cell and the maps averaged back in place)"
+    smoothing = f", there smoothed within the lungs (Gaussian, sigma {cam['smooth_mm']:g} mm)" if cam["smooth_mm"] else ""
     evaluation = (f"Patients were split into {train['folds']} stratified folds (no patient in two folds); every patient was classified by the model that did not train on it."
                   if config["mode"] == "train" else "A trained model was applied to this cohort (prediction mode).")
     return (f"{patients} chest CT scans were converted from DICOM with dcm2niix, choosing one series per patient; {excluded} were excluded by quality control. "
@@ -192,7 +193,7 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
             f"[{cache['window_hu'][0]}, {cache['window_hu'][1]}] HU; lung slices were resized to {train['input_size']} px. "
             f"The classifier ({', '.join(classes)}) is {model_text}, trained with a class-weighted focal cross-entropy and Adam (learning rate {train['learning_rate']}); "
             f"{_kept_model_text(train)}. "
-            f"{evaluation} Infection maps are {cam_text}, restricted to the lungs and mapped back onto each scan; lesion candidates are connected components above "
+            f"{evaluation} Infection maps are {cam_text}, restricted to the lungs and mapped back onto each scan{smoothing}; lesion candidates are connected components above "
             f"{'Otsu' + chr(39) + 's threshold' if cam['lesions']['threshold'] == 'otsu' else str(cam['lesions']['relative']) + ' of the map maximum'}. "
             "Confidence intervals are 95% percentile bootstrap intervals over patients.")
 

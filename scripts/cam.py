@@ -19,5 +19,5 @@ with job_log(snakemake.log[0]) as log:
     row["patient_id"] = patient
     summary = write_patient_cam(model, row, snakemake.params.target, snakemake.input.cache, snakemake.input.lungs, snakemake.output.cam,
                                 pick_device(snakemake.params.device), snakemake.input.volume, snakemake.output.key_slices,
-                                snakemake.params.method, snakemake.params.steps, snakemake.params.shifts)
+                                snakemake.params.method, snakemake.params.steps, snakemake.params.shifts, snakemake.params.smooth_mm)
     log.info("CAM of %s: %s", patient, summary)

@@ -22,6 +22,7 @@ rule cam:
         method=lookup(dpath="cam/method", within=config),
         steps=lookup(dpath="cam/ig_steps", within=config),
         shifts=lookup(dpath="cam/shifts", within=config),
+        smooth_mm=lookup(dpath="cam/smooth_mm", within=config),
         device=lookup(dpath="train/device", within=config),
     log:
         log_path("cam"),
