@@ -43,6 +43,7 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from .cache import CacheTransform, load_cache, to_source_grid
+from .lungs_threshold import crop_box
 from .map_sampling import CELL, evaluations_per_axis, shift_offsets
 from .models import AttentionMIL, Hu2020Net
 from .slice_bank import resize_slices, zscore
@@ -196,12 +197,7 @@ def smooth_within_lungs(cam: np.ndarray, lungs: np.ndarray, spacing_mm: Sequence
     if sigma_mm <= 0 or not inside.any():
         return np.where(inside, cam, 0).astype(np.float32)
     sigma = [sigma_mm / float(s) for s in spacing_mm]
-    box = []
-    for axis, s in enumerate(sigma):
-        used = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
-        reach = int(np.ceil(SMOOTHING_TRUNCATE * s))
-        box.append(slice(max(int(used[0]) - reach, 0), min(int(used[-1]) + reach + 1, inside.shape[axis])))
-    box = tuple(box)
+    box = crop_box(inside, [int(np.ceil(SMOOTHING_TRUNCATE * s)) for s in sigma])
     weights = inside[box].astype(np.float32)
     blurred = np.asarray(cam, dtype=np.float32)[box] * weights
     for volume in (blurred, weights):  # in place: a large scan's box is hundreds of MB

@@ -25,6 +25,7 @@ superior; callers reorient first. Labels: 1 = right lung (smaller x), 2 = left l
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -411,7 +412,7 @@ def _enclosed_air(aerated: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray
     if not aerated.any():
         return found
     ring = _pixels(3.0, spacing)
-    box = _crop_box(aerated, ring + 1)
+    box = crop_box(aerated, ring + 1)
     in_plane = np.array([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3))], bool)
     pieces, _ = ndimage.label(aerated[box], structure=in_plane)
     area = np.bincount(pieces.ravel())[1:] * spacing[1] * spacing[2]
@@ -596,12 +597,15 @@ def drop_crumbs(labels: np.ndarray, spacing, min_ml: float = 1.0) -> np.ndarray:
     return labels
 
 
-def _crop_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
-    """Bounding box of `mask` plus `margin` voxels (from its projections: no index array)."""
+def crop_box(mask: np.ndarray, margin: int | Sequence[int] = 2) -> tuple[slice, ...]:
+    """Bounding box of a non-empty `mask` plus `margin` voxels, the same on every axis or one per
+    axis, within the array (from its projections: no index array, which on a large scan would
+    take gigabytes)."""
+    margins = [margin] * mask.ndim if isinstance(margin, int) else list(margin)
     box = []
-    for axis in range(mask.ndim):
+    for axis, extra in enumerate(margins):
         present = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
-        box.append(slice(max(present[0] - margin, 0), min(present[-1] + margin + 1, mask.shape[axis])))
+        box.append(slice(max(int(present[0]) - extra, 0), min(int(present[-1]) + extra + 1, mask.shape[axis])))
     return tuple(box)
 
 
@@ -627,7 +631,7 @@ def _segment(hu: np.ndarray, spacing: tuple[float, float, float], settings: Thre
     body = body_mask(hu, settings.body_hu, spacing)
     if not body.any():
         return labels
-    box = _crop_box(body)
+    box = crop_box(body)
     hu, body = hu[box], body[box]
     air = (hu < settings.lung_hu) & body
     air = ndimage.binary_opening(air, structure=np.ones((1, 2, 2), bool))
