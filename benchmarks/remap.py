@@ -44,7 +44,7 @@ def remap_patient(job: tuple[Path, Path, dict, dict]) -> str:
               LungSettings.from_config(config["lungs"]))
     build_cache(volume, lungs, work / "cache", CacheSettings.from_config(config["cache"]))
     write_patient_cam(run / f"results/model/fold{row['fold']}.pt", row, config["cam"]["target"], work / "cache", lungs, cam, "cpu",
-                      method=config["cam"]["method"], steps=config["cam"]["ig_steps"], shifts=config["cam"]["shifts"])
+                      method=config["cam"]["method"], steps=config["cam"]["ig_steps"], shifts=config["cam"]["shifts"], smooth_mm=config["cam"]["smooth_mm"])
     return patient
 
 
