@@ -21,6 +21,7 @@ import numpy as np
 from nibabel.processing import resample_from_to
 from scipy import ndimage
 
+from .atomic import atomic_path
 from .orientation import LPSView
 
 IMAGE_NAME = "image.npy"
@@ -128,11 +129,11 @@ def build_cache(nifti_path: Path | str, lungs_path: Path | str, out_dir: Path | 
         source_affine=source.affine.tolist(),
         source_shape=list(source.shape[:3]),
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / IMAGE_NAME, image8)
-    np.save(out / LUNGS_NAME, cached_lungs)
-    transform.save(out / TRANSFORM_NAME)
+    with atomic_path(out_dir) as out:
+        out.mkdir()
+        np.save(out / IMAGE_NAME, image8)
+        np.save(out / LUNGS_NAME, cached_lungs)
+        transform.save(out / TRANSFORM_NAME)
     return {"shape": list(shape), "lung_slices": int((cached_lungs > 0).any(axis=(1, 2)).sum()), "megabytes": round(2 * image8.nbytes / 1e6, 2)}
 
 

@@ -42,6 +42,7 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 from torch.nn import functional as F
 
+from .atomic import atomic_path
 from .cache import CacheTransform, load_cache, to_source_grid
 from .lungs_threshold import crop_box
 from .map_sampling import CELL, evaluations_per_axis, shift_offsets
@@ -249,7 +250,8 @@ def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir:
     image = nib.Nifti1Image(cam, lungs.affine)
     image.header.set_data_dtype(np.float32)
     image.header["descrip"] = f"lungcam {method} {mapped}".encode()[:79]
-    nib.save(image, out_path)
+    with atomic_path(out_path) as tmp:
+        nib.save(image, tmp)
     summary = {"method": method, "shifts": evaluations_per_axis(method, shifts), "smooth_mm": smooth_mm, "class": mapped, "model": str(model_path), "peak": float(cam.max()), "voxels_above_half": int((cam >= 0.5).sum())}
     if volume_path is not None and figure_path is not None:
         hu, view = load_hu_lps(volume_path)

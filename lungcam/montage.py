@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .atomic import atomic_path  # noqa: E402
+
 LUNG_WINDOW = (-1350.0, 150.0)
 OUTLINE_COLOURS = {1: "#e41a1c", 2: "#00bfff"}  # right lung red, left lung blue
 
@@ -38,8 +40,8 @@ def _draw_outlines(ax, labels: np.ndarray) -> None:
 def _save_figure(fig, path: Path | str, title: str) -> None:
     fig.suptitle(title, color="white", fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, facecolor="black")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, facecolor="black")
     plt.close(fig)
 
 

@@ -15,6 +15,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
+from .atomic import atomic_path
+
 LPS = (("L", "P", "S"))
 
 
@@ -59,8 +61,8 @@ class LPSView:
         img.header.set_xyzt_units("mm")
         img.set_qform(self.source.affine, code=1)
         img.set_sform(self.source.affine, code=1)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        nib.save(img, path)
+        with atomic_path(path) as tmp:
+            nib.save(img, tmp)
 
 
 def load_hu_lps(path: Path | str) -> tuple[np.ndarray, LPSView]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from .atomic import write_text
 from .map_sampling import evaluations_per_axis
 
 # QC measures of the summary's strip plots: column of the cohort table -> axis title.
@@ -125,8 +126,7 @@ def patient_context(qc: dict, provenance: dict, label: str, prediction: dict | N
 
 def render(template: str, context: dict, path: Path | str) -> None:
     """Render one of lungcam/templates/ to `path`."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(_environment().get_template(template).render(**context), encoding="utf-8")
+    write_text(path, _environment().get_template(template).render(**context))
 
 
 def qc_table(qc_records: list[dict], predictions: pd.DataFrame | None, burdens: dict[str, dict], labels: dict[str, str], sites: dict[str, str]) -> pd.DataFrame:

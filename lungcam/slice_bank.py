@@ -22,6 +22,8 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from .atomic import atomic_path
+
 IMAGES_NAME = "images.npy"
 INDEX_NAME = "index.tsv"
 PREPROCESSING_NAME = "bank.json"
@@ -52,25 +54,25 @@ def build_slice_bank(cache_dirs: dict[str, Path | str], out_dir: Path | str, siz
     `cache` is the config's cache section the caches were made with."""
     from .cache import load_cache  # nibabel is needed to build a bank, not to train from one
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     selected = {}
     for patient, folder in cache_dirs.items():
         _, lungs, _ = load_cache(folder)
         selected[patient] = lung_slice_indices(np.asarray(lungs), min_lung_fraction)
     total = sum(len(v) for v in selected.values())
-    images = np.lib.format.open_memmap(out / IMAGES_NAME, mode="w+", dtype=np.uint8, shape=(total, size, size))
-    rows, start = [], 0
-    for patient, indices in selected.items():
-        image, _, _ = load_cache(cache_dirs[patient])
-        images[start: start + len(indices)] = resize_slices(np.asarray(image[indices]), size)
-        rows += [{"patient_id": patient, "row": start + i, "cache_slice": int(k)} for i, k in enumerate(indices)]
-        start += len(indices)
-    images.flush()
-    del images
-    index = pd.DataFrame(rows, columns=["patient_id", "row", "cache_slice"])
-    index.to_csv(out / INDEX_NAME, sep="\t", index=False)
-    (out / PREPROCESSING_NAME).write_text(json.dumps(bank_preprocessing(size, min_lung_fraction, cache), indent=1) + "\n")
+    with atomic_path(out_dir) as out:
+        out.mkdir()
+        images = np.lib.format.open_memmap(out / IMAGES_NAME, mode="w+", dtype=np.uint8, shape=(total, size, size))
+        rows, start = [], 0
+        for patient, indices in selected.items():
+            image, _, _ = load_cache(cache_dirs[patient])
+            images[start: start + len(indices)] = resize_slices(np.asarray(image[indices]), size)
+            rows += [{"patient_id": patient, "row": start + i, "cache_slice": int(k)} for i, k in enumerate(indices)]
+            start += len(indices)
+        images.flush()
+        del images
+        index = pd.DataFrame(rows, columns=["patient_id", "row", "cache_slice"])
+        index.to_csv(out / INDEX_NAME, sep="\t", index=False)
+        (out / PREPROCESSING_NAME).write_text(json.dumps(bank_preprocessing(size, min_lung_fraction, cache), indent=1) + "\n")
     return index
 
 

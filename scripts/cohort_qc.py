@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from lungcam.atomic import write_tsv
 from lungcam.joblog import job_log
 from lungcam.records import read_record
 
@@ -20,5 +21,5 @@ with job_log(snakemake.log[0]) as log:
             "warnings": "; ".join(record.get("warnings", [])),
         })
     table = pd.DataFrame(rows).sort_values("patient_id")
-    table.to_csv(snakemake.output[0], sep="\t", index=False)
+    write_tsv(table, snakemake.output[0])
     log.info("%d patients, %d excluded", len(table), int((table["status"] != "ok").sum()))

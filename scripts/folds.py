@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from lungcam.atomic import write_tsv
 from lungcam.folds import assign_folds
 from lungcam.joblog import job_log
 from lungcam.records import read_passed_patients
@@ -14,5 +15,5 @@ with job_log(snakemake.log[0]) as log:
     ok = [p for p, label in labels.items() if p in passed and label in classes]  # in sample-sheet order
     rows = pd.DataFrame({"patient_id": ok, "label": [labels[p] for p in ok]}, columns=["patient_id", "label"])
     folds = assign_folds(rows, snakemake.params.folds, snakemake.params.seed)
-    folds.to_csv(snakemake.output[0], sep="\t", index=False)
+    write_tsv(folds, snakemake.output[0])
     log.info("%d patients in %d folds: %s", len(folds), snakemake.params.folds, folds["label"].value_counts().to_dict())

@@ -5,6 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 
+from lungcam.atomic import write_text, write_tsv
 from lungcam.joblog import job_log
 from lungcam.lesions import LesionSettings, find_lesions
 
@@ -14,7 +15,6 @@ with job_log(snakemake.log[0]) as log:
     cam = nib.load(snakemake.input.cam)
     lungs = np.asarray(nib.load(snakemake.input.lungs).dataobj)
     table, burden = find_lesions(np.asarray(cam.dataobj), lungs, cam.affine, LesionSettings.from_config(snakemake.params.settings))
-    table.to_csv(snakemake.output.table, sep="\t", index=False)
-    with open(snakemake.output.burden, "w") as handle:
-        json.dump({"patient_id": snakemake.wildcards.patient, **burden, "candidates": len(table)}, handle, indent=1)
+    write_tsv(table, snakemake.output.table)
+    write_text(snakemake.output.burden, json.dumps({"patient_id": snakemake.wildcards.patient, **burden, "candidates": len(table)}, indent=1))
     log.info("%s: %d lesion candidates, burden %s", snakemake.wildcards.patient, len(table), burden)

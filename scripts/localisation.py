@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 
+from lungcam.atomic import write_text, write_tsv
 from lungcam.joblog import job_log
 from lungcam.lesions import LesionSettings
 from lungcam.localisation import localise_cohort
@@ -18,7 +19,6 @@ with job_log(snakemake.log[0]) as log:
                                      LesionSettings.from_config(snakemake.params.settings), snakemake.params.seed)
     if "slice_labels" in summary:
         summary["slice_labels"] = {"file": str(snakemake.input.slice_labels)} | summary["slice_labels"]
-    table.to_csv(snakemake.output.patients, sep="\t", index=False, float_format="%.4f")
-    with open(snakemake.output.summary, "w") as handle:
-        json.dump(summary, handle, indent=1)
+    write_tsv(table, snakemake.output.patients, float_format="%.4f")
+    write_text(snakemake.output.summary, json.dumps(summary, indent=1))
     log.info("localisation of %d patients: %s", len(table), summary)

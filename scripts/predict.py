@@ -1,5 +1,6 @@
 """Rule `predict` (mode predict): apply a trained model file to the cohort (lungcam.inference)."""
 
+from lungcam.atomic import write_tsv
 from lungcam.inference import check_preprocessing, load_model, predict_patients, with_decisions
 from lungcam.joblog import job_log
 from lungcam.slice_bank import SliceBank
@@ -17,5 +18,5 @@ with job_log(snakemake.log[0]) as log:
     labels = snakemake.params.labels
     table.insert(1, "label", [labels.get(p, "") for p in table["patient_id"]])
     table.insert(2, "fold", "predict")
-    table.to_csv(snakemake.output[0], sep="\t", index=False, float_format="%.6f")
+    write_tsv(table, snakemake.output[0], float_format="%.6f")
     log.info("predicted %d patients with %s (%s)", len(table), snakemake.input.model, metadata["model"])

@@ -2,10 +2,11 @@
 
 import pandas as pd
 
+from lungcam.atomic import write_tsv
 from lungcam.joblog import job_log
 
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]):
     table = pd.concat([pd.read_csv(p, sep="\t", dtype={"patient_id": str}) for p in snakemake.input])
-    table.sort_values("patient_id").to_csv(snakemake.output[0], sep="\t", index=False, float_format="%.6f")
+    write_tsv(table.sort_values("patient_id"), snakemake.output[0], float_format="%.6f")

@@ -2,6 +2,7 @@
 
 import json
 
+from lungcam.atomic import write_text
 from lungcam.joblog import job_log
 from lungcam.provenance import provenance_document
 from lungcam.records import read_record
@@ -11,6 +12,5 @@ snakemake = globals()["snakemake"]
 with job_log(snakemake.log[0]) as log:
     document = provenance_document(dict(snakemake.params.config), [read_record(p) for p in snakemake.input.qc], snakemake.input.sample_sheet,
                                    snakemake.params.lesion_masks, snakemake.input.get("slice_labels"), snakemake.input.get("model"))
-    with open(snakemake.output[0], "w") as handle:
-        json.dump(document, handle, indent=1, default=str)
+    write_text(snakemake.output[0], json.dumps(document, indent=1, default=str))
     log.info("provenance: code %s, config %s, %d patients", document["code"]["describe"], document["config_hash"], len(document["inputs"]["patients"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..atomic import atomic_path
 from .cohort import DEFAULT_CLASSES, PatientPlan, plan_cohort
 
 SITES = {"SIEMENS": "site-A", "GE MEDICAL SYSTEMS": "site-B", "Philips": "site-C"}
@@ -44,9 +45,7 @@ def sample_rows(plans: list[PatientPlan], root: Path | str, relative_to: Path | 
 
 
 def write_sample_sheet(rows: list[dict], path: Path | str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["patient_id", "label", "dicom_dir", "lesion_mask", "site"], delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
