@@ -11,6 +11,7 @@ its lung slices.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .atomic import atomic_path
 from .folds import NO_PNEUMONIA
 from .models import build_model
 from .slice_bank import SliceBank, zscore
@@ -27,19 +29,35 @@ AGGREGATIONS = ("presence", "topk_mean", "mean", "max")
 
 
 def save_model(path: Path | str, model: torch.nn.Module, metadata: dict) -> None:
+    """Write a model file: weights and metadata, plain types only (see `load_plain`)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "code_version": __version__, **metadata, "state_dict": state}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+class UnsafeFileError(ValueError):
+    """A model or checkpoint file holds more than tensors and plain values (it could run code)."""
+
+
+def load_plain(path: Path | str) -> object:
+    """Load a torch file holding only tensors and plain values (dict, list, str, numbers).
+
+    `weights_only=True` refuses any pickled class or callable, so a crafted file cannot run code
+    when it is read (model files are read when the workflow is planned in mode predict).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeFileError(f"{path} was refused: it holds more than weights and plain values, so loading it could "
+                              f"run code ({str(exc).splitlines()[0]})") from exc
 
 
 def _read_payload(path: Path | str) -> dict:
     """A model file's contents. Models trained before `cache.antialias` existed were trained on
     caches sampled at each voxel's centre, so their preprocessing says so (`antialias` false):
     prediction then prepares slices as they were."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_plain(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a lungcam model file ({FORMAT})")
     payload["preprocessing"]["cache"].setdefault("antialias", False)

@@ -35,7 +35,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .folds import validation_split
-from .inference import AGGREGATIONS, bf16_autocast, predict_patients, save_model, with_decisions
+from .atomic import atomic_path, write_tsv
+from .inference import AGGREGATIONS, UnsafeFileError, bf16_autocast, load_plain, predict_patients, save_model, with_decisions
 from .models import build_model, focal_cross_entropy
 from .slice_bank import IMAGES_NAME, SliceBank, zscore
 
@@ -303,7 +304,7 @@ def write_curves(history: list[dict], tsv: Path, png: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     table = pd.DataFrame(history)
-    table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
+    write_tsv(table, tsv, float_format="%.6g")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(table["epoch"], table["train_loss"], label="training")
     if table["val_loss"].notna().any():  # NaN throughout without validation patients
@@ -317,7 +318,8 @@ def write_curves(history: list[dict], tsv: Path, png: Path, title: str) -> None:
     right.set_ylim(0, 1.02)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
 
 
@@ -347,9 +349,21 @@ def run_identity(settings: TrainSettings, classes: list[str], fold: int | str, t
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill during saving leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill during saving leaves the previous checkpoint intact
+        torch.save(state, tmp)
+
+
+def _saved_state(path: Path, fold: int | str) -> dict | None:
+    """The fold's last checkpoint, or None when there is none or it is refused (it holds more than
+    tensors and plain values, so loading it could run code): training then starts afresh."""
+    if not path.exists():
+        return None
+    try:
+        saved = load_plain(path)
+    except UnsafeFileError as exc:
+        log.warning("fold %s: %s; training afresh", fold, exc)
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str, patients: pd.DataFrame, fold: int | str,
@@ -406,8 +420,8 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
     state_path = work_dir / STATE_NAME
     identity = run_identity(settings, classes, fold, train, validation, bank, Path(bank_dir))
     state = {"identity": identity, "epoch": -1, "best_loss": float("inf"), "best_epoch": -1, "best_state": None, "stale": 0, "history": [], "done": False}
-    if state_path.exists():
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+    saved = _saved_state(state_path, fold)
+    if saved is not None:
         if saved.get("identity") == identity:
             state = saved
             model.load_state_dict(state["model"])
@@ -498,7 +512,7 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
             result = with_decisions(predict_patients(model, metadata, bank, list(test["patient_id"]), device, amp), classes)
             result.insert(1, "label", [label_of[p] for p in result["patient_id"]])
             result.insert(2, "fold", fold_number)
-            result.to_csv(outputs["predictions"], sep="\t", index=False, float_format="%.6f")
+            write_tsv(result, outputs["predictions"], float_format="%.6f")
     if world > 1:
         torch.distributed.destroy_process_group()
     return result

@@ -180,7 +180,7 @@ def test_training_is_deterministic_on_cpu(bank, tmp_path, model):
     settings = toy_settings(model=model, max_epochs=2)
     results = [train_fold(settings, CLASSES, folder, patients, 0, tmp_path / run, outputs(tmp_path / run)) for run in ("a", "b")]
     pd.testing.assert_frame_equal(results[0], results[1])
-    weights = [torch.load(tmp_path / run / "model.pt", weights_only=False)["state_dict"] for run in ("a", "b")]
+    weights = [torch.load(tmp_path / run / "model.pt", weights_only=True)["state_dict"] for run in ("a", "b")]
     assert same_weights(weights[0], weights[1])
     assert set(results[0]["patient_id"]) == set(patients.loc[patients["fold"] == 0, "patient_id"])
     assert list(results[0].columns) == ["patient_id", "label", "fold", "prob_COVID-19", "prob_CAP", "prob_NP", "predicted"]
@@ -246,9 +246,9 @@ def test_without_validation_every_training_patient_trains_and_the_last_epoch_is_
     train_fold(settings, CLASSES, folder, patients, 0, tmp_path, outputs(tmp_path))
     curves = pd.read_csv(tmp_path / "curves.tsv", sep="\t")
     assert list(curves["epoch"]) == [0, 1, 2] and curves["val_loss"].isna().all()
-    payload = torch.load(tmp_path / "model.pt", weights_only=False)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
     assert payload["best_epoch"] == 2 and set(payload["trained_on"]) == set(patients.loc[patients["fold"] != 0, "patient_id"])
-    state = torch.load(tmp_path / STATE_NAME, weights_only=False)
+    state = torch.load(tmp_path / STATE_NAME, weights_only=True)
     averaged = {k.removeprefix("module."): v for k, v in state["averaged"].items() if k.startswith("module.")}
     assert same_weights(payload["state_dict"], averaged) and not same_weights(payload["state_dict"], state["model"])
     train, validation = validation_split(patients[patients["fold"] != 0], 0.0, seed=1, fold=0)
@@ -267,7 +267,7 @@ def test_amp_trains_in_bf16_where_the_cpu_computes_it(bank, tmp_path):
     folder, patients = bank
     for amp in (True, False):
         train_fold(toy_settings(amp=amp, max_epochs=1), CLASSES, folder, patients, 0, tmp_path / str(amp), outputs(tmp_path / str(amp)))
-    weights = [torch.load(tmp_path / str(amp) / "model.pt", weights_only=False)["state_dict"] for amp in (True, False)]
+    weights = [torch.load(tmp_path / str(amp) / "model.pt", weights_only=True)["state_dict"] for amp in (True, False)]
     assert same_weights(weights[0], weights[1]) != native
 
 
@@ -279,7 +279,7 @@ def test_model_file_carries_what_prediction_needs(bank, tmp_path):
     assert metadata["preprocessing"]["input_size"] == 32 and metadata["settings"]["top_k"] == 2
     assert metadata["code_version"] and set(metadata["trained_on"]) == set(patients.loc[patients["fold"] == 0, "patient_id"])
     assert metadata["preprocessing"] == SliceBank.load(folder).preprocessing
-    payload = torch.load(tmp_path / "model.pt", weights_only=False)  # a model from before cache.antialias
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)  # a model from before cache.antialias
     del payload["preprocessing"]["cache"]["antialias"]
     torch.save(payload, tmp_path / "older.pt")
     assert load_model(tmp_path / "older.pt")[1]["preprocessing"]["cache"]["antialias"] is False  # its slices were sampled so
@@ -322,15 +322,15 @@ def test_killed_training_resumes_to_the_same_result(bank, tmp_path, ema_epochs):
     state = interrupted / "work" / STATE_NAME
     deadline = time.time() + 120
     while time.time() < deadline:
-        if state.exists() and torch.load(state, weights_only=False)["epoch"] >= 1:
+        if state.exists() and torch.load(state, weights_only=True)["epoch"] >= 1:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (interrupted / "model.pt").exists()  # it really was stopped before the end
     subprocess.run([sys.executable, *cli_command(folder, interrupted, settings)], check=True, env=env, capture_output=True)
-    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)["state_dict"]
-    resumed = torch.load(interrupted / "model.pt", weights_only=False)["state_dict"]
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(interrupted / "model.pt", weights_only=True)["state_dict"]
     assert same_weights(whole, resumed)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "whole" / "pred.tsv", sep="\t"), pd.read_csv(interrupted / "pred.tsv", sep="\t"))
     history = pd.read_csv(interrupted / "curves.tsv", sep="\t")
@@ -359,8 +359,8 @@ def test_a_changed_run_trains_afresh_beside_an_old_checkpoint(bank, tmp_path, ch
     rerun = train_fold(new_settings, CLASSES, folder, new_patients, 0, tmp_path / "reused", outputs(tmp_path / "reused"))
     fresh = train_fold(new_settings, CLASSES, folder, new_patients, 0, tmp_path / "fresh", outputs(tmp_path / "fresh"))
     pd.testing.assert_frame_equal(rerun, fresh)
-    reused = torch.load(tmp_path / "reused" / "model.pt", weights_only=False)
-    expected = torch.load(tmp_path / "fresh" / "model.pt", weights_only=False)
+    reused = torch.load(tmp_path / "reused" / "model.pt", weights_only=True)
+    expected = torch.load(tmp_path / "fresh" / "model.pt", weights_only=True)
     assert reused["trained_on"] == expected["trained_on"]
     assert same_weights(reused["state_dict"], expected["state_dict"])
 
@@ -379,3 +379,50 @@ def test_data_parallel_training_with_two_processes(bank, tmp_path):
     curves = pd.read_csv(tmp_path / "curves.tsv", sep="\t")
     steps_one_process = int(np.ceil(len(SliceBank.load(folder).images) / 2 / 8))  # rough: half the patients train
     assert curves["steps"].iloc[0] < steps_one_process  # each process took only part of the batches
+
+
+class _RunsCode:
+    """Pickles as a call of Path.touch(marker): what a crafted file could run when loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_model_or_checkpoint_file_with_a_pickled_callable_is_refused(bank, tmp_path, caplog):
+    """Model files are read when the workflow is planned (mode predict) and checkpoints when
+    training resumes: loading must never run code that a file carries."""
+    from lungcam.inference import FORMAT, UnsafeFileError, read_model_metadata
+
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": FORMAT, "preprocessing": {"cache": {}}, "payload": _RunsCode(marker)}, crafted)
+    for load in (read_model_metadata, load_model):
+        with pytest.raises(UnsafeFileError, match="was refused: it holds more than weights and plain values"):
+            load(crafted)
+    assert not marker.exists()
+    folder, patients = bank
+    work = tmp_path / "fold"
+    work.mkdir()
+    torch.save({"identity": "x", "payload": _RunsCode(marker)}, work / STATE_NAME)
+    train_fold(toy_settings(max_epochs=1), CLASSES, folder, patients, 0, work, outputs(work))
+    assert not marker.exists() and "was refused" in caplog.text and "training afresh" in caplog.text
+    assert load_model(work / "model.pt")[1]["best_epoch"] == 0  # trained from scratch, saved as plain data
+
+
+def test_a_crafted_model_stops_a_dry_run_before_it_runs_anything(tmp_path):
+    from lungcam.inference import FORMAT
+
+    from .conftest import snakemake
+
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": FORMAT, "preprocessing": {"cache": {}}, "payload": _RunsCode(marker)}, crafted)
+    (tmp_path / "p1").mkdir()
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text(f"patient_id\tdicom_dir\nP1\t{tmp_path / 'p1'}\n")
+    result = snakemake(tmp_path / "run", "--config", f"samples={sheet}", "mode=predict", f"predict={{'model': '{crafted}'}}", "-n", check=False)
+    assert result.returncode != 0 and "was refused" in result.stdout + result.stderr
+    assert not marker.exists()
