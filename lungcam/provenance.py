@@ -16,6 +16,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from .folders import list_files
+
 # Distributions whose versions matter for the numbers (import names differ; these are pip names).
 PACKAGES = ("lungcam", "numpy", "scipy", "pandas", "pydicom", "nibabel", "SimpleITK", "dcm2niix", "scikit-image", "scikit-learn",
             "torch", "lungmask", "torchcam", "captum", "matplotlib", "Jinja2", "jsonschema", "snakemake")
@@ -32,10 +34,11 @@ def file_digest(path: Path | str) -> str:
 
 def folder_digest(folder: Path | str) -> str:
     """sha256 over a folder's files in sorted order: each file's path relative to the folder,
-    then its bytes. Renaming, adding, removing or changing any file changes it."""
+    then its bytes. Renaming, adding, removing or changing any file changes it. The files are
+    those ingest reads (linked folders followed once, each real file once)."""
     folder = Path(folder)
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(list_files(folder)[0]):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         digest.update(file_digest(path).encode())
     return digest.hexdigest()
@@ -72,12 +75,11 @@ def provenance_document(config: dict, qc_records: list[dict], sample_sheet: Path
     """provenance.json: code and software versions, the resolved config and its hash, and the
     checksums of every input (DICOM folders from the QC records, the sample sheet, lesion
     masks, slice labels, the prediction model)."""
-    import pandas as pd
-
     from . import __version__
     from .config import config_hash
+    from .samplesheet import read_sheet_table
 
-    given = pd.read_csv(sample_sheet, sep="\t", dtype=str, keep_default_na=False).set_index("patient_id")  # paths as the user wrote them
+    given = read_sheet_table(sample_sheet)[0].set_index("patient_id")  # paths as the user wrote them
     patients = {}
     for record in sorted(qc_records, key=lambda r: r["patient_id"]):
         patient, files = record["patient_id"], record.get("ingest", {}).get("files", {})

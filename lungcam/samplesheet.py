@@ -3,13 +3,19 @@
 Every problem is reported at once, each naming the sheet's line and the patient, so that a user
 fixes the sheet in one go. Checks: the row schema (schemas/samples.schema.yaml), unique and safe
 patient ids (they become file names, so `../x` must never pass), labels among the configured
-classes, and existing DICOM folders and lesion masks. Relative paths are resolved against the
-sheet's own folder.
+classes, existing DICOM folders and lesion masks, no DICOM folder given to two patients (one scan
+in two cross-validation folds), and no input inside the run's own output folders (Snakemake
+deletes outputs it reruns). Relative paths are resolved against the sheet's own folder.
+
+`read_sheet_table` is the one reader of the file: whole lines starting with `#` are comments, a
+`#` inside a value is part of the value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import fastjsonschema
@@ -17,7 +23,7 @@ import pandas as pd
 
 from .config import load_schema, record_validator
 
-COLUMNS = ("patient_id", "label", "dicom_dir", "lesion_mask", "site")
+COLUMNS = ("patient_id", "label", "dicom_dir", "lesion_mask", "site", "study_uid")
 
 
 class SampleSheetError(ValueError):
@@ -50,16 +56,66 @@ def row_checker() -> Callable[[dict], list[str]]:
     return problems
 
 
-def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool = True) -> pd.DataFrame:
-    """Return the checked sheet indexed by patient_id, with absolute `dicom_dir`/`lesion_mask`."""
+def read_sheet_table(path: Path | str) -> tuple[pd.DataFrame, list[int]]:
+    """The sheet's rows as text, exactly as written, and each row's line number in the file.
+
+    Only whole lines starting with `#` are comments (and blank lines are skipped): a `#` inside a
+    value, as in a folder `scan#2`, is part of the value.
+    """
     path = Path(path)
     if not path.is_file():
         raise SampleSheetError(f"sample sheet {path} not found")
+    kept, numbers = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if line.strip() and not line.startswith("#"):
+            kept.append(line)
+            numbers.append(number)
+    if not kept:
+        raise SampleSheetError(f"sample sheet {path}: no header line")
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+        table = pd.read_csv(io.StringIO("\n".join(kept) + "\n"), sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:
         raise SampleSheetError(f"sample sheet {path}: cannot be read as TSV ({exc})") from exc
     table.columns = [c.strip() for c in table.columns]
+    return table, numbers[1:]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _overlaps(path: Path, folder: Path) -> bool:
+    """Whether either folder holds the other (or they are the same)."""
+    return _inside(path, folder) or _inside(folder, path)
+
+
+def shared_folder_problems(folders: list[tuple[Path, str, str]]) -> list[str]:
+    """A problem for every DICOM folder given to two patients, or holding another patient's
+    folder: the same scan would be read for both (and could land in two cross-validation folds).
+    `folders` holds (real path, patient id, where in the sheet); linear in the number of rows."""
+    owner: dict[Path, str] = {}
+    problems = []
+    for real, pid, where in folders:
+        if real in owner:
+            problems.append(f"{where}: dicom_dir is also patient '{owner[real]}''s DICOM folder; one scan must belong to one patient")
+        else:
+            owner[real] = pid
+    for real, pid, where in folders:
+        holder = next((owner[parent] for parent in real.parents if parent in owner), None)
+        if holder is not None:
+            problems.append(f"{where}: dicom_dir lies inside patient '{holder}''s DICOM folder; one scan must belong to one patient")
+    return problems
+
+
+def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool = True,
+                      output_dirs: Iterable[Path | str] = ()) -> pd.DataFrame:
+    """Return the checked sheet indexed by patient_id, with absolute `dicom_dir`/`lesion_mask`.
+
+    `output_dirs` are the run's output folders (results/, work/, logs/): an input inside one of
+    them, or a DICOM folder holding one, is refused.
+    """
+    path = Path(path)
+    table, line_numbers = read_sheet_table(path)
     missing = [c for c in ("patient_id", "dicom_dir") if c not in table.columns]
     if require_labels and "label" not in table.columns:
         missing.append("label")
@@ -74,11 +130,12 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
         raise SampleSheetError(f"sample sheet {path}: no patients")
     check_row = row_checker()
     base = path.resolve().parent
+    outputs = [(Path(os.path.realpath(d)), Path(d).name) for d in output_dirs]
     problems: list[str] = []
     first_line: dict[str, int] = {}
+    folders: list[tuple[Path, str, str]] = []  # (real DICOM folder, patient, where in the sheet)
     rows = []
-    for offset, raw in enumerate(table.to_dict("records")):
-        line = offset + 2  # header is line 1
+    for line, raw in zip(line_numbers, table.to_dict("records")):
         record = {k: str(v).strip() for k, v in raw.items() if str(v).strip() != ""}
         pid = record.get("patient_id", "")
         where = f"line {line} (patient_id '{pid}')"
@@ -96,13 +153,23 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
             folder = _resolve(record["dicom_dir"], base)
             if not folder.is_dir():
                 problems.append(f"{where}: dicom_dir '{record['dicom_dir']}' is not an existing folder")
+            else:
+                real = Path(os.path.realpath(folder))
+                overlapped = next((name for out, name in outputs if _overlaps(real, out)), None)
+                if overlapped:
+                    problems.append(f"{where}: dicom_dir '{record['dicom_dir']}' overlaps the run's output folder {overlapped}/; "
+                                    "keep inputs outside results/, work/ and logs/")
+                folders.append((real, pid, where))
             record["dicom_dir"] = str(folder)
         if record.get("lesion_mask"):
             mask = _resolve(record["lesion_mask"], base)
             if not mask.is_file():
                 problems.append(f"{where}: lesion_mask '{record['lesion_mask']}' does not exist")
+            elif any(_inside(Path(os.path.realpath(mask)), out) for out, _ in outputs):
+                problems.append(f"{where}: lesion_mask '{record['lesion_mask']}' is inside the run's output folders; keep inputs outside them")
             record["lesion_mask"] = str(mask)
         rows.append(record)
+    problems += shared_folder_problems(folders)
     if problems:
         raise SampleSheetError(f"sample sheet {path} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     sheet = pd.DataFrame(rows, columns=list(COLUMNS), dtype=object).fillna("").astype(str)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,86 @@ def test_unknown_and_missing_columns(tmp_path):
     sheet.write_text("patient_id\tlabel\nP1\tNP\n")
     with pytest.raises(SampleSheetError, match="missing column"):
         load_sample_sheet(sheet, CLASSES)
+
+
+def test_only_whole_lines_starting_with_a_hash_are_comments(tmp_path):
+    """A `#` inside a value is part of it: `scan#2` must not be cut to `scan`, another folder."""
+    (tmp_path / "scan").mkdir()
+    (tmp_path / "scan#2").mkdir()
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text("# cohort of 2026, relabelled\npatient_id\tlabel\tdicom_dir\n# a comment between rows\nP1\tNP\tscan#2\n")
+    table = load_sample_sheet(sheet, CLASSES)
+    assert table.loc["P1", "dicom_dir"] == str(tmp_path / "scan#2")
+    sheet.write_text("patient_id\tlabel\tdicom_dir\n#P0\tNP\tscan\nP1\tFLU\tscan#2\n")
+    with pytest.raises(SampleSheetError, match=r"line 3 \(patient_id 'P1'\): unknown label 'FLU'"):  # numbered as in the file
+        load_sample_sheet(sheet, CLASSES)
+
+
+def test_provenance_reads_a_sheet_that_starts_with_a_comment(tmp_path):
+    """Every stage reads the sheet with the one reader: provenance too (it used to fail with
+    KeyError: patient_id on a leading comment line)."""
+    from lungcam.provenance import provenance_document
+
+    (tmp_path / "scan#2").mkdir()
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text("# exported 2026-11-30\npatient_id\tlabel\tdicom_dir\nP1\tNP\tscan#2\n")
+    qc = [{"patient_id": "P1", "status": "ok", "ingest": {"files": {"found": 3, "sha256": "abc"}}}]
+    document = provenance_document(load_config(), qc, sheet, {})
+    assert document["inputs"]["patients"]["P1"] == {"dicom_dir": "scan#2", "files": 3, "sha256": "abc", "status": "ok"}
+
+
+def test_one_folder_under_two_patient_ids_is_refused(tmp_path):
+    (tmp_path / "p1" / "inner").mkdir(parents=True)
+    (tmp_path / "p3").symlink_to(tmp_path / "p1")
+    sheet = write_sheet(tmp_path, ["P1\tNP\tp1", "P2\tCAP\tp2", "P3\tCOVID-19\tp3", "P4\tNP\tp1/inner"])
+    with pytest.raises(SampleSheetError, match="has 2 problem") as error:
+        load_sample_sheet(sheet, CLASSES)
+    assert "line 4 (patient_id 'P3'): dicom_dir is also patient 'P1''s DICOM folder" in str(error.value)
+    assert "line 5 (patient_id 'P4'): dicom_dir lies inside patient 'P1''s DICOM folder" in str(error.value)
+
+
+def test_inputs_inside_the_run_outputs_are_refused(tmp_path):
+    """Snakemake deletes the outputs it reruns: a DICOM folder below results/ or work/ could be
+    deleted with them."""
+    (tmp_path / "work" / "ingest" / "P1").mkdir(parents=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mask.nii.gz").write_bytes(b"")
+    (tmp_path / "p2").mkdir()
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text("patient_id\tlabel\tdicom_dir\tlesion_mask\nP1\tNP\twork/ingest/P1\t\nP2\tNP\tp2\tresults/mask.nii.gz\n")
+    outputs = [tmp_path / "results", tmp_path / "work", tmp_path / "logs"]
+    with pytest.raises(SampleSheetError, match="has 2 problem") as error:
+        load_sample_sheet(sheet, CLASSES, output_dirs=outputs)
+    message = str(error.value)
+    assert "line 2 (patient_id 'P1'): dicom_dir 'work/ingest/P1' overlaps the run's output folder work/" in message
+    assert "line 3 (patient_id 'P2'): lesion_mask 'results/mask.nii.gz' is inside the run's output folders" in message
+    sheet.write_text("patient_id\tlabel\tdicom_dir\nP3\tNP\t.\n")  # a folder holding the outputs
+    with pytest.raises(SampleSheetError, match="line 2 \\(patient_id 'P3'\\): dicom_dir '.' overlaps the run's output folder results/"):
+        load_sample_sheet(sheet, CLASSES, output_dirs=outputs)
+
+
+def test_one_scan_in_two_folders_is_found_by_its_uids(tmp_path, data):
+    """The same study copied into two folders under two ids, found from one header per folder;
+    the cache holds digests, never the UIDs."""
+    import shutil
+
+    import pydicom
+
+    from lungcam.scan_index import shared_scan_problems
+
+    source = sorted((data / "covid-ct-md" / "P001").iterdir())[:3]
+    folders = {}
+    for patient in ("A", "B"):
+        folders[patient] = tmp_path / patient
+        folders[patient].mkdir()
+        for path in source:
+            shutil.copy(path, folders[patient])
+    folders["C"] = data / "covid-ct-md" / "cap001"
+    cache = tmp_path / "work" / "scan_index.json"
+    problems = shared_scan_problems(folders, cache)
+    assert problems == ["patients 'A', 'B' hold the same scan (same StudyInstanceUID or SeriesInstanceUID in their "
+                        "DICOM folders); one scan must belong to one patient"]
+    uid = str(pydicom.dcmread(source[0], stop_before_pixels=True).StudyInstanceUID)
+    assert uid not in cache.read_text() and len(json.loads(cache.read_text())) == 3
+    assert shared_scan_problems(folders, cache) == problems  # from the cache
+    assert shared_scan_problems({"A": folders["A"], "C": folders["C"]}, cache) == []

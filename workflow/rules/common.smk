@@ -16,7 +16,8 @@ from lungcam.folds import task_classes
 from lungcam.lungmask_backend import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows
 from lungcam.records import read_status_table
-from lungcam.samplesheet import load_sample_sheet
+from lungcam.samplesheet import SampleSheetError, load_sample_sheet
+from lungcam.scan_index import shared_scan_problems
 
 import pandas as pd
 
@@ -53,9 +54,16 @@ if DEMO:
     DEMO_PLANS = {p.patient_id: p for p in plan_cohort(config["demo"]["patients_per_class"], config["demo"]["seed"], tuple(config["classes"]), scout_only=config["demo"]["scout_only"])}
     SAMPLES = pd.DataFrame(sample_rows(list(DEMO_PLANS.values()), DEMO_ROOT)).set_index("patient_id", drop=False)
 else:
-    SAMPLES = load_sample_sheet(config["samples"], config["classes"], require_labels=MODE == "train")
+    SAMPLES = load_sample_sheet(config["samples"], config["classes"], require_labels=MODE == "train", output_dirs=(RESULTS, WORK, LOGS))
 PATIENTS = list(SAMPLES.index)
 DICOM_DIRS = SAMPLES["dicom_dir"].to_dict()  # a dict lookup per ingest job, not a DataFrame one
+STUDY_UIDS = {p: uid for p, uid in SAMPLES.get("study_uid", pd.Series(dtype=str)).items() if isinstance(uid, str) and uid}
+# One scan under two patient ids would sit in two cross-validation folds: refused before any job
+# starts. One header read per folder, cached; only where Snakemake plans, not in every cluster job.
+if not DEMO and workflow.is_main_process:
+    SHARED_SCANS = shared_scan_problems(DICOM_DIRS, f"{WORK}/status/scan_index.json")
+    if SHARED_SCANS:
+        raise SampleSheetError(f"sample sheet {config['samples']}: " + "; ".join(SHARED_SCANS))
 
 # ---- training ------------------------------------------------------------------------------
 

@@ -1,0 +1,51 @@
+"""List the files below a folder once each, following symbolic links without looping.
+
+A DICOM export may link folders into each other (a link back to a parent makes a loop) or reach
+one file by two paths. Ingest reads, and provenance checksums, exactly the files listed here:
+each real folder is entered once and each real file listed once, in sorted order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def iter_files(folder: Path | str, skip_hidden: bool = False) -> Iterator[tuple[Path, bool]]:
+    """(path, repeat) for every file below `folder`, sorted per folder; `repeat` is true for a
+    path leading to a real file already yielded.
+
+    Symbolic links to folders are followed, but a real folder already entered is not entered
+    again (no loops). `skip_hidden` leaves out names starting with a dot. Lazy: a caller that
+    needs the first few files stops the walk there.
+    """
+    entered: set[str] = set()
+    listed: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real_root = os.path.realpath(root)
+        if real_root in entered:
+            dirs[:] = []
+            continue
+        entered.add(real_root)
+        dirs[:] = sorted(d for d in dirs if not (skip_hidden and d.startswith(".")))
+        for name in sorted(names):
+            if skip_hidden and name.startswith("."):
+                continue
+            path = Path(root) / name
+            real = os.path.realpath(path)
+            if os.path.isfile(real):
+                yield path, real in listed
+                listed.add(real)
+
+
+def list_files(folder: Path | str, skip_hidden: bool = False) -> tuple[list[Path], int]:
+    """(every file below `folder`, each real file once; how many more paths led to a file
+    already listed), as `iter_files` walks them."""
+    files, repeats = [], 0
+    for path, repeat in iter_files(folder, skip_hidden):
+        if repeat:
+            repeats += 1
+        else:
+            files.append(path)
+    return files, repeats
