@@ -5,15 +5,15 @@ explaining that choice in the QC record, needs every file's header first. Header
 pydicom without decoding pixels (about 1 ms per file), which also lets us catch truncated files
 before they make dcm2niix abandon a whole series.
 
-Identifying header values (names, birth dates, record numbers) are collected in memory only, so
-that later steps can scrub them from free-text fields; they are never written anywhere.
+Identifying header values (names, birth dates, record numbers, institution) are collected in
+memory only, so that later steps can scrub them from free-text fields and logs; they are never
+written anywhere.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from .deidentify import IDENTIFYING_KEYWORDS
+from .folders import list_files
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +52,6 @@ DCM2NIIX_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.5": "RLE Lossless",
 }
 
-# Header values that identify a person. Read to scrub them from free text, never written.
-IDENTIFYING_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "OtherPatientNames",
-    "OtherPatientIDs",
-    "AccessionNumber",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "PatientMotherBirthName",
-)
-
 # Series-level technical fields reported in the QC record (keyword -> QC name).
 TECHNICAL_FIELDS = {
     "Manufacturer": "manufacturer",
@@ -86,6 +76,10 @@ class DicomFile:
     path: Path
     series_uid: str
     series_number: int | None
+    study_uid: str
+    sop_uid: str
+    patient_ref: str  # PatientID, kept in memory to tell two patients' series apart; never written
+    study_datetime: str  # StudyDate + StudyTime, to order studies; never written
     modality: str
     sop_class: str
     image_type: tuple[str, ...]
@@ -114,6 +108,8 @@ class StackGeometry:
     obliquity_deg: float
     duplicate_positions: int
     extent_mm: float
+    missing_z_mm: list[float] = field(default_factory=list)  # where whole slices are missing (scanner z)
+    irregular: bool = False  # uneven beyond whole missing slices
 
 
 @dataclass
@@ -122,6 +118,7 @@ class ImageStack:
 
     files: list[DicomFile]
     index: int = 0
+    study: int = 1  # which study of the folder (1 = earliest StudyDate/StudyTime)
 
     @property
     def first(self) -> DicomFile:
@@ -152,8 +149,10 @@ class Study:
 
     files: list[DicomFile]
     skipped: dict[str, int]
-    identifiers: frozenset[str]
+    identifiers: frozenset[tuple[str, str]]  # (DICOM keyword, value), see lungcam.deidentify
     total_files: int
+    duplicates: int = 0  # files dropped as a second copy of one already read
+    skipped_files: list[tuple[Path, str]] = field(default_factory=list)  # (path in the folder, why)
 
     def stacks(self) -> list[ImageStack]:
         return group_stacks(self.files)
@@ -213,25 +212,24 @@ def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
     return None
 
 
-def _identifiers(ds: pydicom.Dataset) -> set[str]:
-    found: set[str] = set()
+def _identifying_values(ds: pydicom.Dataset) -> set[tuple[str, str]]:
+    """(keyword, value) of every identifying field present (lungcam.deidentify turns them into
+    the terms to scrub)."""
+    found: set[tuple[str, str]] = set()
     for keyword in IDENTIFYING_KEYWORDS:
         value = ds.get(keyword)
         if value in (None, ""):
             continue
         values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
-        for v in values:
-            text = str(v).strip()
-            if not text:
-                continue
-            found.add(text)
-            if keyword.endswith("Names") or keyword == "PatientName":
-                # Person names are stored as Family^Given^Middle; scrub each part on its own too.
-                found.update(part for part in text.replace("^", " ").split() if len(part) >= 3)
-            if keyword == "PatientBirthDate" and len(text) == 8 and text.isdigit():
-                found.add(f"{text[:4]}-{text[4:6]}-{text[6:]}")
-                found.add(f"{text[6:]}.{text[4:6]}.{text[:4]}")
+        found.update((keyword, str(v).strip()) for v in values if str(v).strip())
     return found
+
+
+def _header_cut_short(ds: pydicom.Dataset) -> bool:
+    """Whether a dataset without an image matrix is an image object whose file ends inside its
+    header (a cut file), rather than an object that never had an image (a structured report)."""
+    sop = _text(ds.file_meta.get("MediaStorageSOPClassUID") if hasattr(ds, "file_meta") else None) or _text(ds.get("SOPClassUID"))
+    return len(ds) == 0 or not sop or "Image Storage" in pydicom.uid.UID(sop).name
 
 
 def read_dicom_file(path: Path) -> tuple[DicomFile | None, str | None, set[str]]:
@@ -258,9 +256,11 @@ def read_dicom_file(path: Path) -> tuple[DicomFile | None, str | None, set[str]]
             ds.file_meta = pydicom.dataset.FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     except Exception as exc:  # pydicom raises many types on damaged files
-        return None, f"unreadable ({type(exc).__name__})", set()
+        return None, f"damaged file (unreadable: {type(exc).__name__})", set()
     if "Rows" not in ds or "Columns" not in ds:
-        return None, "no image (e.g. a structured report or presentation state)", _identifiers(ds)
+        if _header_cut_short(ds):
+            return None, "damaged file (ends inside its header)", _identifying_values(ds)
+        return None, "no image (e.g. a structured report or presentation state)", _identifying_values(ds)
     technical = {}
     for keyword, name in TECHNICAL_FIELDS.items():
         value = ds.get(keyword)
@@ -271,6 +271,10 @@ def read_dicom_file(path: Path) -> tuple[DicomFile | None, str | None, set[str]]
         path=path,
         series_uid=_text(ds.get("SeriesInstanceUID")),
         series_number=_number(ds.get("SeriesNumber"), int),
+        study_uid=_text(ds.get("StudyInstanceUID")),
+        sop_uid=_text(ds.get("SOPInstanceUID")),
+        patient_ref=_text(ds.get("PatientID")),
+        study_datetime=_text(ds.get("StudyDate")) + _text(ds.get("StudyTime")),
         modality=_text(ds.get("Modality")).upper(),
         sop_class=_text(ds.get("SOPClassUID")),
         image_type=tuple(v.upper() for v in _text(ds.get("ImageType")).split("\\") if v),
@@ -285,36 +289,36 @@ def read_dicom_file(path: Path) -> tuple[DicomFile | None, str | None, set[str]]
         pixel_problem="pixel data truncated (file ends early)" if cut_short else pixel_data_problem(ds),
         technical=technical,
     )
-    return item, None, _identifiers(ds)
-
-
-def _candidate_paths(folder: Path) -> list[Path]:
-    paths = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or name.upper() in SKIPPED_NAMES:
-                continue
-            paths.append(Path(root) / name)
-    return paths
+    return item, None, _identifying_values(ds)
 
 
 def read_study(folder: Path) -> Study:
-    """Read the header of every file below `folder` (recursively, hidden files skipped)."""
+    """Read the header of every file below `folder` (recursively, hidden files skipped).
+
+    A file reached twice (through a symbolic link) is read once, and of several files with one
+    SOPInstanceUID (a series exported twice) the first is kept: both count as duplicates.
+    """
     folder = Path(folder)
     files: list[DicomFile] = []
     skipped: dict[str, int] = defaultdict(int)
-    identifiers: set[str] = set()
-    paths = _candidate_paths(folder)
+    identifiers: set[tuple[str, str]] = set()
+    paths, duplicates = list_files(folder, skip_hidden=True)
+    paths = [p for p in paths if p.name.upper() not in SKIPPED_NAMES]
+    seen_sops: set[str] = set()
+    skipped_files: list[tuple[Path, str]] = []
     for path in paths:
         item, reason, ids = read_dicom_file(path)
         identifiers |= ids
         if item is None:
             skipped[reason] += 1
-            log.info("skipped %s: %s", path.relative_to(folder), reason)
+            skipped_files.append((path.relative_to(folder), reason))
+        elif item.sop_uid and item.sop_uid in seen_sops:
+            duplicates += 1
         else:
+            seen_sops.add(item.sop_uid)
             files.append(item)
-    return Study(files=files, skipped=dict(skipped), identifiers=frozenset(identifiers), total_files=len(paths))
+    return Study(files=files, skipped=dict(skipped), identifiers=frozenset(identifiers), total_files=len(paths),
+                 duplicates=duplicates, skipped_files=skipped_files)
 
 
 def _orientation_key(orientation: tuple[float, ...] | None) -> tuple[float, ...] | None:
@@ -322,20 +326,25 @@ def _orientation_key(orientation: tuple[float, ...] | None) -> tuple[float, ...]
 
 
 def group_stacks(files: list[DicomFile]) -> list[ImageStack]:
-    """Group files by series, then by orientation and matrix size.
+    """Group files by study and series, then by orientation and matrix size.
 
-    An empty SeriesInstanceUID (seen in anonymised exports) falls back to the series number.
-    Within a series, a change of orientation or matrix means a different volume (dcm2niix splits
-    the same way), e.g. a localizer stored in the series of the axial images.
+    An empty SeriesInstanceUID (seen in anonymised exports) falls back to the series number,
+    description, kernel and slice thickness, within the study: two scans that both lost their
+    UID are not merged into one impossible volume. Within a series, a change of orientation or
+    matrix means a different volume (dcm2niix splits the same way), e.g. a localizer stored in
+    the series of the axial images.
     """
     groups: dict[tuple, list[DicomFile]] = defaultdict(list)
     for f in files:
-        series = f.series_uid or (f"number:{f.series_number}" if f.series_number is not None else "")
-        groups[(series, _orientation_key(f.orientation), f.rows, f.columns)].append(f)
+        series = f.series_uid or f"number:{f.series_number}|{f.technical.get('series_description', '')}|{f.technical.get('kernel', '')}|{f.slice_thickness}"
+        groups[(f.study_uid, series, _orientation_key(f.orientation), f.rows, f.columns)].append(f)
+    # Studies numbered by date and time (undated ones last), then UID: study 1 is the earliest.
+    studies = sorted({(f.study_datetime or "~", f.study_uid) for f in files})
+    study_number = {uid: number for number, (_, uid) in enumerate(studies, start=1)}
     stacks = []
     ordered = sorted(groups.items(), key=lambda kv: (kv[1][0].series_number or 0, str(kv[0])))
     for index, (_, members) in enumerate(ordered, start=1):
-        stacks.append(ImageStack(files=sorted(members, key=lambda f: str(f.path)), index=index))
+        stacks.append(ImageStack(files=sorted(members, key=lambda f: str(f.path)), index=index, study=study_number[members[0].study_uid]))
     return stacks
 
 
@@ -370,6 +379,7 @@ def stack_geometry(files: list[DicomFile]) -> StackGeometry | None:
         cosine = abs(float(travel @ normal)) / float(np.linalg.norm(travel))
         tilt = math.degrees(math.acos(min(1.0, cosine)))
     obliquity = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
+    missing, irregular = _missing_slices(positions[order], distances, spacing)
     return StackGeometry(
         slices=int(distances.size - duplicates),
         spacing_mm=spacing,
@@ -380,7 +390,30 @@ def stack_geometry(files: list[DicomFile]) -> StackGeometry | None:
         obliquity_deg=obliquity,
         duplicate_positions=duplicates,
         extent_mm=float(distances[-1] - distances[0]),
+        missing_z_mm=missing,
+        irregular=irregular,
     )
+
+
+def _missing_slices(positions: np.ndarray, distances: np.ndarray, spacing: float) -> tuple[list[float], bool]:
+    """(scanner z of each slice missing from a whole-number gap, whether other steps are uneven).
+
+    A step of k times the usual spacing (within a tenth of a slice) means k - 1 slices are
+    missing there, e.g. a file that could not be read; their positions are interpolated
+    between the neighbours. `positions` and `distances` are sorted along the slice normal.
+    """
+    missing: list[float] = []
+    irregular = False
+    for i, step in enumerate(np.diff(distances)):
+        if step < 1e-3:
+            continue
+        k = int(round(step / spacing))
+        if k >= 2 and abs(step - k * spacing) <= 0.1 * spacing:
+            z0, z1 = float(positions[i][2]), float(positions[i + 1][2])
+            missing += [round(z0 + (z1 - z0) * j / k, 2) for j in range(1, k)]
+        elif abs(step - spacing) > max(0.01 * spacing, 0.01):
+            irregular = True
+    return missing, irregular
 
 
 def modality_of(f: DicomFile) -> str:

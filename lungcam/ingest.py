@@ -24,8 +24,9 @@ import nibabel as nib
 import numpy as np
 
 from . import dcm2niix
+from .atomic import atomic_path
 from .compress import gzip_file
-from .deidentify import identifier_pattern, scrub, sidecar_fields
+from .deidentify import LogScrubber, Scrubber, identifier_terms, sidecar_fields
 from .dicom_series import DCM2NIIX_TRANSFER_SYNTAXES, ImageStack, Study, modality_of, read_study, slice_normal
 from .hu_check import verify_hu
 from .provenance import folder_digest
@@ -100,10 +101,19 @@ def header_summary(stack: ImageStack) -> dict:
             obliquity_deg=round(geometry.obliquity_deg, 2),
             duplicate_positions=geometry.duplicate_positions,
             z_extent_mm=round(geometry.extent_mm, 2),
+            missing_slices_z_mm=geometry.missing_z_mm,
+            irregular_spacing=geometry.irregular,
         )
     else:
         summary.update(slices=stack.image_count, gantry_tilt_deg=first.technical.get("gantry_tilt_header_deg") or 0.0)
     return summary
+
+
+def _z_list(positions: list[float], shown: int = 6) -> str:
+    """`z = a, b mm`, at most `shown` positions and a count of the rest."""
+    text = ", ".join(f"{z:g}" for z in positions[:shown])
+    more = f" and {len(positions) - shown} more" if len(positions) > shown else ""
+    return f"z = {text}{more} mm"
 
 
 def header_checks(header: dict, settings: IngestSettings) -> tuple[list[str], list[str]]:
@@ -112,11 +122,15 @@ def header_checks(header: dict, settings: IngestSettings) -> tuple[list[str], li
     if header["slices"] < settings.min_slices:
         reasons.append(f"too few slices ({header['slices']} < ingest.min_slices {settings.min_slices})")
     gap = header.get("max_gap_mm")
+    missing = header.get("missing_slices_z_mm") or []
+    where = f"; missing slice(s) at {_z_list(missing)}" if missing else ""
     if gap is not None and gap > settings.max_slice_gap_mm:
         reasons.append(
             f"slices missing: a gap of {gap:.1f} mm between neighbouring slices "
-            f"exceeds ingest.max_slice_gap_mm ({settings.max_slice_gap_mm:g})"
+            f"exceeds ingest.max_slice_gap_mm ({settings.max_slice_gap_mm:g}){where}"
         )
+    elif missing:
+        warnings.append(f"missing slice(s) at {_z_list(missing)}: filled by interpolation between the neighbouring slices")
     body_part = str(header.get("body_part", "")).upper()
     if body_part in settings.excluded_body_parts:
         reasons.append(f"not a chest CT (BodyPartExamined '{body_part}')")
@@ -125,7 +139,7 @@ def header_checks(header: dict, settings: IngestSettings) -> tuple[list[str], li
     tilt = float(header.get("gantry_tilt_deg") or 0.0)
     if abs(tilt) > TILT_WARNING_DEG:
         warnings.append(f"gantry tilt of {tilt:.1f} deg; the tilt-corrected volume is used")
-    if header.get("uneven_spacing"):
+    if header.get("uneven_spacing") and (header.get("irregular_spacing", True) or not missing):
         warnings.append(
             f"uneven slice spacing ({header['min_slice_spacing_mm']:.2f} to {header['max_gap_mm']:.2f} mm); "
             "the volume resampled to equal spacing is used"
@@ -159,7 +173,7 @@ def _volume_summary(img: nib.Nifti1Image, conversion: dcm2niix.Conversion) -> di
     }
 
 
-def _convert_and_verify(stack: ImageStack, stage_dir: Path, header: dict, identifiers) -> tuple[dict, list[str], list[str]]:
+def _convert_and_verify(stack: ImageStack, stage_dir: Path, header: dict, scrubber: Scrubber) -> tuple[dict, list[str], list[str]]:
     """Convert the stack into stage_dir; return (figures, reasons, warnings)."""
     reasons, warnings = [], []
     with tempfile.TemporaryDirectory(prefix="convert-", dir=stage_dir) as scratch:
@@ -183,9 +197,8 @@ def _convert_and_verify(stack: ImageStack, stage_dir: Path, header: dict, identi
         report = verify_hu(volume, original, _middle_file(stack))
         figures["hu"] = report.statistics
         reasons.extend(f"HU check failed: {p}" for p in report.problems)
-        sidecar = sidecar_fields(dcm2niix.read_sidecar(conversion.sidecar))
         removed: list[str] = []
-        sidecar = scrub(sidecar, identifier_pattern(identifiers), removed)
+        sidecar = scrubber.scrub(sidecar_fields(dcm2niix.read_sidecar(conversion.sidecar)), removed)
         if removed:
             warnings.append(f"sidecar field(s) {', '.join(removed)} removed: they contained patient identifiers")
         write_record(stage_dir / SIDECAR_NAME, sidecar)
@@ -194,58 +207,76 @@ def _convert_and_verify(stack: ImageStack, stage_dir: Path, header: dict, identi
     return figures, reasons, warnings
 
 
-def ingest_patient(patient_id: str, dicom_dir: Path | str, stage_dir: Path | str, settings: IngestSettings) -> dict:
-    """Run the ingest stage for one patient; always writes `stage_dir/record.json` and returns it."""
-    dicom_dir, stage_dir = Path(dicom_dir), Path(stage_dir)
-    if stage_dir.exists():
-        shutil.rmtree(stage_dir)
-    stage_dir.mkdir(parents=True)
+def ingest_patient(patient_id: str, dicom_dir: Path | str, stage_dir: Path | str, settings: IngestSettings, study_uid: str = "") -> dict:
+    """Run the ingest stage for one patient; always writes `stage_dir/record.json` and returns it.
+
+    `patient_id` is the sample sheet's pseudonym: never scrubbed, even where the DICOM headers
+    carry it. `study_uid` (the sheet's optional column) picks one study of a folder holding
+    several. The stage folder is built under a temporary name and renamed when complete, and
+    identifying values are blanked in this job's log lines as soon as the headers are read.
+    """
+    dicom_dir = Path(dicom_dir)
     record: dict = {"patient_id": patient_id, "stage": "ingest", "status": "ok", "reasons": [], "warnings": []}
-    identifiers: set[str] = set()  # filled as soon as headers are read, used to scrub the record
-    try:
-        _ingest_into(record, dicom_dir, stage_dir, settings, identifiers)
-    except Exception as exc:  # unforeseen data: exclude this patient, keep the cohort going
-        log.exception("patient %s: unexpected error during ingest", patient_id)
-        record["reasons"].append(f"unexpected error during ingest ({type(exc).__name__}: {exc}); see the job log")
-    if record["reasons"]:
-        record["status"] = "excluded"
-        log.warning("patient %s excluded at ingest: %s", patient_id, "; ".join(record["reasons"]))
-    else:
-        log.info("patient %s ingested: %s", patient_id, record["series"]["why"])
-    removed: list[str] = []
-    record = scrub(record, identifier_pattern(identifiers), removed)
-    write_record(stage_dir / RECORD_NAME, record)
+    with LogScrubber() as scrubbing, atomic_path(stage_dir) as building:
+        building.mkdir()
+        try:
+            _ingest_into(record, dicom_dir, building, settings, study_uid, scrubbing)
+        except Exception as exc:  # unforeseen data: exclude this patient, keep the cohort going
+            log.exception("patient %s: unexpected error during ingest", patient_id)
+            record["reasons"].append(f"unexpected error during ingest ({type(exc).__name__}: {exc}); see the job log")
+        if record["reasons"]:
+            record["status"] = "excluded"
+            log.warning("patient %s excluded at ingest: %s", patient_id, "; ".join(record["reasons"]))
+        else:
+            log.info("patient %s ingested: %s", patient_id, record["series"]["why"])
+        record = (scrubbing.scrubber or Scrubber()).scrub(record, [])
+        write_record(building / RECORD_NAME, record)
     return record
 
 
-def _ingest_into(record: dict, dicom_dir: Path, stage_dir: Path, settings: IngestSettings, identifiers: set[str]) -> None:
-    """Fill `record` for one study; adds the identifying values read from its headers."""
+def _file_figures(study: Study, dicom_dir: Path) -> tuple[dict, list[str]]:
+    """The record's `files` section and the warnings about ignored or duplicate files."""
+    figures = {"found": study.total_files, "dicom_images": len(study.files), "skipped": study.skipped,
+               "duplicates_dropped": study.duplicates, "sha256": folder_digest(dicom_dir)}
+    warnings = []
+    if study.skipped:
+        count = sum(study.skipped.values())
+        warnings.append(f"{count} file(s) ignored: " + ", ".join(f"{k} ({v})" for k, v in sorted(study.skipped.items())))
+    if study.duplicates:
+        warnings.append(f"{study.duplicates} duplicate file(s) dropped: the same file reached twice, or a second copy of an "
+                        "image (same SOPInstanceUID)")
+    return figures, warnings
+
+
+def _ingest_into(record: dict, dicom_dir: Path, stage_dir: Path, settings: IngestSettings, study_uid: str, scrubbing: LogScrubber) -> None:
+    """Fill `record` for one study; starts `scrubbing` with the headers' identifying values."""
     if not dicom_dir.is_dir():
         record["reasons"].append("DICOM folder not found")
-    else:
-        study = read_study(dicom_dir)
-        identifiers |= study.identifiers
-        record["files"] = {"found": study.total_files, "dicom_images": len(study.files), "skipped": study.skipped, "sha256": folder_digest(dicom_dir)}
-        if study.skipped:
-            count = sum(study.skipped.values())
-            record["warnings"].append(f"{count} file(s) ignored: " + ", ".join(f"{k} ({v})" for k, v in sorted(study.skipped.items())))
-        choice = select_series(study, settings.series) if study.files else SeriesChoice(None, "", [], [])
-        record["series"] = {
-            "chosen": describe(choice.chosen) if choice.chosen else None,
-            "why": choice.why,
-            "candidates": [describe(s) for s in choice.candidates],
-            "rejected": [{**describe(s), "reasons": r} for s, r in choice.rejected],
-        }
-        if choice.chosen is None:
-            record["reasons"].append(_no_series_reason(study, choice))
-        else:
-            header = header_summary(choice.chosen)
-            record["header"] = header
-            reasons, warnings = header_checks(header, settings)
-            figures, conv_reasons, conv_warnings = _convert_and_verify(choice.chosen, stage_dir, header, identifiers)
-            record.update(figures)
-            record["reasons"] += reasons + conv_reasons
-            record["warnings"] += warnings + conv_warnings
+        return
+    study = read_study(dicom_dir)
+    scrubbing.start(Scrubber(identifier_terms(study.identifiers, record["patient_id"]), keep=record["patient_id"]))
+    for path, reason in study.skipped_files:
+        log.info("skipped %s: %s", path, reason)
+    record["files"], warnings = _file_figures(study, dicom_dir)
+    record["warnings"] += warnings
+    choice = select_series(study, settings.series, study_uid) if study.files else SeriesChoice(None, "", [], [])
+    record["series"] = {
+        "chosen": describe(choice.chosen) if choice.chosen else None,
+        "why": choice.why,
+        "candidates": [describe(s) for s in choice.candidates],
+        "rejected": [{**describe(s), "reasons": r} for s, r in choice.rejected],
+    }
+    record["warnings"] += choice.warnings
+    if choice.chosen is None:
+        record["reasons"].append(choice.problem or _no_series_reason(study, choice))
+        return
+    header = header_summary(choice.chosen)
+    record["header"] = header
+    reasons, warnings = header_checks(header, settings)
+    figures, conv_reasons, conv_warnings = _convert_and_verify(choice.chosen, stage_dir, header, scrubbing.scrubber)
+    record.update(figures)
+    record["reasons"] += reasons + conv_reasons
+    record["warnings"] += warnings + conv_warnings
 
 
 def publish(stage_dir: Path | str, volume_path: Path | str, sidecar_path: Path | str) -> None:
@@ -257,11 +288,9 @@ def publish(stage_dir: Path | str, volume_path: Path | str, sidecar_path: Path |
     """
     stage_dir = Path(stage_dir)
     for source, target in ((stage_dir / VOLUME_NAME, Path(volume_path)), (stage_dir / SIDECAR_NAME, Path(sidecar_path))):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target.unlink()
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copy2(source, target)
-        os.utime(target)
+        with atomic_path(target) as tmp:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copy2(source, tmp)
+            os.utime(tmp)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import write_text
 
 
 def _plain(value):
@@ -28,17 +29,8 @@ def _plain(value):
     return value
 
 
-def _write_text(path: Path | str, text: str) -> None:
-    """Write atomically (temporary file, then rename) so a killed job never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_record(path: Path | str, record: dict) -> None:
-    _write_text(path, json.dumps(_plain(record), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(_plain(record), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def read_record(path: Path | str) -> dict:
@@ -62,16 +54,37 @@ def read_passed_patients(cohort_qc: Path | str) -> list[str]:
     return list(cohort.loc[cohort["status"] == "ok", "patient_id"])
 
 
-def write_status_table(records: list[Path | str], path: Path | str) -> None:
+STATUSES = ("ok", "excluded")
+
+
+class StatusTableError(ValueError):
+    """A stage record does not belong to the patient it was made for, or has no valid status."""
+
+
+def write_status_table(records: dict[str, Path | str], path: Path | str) -> None:
     """One line `patient_id<TAB>status` per patient, from each patient's record of one stage.
+
+    `records` maps each patient id of the sample sheet to its record of the stage. A record
+    that names another patient, or holds no valid status, stops the table with an error naming
+    both: a table must never lose or alter a patient id, or the next stage would silently run
+    for nobody.
 
     The workflow decides which patients go on to the next stage from this one small table per
     stage (a cohort-level checkpoint) rather than from a checkpoint per patient: Snakemake
     re-plans after every checkpoint, so per-patient checkpoints cost time quadratic in the
     cohort size (benchmarks/checkpoints.py).
     """
-    statuses = sorted((record["patient_id"], record["status"]) for record in map(read_record, records))
-    _write_text(path, "".join(f"{patient}\t{status}\n" for patient, status in [("patient_id", "status"), *statuses]))
+    statuses, problems = [], []
+    for patient, record_path in records.items():
+        record = read_record(record_path)
+        if record.get("patient_id") != patient:
+            problems.append(f"{record_path}: the record of patient '{patient}' names patient_id {record.get('patient_id')!r}")
+        elif record.get("status") not in STATUSES:
+            problems.append(f"{record_path}: patient '{patient}' has status {record.get('status')!r}, not one of {', '.join(STATUSES)}")
+        statuses.append((patient, record.get("status")))
+    if problems:
+        raise StatusTableError(f"{len(problems)} stage record(s) do not match the sample sheet:\n  " + "\n  ".join(problems))
+    write_text(path, "".join(f"{patient}\t{status}\n" for patient, status in [("patient_id", "status"), *sorted(statuses)]))
 
 
 def read_status_table(path: Path | str) -> dict[str, str]:

@@ -4,17 +4,23 @@ A CT study folder typically holds a localizer (topogram), one or more axial reco
 (thin and thick, lung and soft-tissue kernels), sometimes reformats or dose reports. The policy:
 drop what is not an axial CT volume (with the reason), then rank the rest by configurable keys,
 by default most slices first, then thinnest.
+
+The remaining series must come from one patient and one study: a folder that also holds another
+patient's scan, or a second (e.g. follow-up) study, excludes the patient rather than letting the
+larger series win. The sample sheet's `study_uid` picks a study, and `multiple_studies: earliest`
+keeps the earliest one explicitly.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .dicom_series import CT_SOP_CLASSES, ImageStack, Study, modality_of
 
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVEY"}
 RANK_KEYS = ("most_slices", "fewest_slices", "thinnest", "thickest")
+MULTIPLE_STUDIES = ("exclude", "earliest")
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class SeriesPolicy:
     rank_by: tuple[str, ...]
     prefer_description: str
     reject_description: str
+    multiple_studies: str = "exclude"
 
     @classmethod
     def from_config(cls, section: dict) -> "SeriesPolicy":
@@ -38,17 +45,23 @@ class SeriesPolicy:
             rank_by=tuple(section["rank_by"]),
             prefer_description=section["prefer_description"],
             reject_description=section["reject_description"],
+            multiple_studies=section["multiple_studies"],
         )
 
 
 @dataclass
 class SeriesChoice:
-    """The chosen stack (None when nothing qualifies), the reason, and every rejected stack."""
+    """The chosen stack (None when nothing qualifies), the reason, and every rejected stack.
+
+    `problem` says why nothing was chosen although series qualified (several patients or
+    studies); `warnings` note a choice between studies."""
 
     chosen: ImageStack | None
     why: str
     candidates: list[ImageStack]
     rejected: list[tuple[ImageStack, list[str]]]
+    problem: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def describe(stack: ImageStack) -> dict:
@@ -62,6 +75,7 @@ def describe(stack: ImageStack) -> dict:
         "images": stack.image_count,
         "slice_thickness_mm": stack.thickness_mm,
         "matrix": [first.rows, first.columns],
+        "study": stack.study,
     }
 
 
@@ -127,17 +141,48 @@ def _summary(stack: ImageStack) -> str:
     return f"{stack.label} ({stack.image_count} images{thickness})"
 
 
-def select_series(study: Study, policy: SeriesPolicy) -> SeriesChoice:
-    """Apply the policy to every stack of the study."""
+def _series_list(stacks: list[ImageStack]) -> str:
+    return ", ".join(stack.label for stack in stacks)
+
+
+def _one_study(candidates: list[ImageStack], rejected: list, policy: SeriesPolicy) -> tuple[list[ImageStack], str, list[str]]:
+    """(the candidates of one study, problem, warnings): several studies exclude the patient
+    unless `multiple_studies` is `earliest`, and several PatientIDs always do."""
+    warnings: list[str] = []
+    studies = sorted({s.study for s in candidates})
+    if len(studies) > 1:
+        listing = "; ".join(f"study {n}: {_series_list([s for s in candidates if s.study == n])}" for n in studies)
+        if policy.multiple_studies != "earliest":
+            return [], (f"the folder holds {len(studies)} studies (StudyInstanceUID differs; {listing}); give the sample sheet's "
+                        "study_uid, or set ingest.series.multiple_studies: earliest"), []
+        later = [s for s in candidates if s.study != studies[0]]
+        rejected += [(s, ["a later study (ingest.series.multiple_studies: earliest)"]) for s in later]
+        candidates = [s for s in candidates if s.study == studies[0]]
+        warnings.append(f"the folder holds {len(studies)} studies; the earliest was kept ({listing})")
+    patients = {s.first.patient_ref for s in candidates if s.first.patient_ref}
+    if len(patients) > 1:
+        return [], (f"the folder holds series of {len(patients)} different patients (PatientID differs: "
+                    f"{_series_list(candidates)}); give each patient a folder of its own"), warnings
+    return candidates, "", warnings
+
+
+def select_series(study: Study, policy: SeriesPolicy, study_uid: str = "") -> SeriesChoice:
+    """Apply the policy to every stack of the study; `study_uid` (from the sample sheet), when
+    given, keeps only that study's series."""
     candidates, rejected = [], []
     for stack in study.stacks():
         reasons = rejection_reasons(stack, policy)
+        if study_uid and stack.first.study_uid != study_uid:
+            reasons.append("not the study given by the sample sheet's study_uid")
         if reasons:
             rejected.append((stack, reasons))
         else:
             candidates.append(stack)
     if not candidates:
         return SeriesChoice(None, "no stack qualifies", [], rejected)
+    candidates, problem, warnings = _one_study(candidates, rejected, policy)
+    if problem:
+        return SeriesChoice(None, "series of more than one patient or study", [], rejected, problem, warnings)
     ranked = sorted(candidates, key=lambda s: _rank_key(s, policy))
     chosen = ranked[0]
     if len(ranked) == 1:
@@ -153,4 +198,4 @@ def select_series(study: Study, policy: SeriesPolicy) -> SeriesChoice:
         why = f"{_summary(chosen)} chosen over {_summary(runner_up)}: {reason}"
     if rejected:
         why += f"; {len(rejected)} other stack(s) rejected"
-    return SeriesChoice(chosen, why, ranked, rejected)
+    return SeriesChoice(chosen, why, ranked, rejected, warnings=warnings)

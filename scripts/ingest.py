@@ -11,4 +11,5 @@ with job_log(snakemake.log[0]):
         snakemake.input.dicom,
         snakemake.output.stage,
         IngestSettings.from_config(snakemake.params.settings),
+        study_uid=snakemake.params.study_uid,
     )

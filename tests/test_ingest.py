@@ -15,7 +15,7 @@ from lungcam.dcm2niix import read_sidecar
 from lungcam.hu_check import verify_hu
 from lungcam.ingest import RECORD_NAME, SIDECAR_NAME, VOLUME_NAME, ingest_patient, publish
 
-from .conftest import REAL_CASES, copy_files
+from .conftest import REAL_CASES, copy_files, tree_digest
 
 @pytest.mark.parametrize("pid", sorted(REAL_CASES))
 def test_covid_ct_md_cases_convert_with_hu(real_ingest, pid):
@@ -194,19 +194,42 @@ def test_corrupt_extra_file_is_ignored_with_warning(p001_files, tmp_path, ingest
     assert "1 file(s) ignored: not DICOM (1)" in record["warnings"]
 
 
+def slice_z(path: Path) -> float:
+    return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
+
+
 def test_missing_slices_beyond_gap(p001_files, tmp_path, ingest_settings):
     kept = p001_files[:20] + p001_files[26:40]  # 6 slices of 2 mm missing: a 14 mm gap
     record = ingest_patient("X8", copy_files(kept, tmp_path / "gap"), tmp_path / "out", ingest_settings)
     assert record["status"] == "excluded"
-    assert record["reasons"] == ["slices missing: a gap of 14.0 mm between neighbouring slices exceeds ingest.max_slice_gap_mm (10)"]
+    where = ", ".join(f"{slice_z(p):g}" for p in sorted(p001_files[20:26], key=slice_z))
+    assert record["reasons"] == ["slices missing: a gap of 14.0 mm between neighbouring slices exceeds "
+                                 f"ingest.max_slice_gap_mm (10); missing slice(s) at z = {where} mm"]
 
 
-def test_small_gap_is_resampled_with_warning(p001_files, tmp_path, ingest_settings):
+def test_one_missing_slice_is_named_with_its_position(p001_files, tmp_path, ingest_settings):
+    """A slice missing from the series is named as such, with its position, not only as uneven
+    spacing; its gap is filled by interpolation (the equalised volume)."""
     kept = p001_files[:20] + p001_files[21:40]  # one slice missing: a 4 mm gap
     record = ingest_patient("X9", copy_files(kept, tmp_path / "gap1"), tmp_path / "out", ingest_settings)
     assert record["status"] == "ok", record["reasons"]
     assert record["volume"]["variant"] == "equalized"
-    assert any("uneven slice spacing" in w for w in record["warnings"])
+    assert record["header"]["missing_slices_z_mm"] == [slice_z(p001_files[20])]
+    assert f"missing slice(s) at z = {slice_z(p001_files[20]):g} mm: filled by interpolation between the neighbouring slices" in record["warnings"]
+    assert not any("uneven slice spacing" in w for w in record["warnings"])  # explained by the missing slice
+
+
+def test_a_file_cut_inside_its_header_is_a_damaged_file(p001_files, tmp_path, ingest_settings):
+    """A file cut inside its header is a damaged file, not "no image (structured report)", and
+    the slice it held is named as missing."""
+    folder = copy_files(p001_files[:30], tmp_path / "cut")
+    victim = folder / p001_files[10].name
+    victim.write_bytes(victim.read_bytes()[:1200])
+    record = ingest_patient("X14", folder, tmp_path / "out", ingest_settings)
+    assert record["status"] == "ok", record["reasons"]
+    assert "1 file(s) ignored: damaged file (ends inside its header) (1)" in record["warnings"]
+    assert f"missing slice(s) at z = {slice_z(p001_files[10]):g} mm: filled by interpolation between the neighbouring slices" in record["warnings"]
+    assert not any("structured report" in w for w in record["warnings"])
 
 
 def test_too_few_slices(p001_files, tmp_path, ingest_settings):
@@ -242,3 +265,116 @@ def test_name_typed_into_series_description_is_scrubbed(p001_files, tmp_path, in
     for path in (tmp_path / "out").iterdir():
         if path.suffix == ".json":
             assert b"quillfeather" not in path.read_bytes().lower(), path.name
+
+
+# ---- realistic cohorts: pseudonyms, mixed folders, duplicates, logs, reruns -------------------
+
+
+@pytest.fixture(scope="module")
+def cap001_files(data) -> list[Path]:
+    files = list((data / "covid-ct-md" / "cap001").iterdir())
+    return sorted(files, key=lambda p: -float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def test_a_pseudonym_in_the_dicom_header_is_never_scrubbed(p001_files, tmp_path, ingest_settings):
+    """A cohort pseudonymised before sharing carries the sheet's id in PatientID (and a name built
+    from it): the id stays the record's patient_id; the real identifiers are still scrubbed."""
+    folder = rewrite(p001_files[:20], tmp_path / "pseudo", PatientID="P0042", PatientName="STUDY^X^P0042",
+                     InstitutionName="Quillfeather Clinic", SeriesDescription="Thorax P0042 Quillfeather Clinic")
+    record = ingest_patient("P0042", folder, tmp_path / "out", ingest_settings)
+    assert record["patient_id"] == "P0042" and record["status"] == "ok", record["reasons"]
+    assert "[removed" not in json.dumps({k: v for k, v in record.items() if k != "series"})
+    assert record["series"]["chosen"]["description"] == "[removed: contained an identifier]"  # the institution in it
+    assert json.loads((tmp_path / "out" / RECORD_NAME).read_text())["patient_id"] == "P0042"
+
+
+def test_a_folder_with_two_studies_excludes_the_patient_unless_one_is_chosen(p001_files, cap001_files, tmp_path, ingest_settings):
+    """Another patient's scan in the folder must not win by having more slices."""
+    folder = copy_files(p001_files[:20], tmp_path / "mixed")
+    copy_files(cap001_files[:30], folder)
+    record = ingest_patient("X15", folder, tmp_path / "out", ingest_settings)
+    assert record["status"] == "excluded"
+    assert record["reasons"][0].startswith("the folder holds 2 studies (StudyInstanceUID differs; study 1: series ")
+    assert "give the sample sheet's study_uid, or set ingest.series.multiple_studies: earliest" in record["reasons"][0]
+    p001_study = str(pydicom.dcmread(p001_files[0], stop_before_pixels=True).StudyInstanceUID)
+    picked = ingest_patient("X15", folder, tmp_path / "picked", ingest_settings, study_uid=p001_study)
+    assert picked["status"] == "ok" and picked["header"]["images"] == 20
+    assert any("not the study given by the sample sheet's study_uid" in r for s in picked["series"]["rejected"] for r in s["reasons"])
+    earliest = ingest_patient("X15", folder, tmp_path / "earliest", replace(ingest_settings, series=replace(ingest_settings.series, multiple_studies="earliest")))
+    assert earliest["status"] == "ok" and earliest["header"]["images"] == 30  # cap001 was scanned in 2019, P001 in 2020
+    assert any(w.startswith("the folder holds 2 studies; the earliest was kept") for w in earliest["warnings"])
+    assert p001_study not in json.dumps(earliest)
+
+
+def test_series_of_two_patients_in_one_study_exclude_the_patient(p001_files, cap001_files, tmp_path, ingest_settings):
+    study = str(pydicom.dcmread(p001_files[0], stop_before_pixels=True).StudyInstanceUID)
+    folder = copy_files(p001_files[:20], tmp_path / "two")
+    rewrite(cap001_files[:30], folder, StudyInstanceUID=study)
+    record = ingest_patient("X16", folder, tmp_path / "out", ingest_settings)
+    assert record["status"] == "excluded"
+    assert record["reasons"][0].startswith("the folder holds series of 2 different patients (PatientID differs")
+    for patient_id in ("98C14734-ASSH", "98C1066-ASAD"):
+        assert patient_id.lower() not in json.dumps(record).lower()
+
+
+def test_duplicate_files_and_a_link_loop_are_read_once(p001_files, tmp_path, ingest_settings):
+    """A series exported twice into sub-folders and a folder linking back to its parent: each
+    image is read once and the duplicates counted, not a false "HU check failed"."""
+    folder = tmp_path / "twice"
+    copy_files(p001_files[:20], folder / "export1")
+    copy_files(p001_files[:20], folder / "export2")
+    (folder / "export1" / "loop").symlink_to(folder)
+    before = tree_digest(folder / "export1")
+    record = ingest_patient("X17", folder, tmp_path / "out", ingest_settings)
+    assert record["status"] == "ok", record["reasons"]
+    assert record["header"]["images"] == 20 and record["files"]["dicom_images"] == 20
+    assert record["files"]["duplicates_dropped"] == 20  # the second export; the loop is not entered again
+    assert any(w.startswith("20 duplicate file(s) dropped") for w in record["warnings"])
+    assert tree_digest(folder / "export1") == before
+
+
+def test_two_scans_without_series_uid_are_not_merged(p001_files, cap001_files, tmp_path, ingest_settings):
+    """Anonymised exports may blank SeriesInstanceUID: two scans then must stay two stacks, not
+    one impossible volume with a false gantry tilt."""
+    folder = rewrite(p001_files[:20], tmp_path / "blank", SeriesInstanceUID="", SeriesNumber=2)
+    rewrite(cap001_files[:20], folder, SeriesInstanceUID="", SeriesNumber=2)
+    record = ingest_patient("X18", folder, tmp_path / "out", ingest_settings)
+    assert len(record["series"]["rejected"]) == 0 and record["status"] == "excluded"
+    assert record["reasons"][0].startswith("the folder holds 2 studies")
+    assert not any("gantry tilt" in w for w in record["warnings"])
+
+
+def test_the_job_log_and_sidecar_carry_no_identifiers(p001_files, tmp_path, ingest_settings):
+    """Logs are outputs too: the series description, file names and sidecar fields that carry a
+    planted PatientID, institution or operator are blanked."""
+    from lungcam.joblog import job_log
+
+    folder = rewrite(p001_files[:20], tmp_path / "planted", PatientID="MRN55501234", InstitutionName="Quillfeather Clinic",
+                     StationName="QFC-CT7", OperatorsName="Marchetti^Lucia",
+                     SeriesDescription="Thorax MRN55501234 Quillfeather Clinic", ProtocolName="Quillfeather Clinic chest")
+    (folder / "MRN55501234_notes.txt").write_text("not an image")
+    log_path = tmp_path / "logs" / "ingest.log"
+    with job_log(log_path):
+        record = ingest_patient("X19", folder, tmp_path / "out", ingest_settings)
+    assert record["status"] == "ok", record["reasons"]
+    text = log_path.read_text()
+    assert "skipped [removed]_notes.txt: not DICOM" in text and "patient X19 ingested" in text
+    sidecar = (tmp_path / "out" / SIDECAR_NAME).read_text()
+    assert "ProtocolName" in sidecar
+    for planted in ("MRN55501234", "Quillfeather", "QFC-CT7", "Marchetti"):
+        assert planted.lower() not in text.lower(), planted
+        assert planted.lower() not in sidecar.lower() and planted.lower() not in json.dumps(record).lower(), planted
+
+
+def test_reingesting_gives_byte_identical_outputs(p001_files, tmp_path, ingest_settings):
+    """The gzip header of the volume holds no time stamp or name: reruns compare byte for byte."""
+    import time
+
+    folder = copy_files(p001_files[:20], tmp_path / "in")
+    ingest_patient("X20", folder, tmp_path / "a", ingest_settings)
+    time.sleep(1.1)
+    ingest_patient("X20", folder, tmp_path / "b", ingest_settings)
+    first = (tmp_path / "a" / VOLUME_NAME).read_bytes()
+    assert first[4:8] == b"\0\0\0\0" and not first[3] & 0x08  # MTIME 0, no FNAME field
+    assert first == (tmp_path / "b" / VOLUME_NAME).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [RECORD_NAME, SIDECAR_NAME, VOLUME_NAME]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from lungcam.records import read_passed_patients, read_status_table, write_record, write_status_table
+import pytest
+
+from lungcam.records import StatusTableError, read_passed_patients, read_status_table, write_record, write_status_table
 
 
 def test_a_status_table_lists_every_patient_with_its_record_status(tmp_path):
-    records = []
+    records = {}
     for patient, status in (("p2", "ok"), ("p10", "excluded"), ("p1", "ok")):
         path = tmp_path / "records" / f"{patient}.json"
         write_record(path, {"patient_id": patient, "status": status, "reasons": [] if status == "ok" else ["lungs: no lung found"]})
-        records.append(path)
+        records[patient] = path
     table = tmp_path / "status" / "lungs.tsv"
     write_status_table(records, table)
     assert read_status_table(table) == {"p1": "ok", "p10": "excluded", "p2": "ok"}
@@ -18,8 +20,22 @@ def test_a_status_table_lists_every_patient_with_its_record_status(tmp_path):
     assert list(table.parent.iterdir()) == [table]  # written through a temporary file, renamed
 
 
+def test_a_record_that_lost_its_patient_id_stops_the_status_table(tmp_path):
+    """A record whose patient_id was altered (e.g. scrubbed as an identifier) must stop the
+    checkpoint with both ids named, not leave the patient out of the next stages."""
+    good, altered = tmp_path / "P0042.json", tmp_path / "P0043.json"
+    write_record(good, {"patient_id": "P0042", "status": "ok"})
+    write_record(altered, {"patient_id": "[removed: contained an identifier]", "status": "ok"})
+    with pytest.raises(StatusTableError, match=r"the record of patient 'P0043' names patient_id '\[removed"):
+        write_status_table({"P0042": good, "P0043": altered}, tmp_path / "ingest.tsv")
+    assert not (tmp_path / "ingest.tsv").exists()
+    write_record(altered, {"patient_id": "P0043", "status": "done"})
+    with pytest.raises(StatusTableError, match="has status 'done'"):
+        write_status_table({"P0043": altered}, tmp_path / "ingest.tsv")
+
+
 def test_an_empty_cohort_gives_an_empty_status_table(tmp_path):
-    write_status_table([], tmp_path / "ingest.tsv")
+    write_status_table({}, tmp_path / "ingest.tsv")
     assert read_status_table(tmp_path / "ingest.tsv") == {}
 
 

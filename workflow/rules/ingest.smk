@@ -15,6 +15,7 @@ rule ingest:
         stage=directory(f"{WORK}/ingest/{{patient}}"),
     params:
         settings=lookup(dpath="ingest", within=config),
+        study_uid=lambda wildcards: STUDY_UIDS.get(wildcards.patient, ""),
     log:
         log_path("ingest"),
     benchmark:
