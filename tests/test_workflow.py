@@ -123,7 +123,7 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     summary = (tmp_path / "results" / "summary.html").read_text()
     exclusions = summary[summary.index('id="exclusions"'): summary.index('id="metrics"')]
     assert f'href="reports/{scout.patient_id}.html"' in exclusions and "only localizer (scout) images" in exclusions
-    planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY)).planted_values()]
+    planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY), plan.patient_id).planted_values()]
     header = pydicom.dcmread(next((tmp_path / "demo" / "dicom" / plans[0].patient_id).iterdir()), stop_before_pixels=True)
     assert str(header.PatientName) in planted  # the planted values are really in the input...
     assert find_leaks(tmp_path / "results", planted) == []  # ...and nowhere in the outputs
@@ -193,6 +193,7 @@ def mixed_cohort(small_cohort, data, tmp_path):
     for path in sorted((root / "dicom" / plans[0].patient_id).iterdir())[:5]:
         ds = pydicom.dcmread(path)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["scout"])  # another patient's study
         ds.save_as(scout / path.name)
     rows = ["patient_id\tlabel\tdicom_dir"]
     rows += [f"{p.patient_id}\t{p.label}\t{root / 'dicom' / p.patient_id}" for p in plans[:2]]

@@ -9,7 +9,7 @@ can be tested. The planted values are invented; no real person is described.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,21 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+# Site-level values planted in every study (as identifying as a name: they must not leak either).
+INSTITUTION = "Synthetic General Hospital"
+STATION = "SYNTH-CT1"
+REFERRER = "Hallworth^Ysolde"
 FAMILY_NAMES = ("Doeberg", "Quillfeather", "Marchetti", "Oyelaran", "Vasquez-Lund", "Tanaka-Hill", "Brannigan", "Okonkwo", "Lindqvist", "Dubrovsky")
 GIVEN_NAMES = ("Jane", "Omar", "Lucia", "Henrik", "Amara", "Kenji", "Fiona", "Mateo", "Ingrid", "Tobias")
 
 
 @dataclass(frozen=True)
 class Identity:
-    """A fake person planted in the headers (every value must stay out of all outputs)."""
+    """A fake person planted in the headers (every value must stay out of all outputs).
+
+    A pseudonymised patient (`pseudonym` set, as in cohorts shared after pseudonymisation)
+    carries the sample sheet's id as PatientID and in PatientName; its other fields still hold
+    the fake person, in OtherPatientNames, ImageComments and the dates."""
 
     family: str
     given: str
@@ -32,20 +40,28 @@ class Identity:
     accession: str
     sex: str
     age: str
+    pseudonym: str = ""
 
     @property
     def dicom_name(self) -> str:
-        return f"{self.family}^{self.given}"
+        return f"LUNGCAM^{self.pseudonym}" if self.pseudonym else f"{self.family}^{self.given}"
+
+    @property
+    def dicom_id(self) -> str:
+        return self.pseudonym or self.mrn
 
     def planted_values(self) -> list[str]:
-        """Strings a leak scan must never find in the outputs."""
+        """Strings a leak scan must never find in the outputs (the pseudonym may appear anywhere)."""
         iso = f"{self.birth_date[:4]}-{self.birth_date[4:6]}-{self.birth_date[6:]}"
-        return [self.family, self.given, self.dicom_name, self.birth_date, iso, self.mrn, self.accession]
+        own = [] if self.pseudonym else [self.dicom_name, self.mrn]
+        return [self.family, self.given, self.birth_date, iso, self.accession, *own, INSTITUTION, STATION, REFERRER, *REFERRER.split("^")]
 
 
-def draw_identity(rng: np.random.Generator) -> Identity:
+def draw_identity(rng: np.random.Generator, patient_id: str = "") -> Identity:
+    """A fake person; about a third of patients are pseudonymised with `patient_id` (drawn last,
+    so that the other values do not depend on it)."""
     year = int(rng.integers(1935, 2000))
-    return Identity(
+    identity = Identity(
         family=str(rng.choice(FAMILY_NAMES)),
         given=str(rng.choice(GIVEN_NAMES)),
         birth_date=f"{year}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
@@ -54,6 +70,8 @@ def draw_identity(rng: np.random.Generator) -> Identity:
         sex=str(rng.choice(["F", "M"])),
         age=f"{2020 - year:03d}Y",
     )
+    pseudonymised = rng.uniform() < 1 / 3
+    return replace(identity, pseudonym=patient_id) if pseudonymised and patient_id else identity
 
 
 @dataclass(frozen=True)
@@ -112,13 +130,13 @@ def _base_dataset(study: StudyInfo, spec: SeriesSpec, representation: int, inter
     ds.Modality = "CT"
     ds.Manufacturer = study.manufacturer
     ds.ManufacturerModelName = study.model
-    ds.InstitutionName = "Synthetic General Hospital"
-    ds.StationName = "SYNTH-CT1"
-    ds.ReferringPhysicianName = "Referrer^Synthetic"
+    ds.InstitutionName = INSTITUTION
+    ds.StationName = STATION
+    ds.ReferringPhysicianName = REFERRER
     ds.StudyDescription = "CT THORAX"
     ds.SeriesDescription = spec.description
     ds.PatientName = study.identity.dicom_name
-    ds.PatientID = study.identity.mrn
+    ds.PatientID = study.identity.dicom_id
     ds.PatientBirthDate = study.identity.birth_date
     ds.PatientSex = study.identity.sex
     ds.PatientAge = study.identity.age

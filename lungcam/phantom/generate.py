@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ..atomic import atomic_path
 from .anatomy import LEFT, RIGHT, draw_chest
 from .cohort import KERNELS, STREAM_ANATOMY, STREAM_FILES, STREAM_IDENTITY, STREAM_LESIONS, STREAM_NOISE, Nuisance, PatientPlan, patient_rng
 from .dicom_writer import FileNamer, Identity, SeriesSpec, StudyInfo, draw_identity, write_axial_series, write_localizer
@@ -145,15 +146,15 @@ def _projection(scan: Scan) -> np.ndarray:
 
 
 def save_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.ascontiguousarray(mask.transpose(2, 1, 0)).astype(np.uint8), affine)
     img.header.set_xyzt_units("mm")
-    nib.save(img, path)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
 
 
 def write_study(scan: Scan, plan: PatientPlan, nuisance: Nuisance, options: PhantomOptions, dicom_dir: Path) -> Identity:
     """Acquire and write the series of one study; returns the identity planted in it."""
-    identity = draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY))
+    identity = draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY), plan.patient_id)
     noise_rng = patient_rng(plan.seed, plan.index, STREAM_NOISE)
     names = FileNamer(patient_rng(plan.seed, plan.index, STREAM_FILES))
     study = StudyInfo(
@@ -201,7 +202,8 @@ def generate_patient(plan: PatientPlan, options: PhantomOptions, dicom_dir: Path
         scan, description = render_synthetic(plan, nuisance, options.matrix)
     else:
         scan, description = background.with_lesions(plan)
-    identity = write_study(scan, plan, nuisance, options, Path(dicom_dir))
+    with atomic_path(dicom_dir) as building:  # a killed job leaves no half-written study
+        identity = write_study(scan, plan, nuisance, options, building)
     affine = scan.affine()
     save_mask(scan.lungs, affine, Path(lungs_path))
     save_mask(scan.lesions, affine, Path(lesions_path))
