@@ -8,6 +8,7 @@ each real folder is entered once and each real file listed once, in sorted order
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,23 +21,27 @@ def iter_files(folder: Path | str, skip_hidden: bool = False) -> Iterator[tuple[
     again (no loops). `skip_hidden` leaves out names starting with a dot. Lazy: a caller that
     needs the first few files stops the walk there.
     """
-    entered: set[str] = set()
-    listed: set[str] = set()
+    entered: set[tuple[int, int]] = set()  # (device, inode) of each real folder and file
+    listed: set[tuple[int, int]] = set()
     for root, dirs, names in os.walk(folder, followlinks=True):
-        real_root = os.path.realpath(root)
-        if real_root in entered:
+        here = os.stat(root)
+        if (here.st_dev, here.st_ino) in entered:
             dirs[:] = []
             continue
-        entered.add(real_root)
+        entered.add((here.st_dev, here.st_ino))
         dirs[:] = sorted(d for d in dirs if not (skip_hidden and d.startswith(".")))
         for name in sorted(names):
             if skip_hidden and name.startswith("."):
                 continue
-            path = Path(root) / name
-            real = os.path.realpath(path)
-            if os.path.isfile(real):
-                yield path, real in listed
-                listed.add(real)
+            path = os.path.join(root, name)
+            try:
+                info = os.stat(path)
+            except OSError:  # a dangling link
+                continue
+            if stat.S_ISREG(info.st_mode):
+                identity = (info.st_dev, info.st_ino)
+                yield Path(path), identity in listed
+                listed.add(identity)
 
 
 def list_files(folder: Path | str, skip_hidden: bool = False) -> tuple[list[Path], int]:

@@ -80,20 +80,27 @@ def read_sheet_table(path: Path | str) -> tuple[pd.DataFrame, list[int]]:
     return table, numbers[1:]
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _overlaps(path: Path, folder: Path) -> bool:
+def _overlaps(path: str, folder: str) -> bool:
     """Whether either folder holds the other (or they are the same)."""
     return _inside(path, folder) or _inside(folder, path)
 
 
-def shared_folder_problems(folders: list[tuple[Path, str, str]]) -> list[str]:
+def _ancestors(path: str):
+    parent = os.path.dirname(path)
+    while parent != path:
+        yield parent
+        path, parent = parent, os.path.dirname(parent)
+
+
+def shared_folder_problems(folders: list[tuple[str, str, str]]) -> list[str]:
     """A problem for every DICOM folder given to two patients, or holding another patient's
     folder: the same scan would be read for both (and could land in two cross-validation folds).
     `folders` holds (real path, patient id, where in the sheet); linear in the number of rows."""
-    owner: dict[Path, str] = {}
+    owner: dict[str, str] = {}
     problems = []
     for real, pid, where in folders:
         if real in owner:
@@ -101,7 +108,7 @@ def shared_folder_problems(folders: list[tuple[Path, str, str]]) -> list[str]:
         else:
             owner[real] = pid
     for real, pid, where in folders:
-        holder = next((owner[parent] for parent in real.parents if parent in owner), None)
+        holder = next((owner[parent] for parent in _ancestors(real) if parent in owner), None)
         if holder is not None:
             problems.append(f"{where}: dicom_dir lies inside patient '{holder}''s DICOM folder; one scan must belong to one patient")
     return problems
@@ -130,10 +137,10 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
         raise SampleSheetError(f"sample sheet {path}: no patients")
     check_row = row_checker()
     base = path.resolve().parent
-    outputs = [(Path(os.path.realpath(d)), Path(d).name) for d in output_dirs]
+    outputs = [(os.path.realpath(d), Path(d).name) for d in output_dirs]
     problems: list[str] = []
     first_line: dict[str, int] = {}
-    folders: list[tuple[Path, str, str]] = []  # (real DICOM folder, patient, where in the sheet)
+    folders: list[tuple[str, str, str]] = []  # (real DICOM folder, patient, where in the sheet)
     rows = []
     for line, raw in zip(line_numbers, table.to_dict("records")):
         record = {k: str(v).strip() for k, v in raw.items() if str(v).strip() != ""}
@@ -154,7 +161,7 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
             if not folder.is_dir():
                 problems.append(f"{where}: dicom_dir '{record['dicom_dir']}' is not an existing folder")
             else:
-                real = Path(os.path.realpath(folder))
+                real = os.path.realpath(folder)
                 overlapped = next((name for out, name in outputs if _overlaps(real, out)), None)
                 if overlapped:
                     problems.append(f"{where}: dicom_dir '{record['dicom_dir']}' overlaps the run's output folder {overlapped}/; "
@@ -165,7 +172,7 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
             mask = _resolve(record["lesion_mask"], base)
             if not mask.is_file():
                 problems.append(f"{where}: lesion_mask '{record['lesion_mask']}' does not exist")
-            elif any(_inside(Path(os.path.realpath(mask)), out) for out, _ in outputs):
+            elif any(_inside(os.path.realpath(mask), out) for out, _ in outputs):
                 problems.append(f"{where}: lesion_mask '{record['lesion_mask']}' is inside the run's output folders; keep inputs outside them")
             record["lesion_mask"] = str(mask)
         rows.append(record)
