@@ -92,6 +92,10 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
         assert qc["ingest"]["files"]["sha256"] == folder_digest(tmp_path / "demo" / "dicom" / plan.patient_id)
     assert read_record(tmp_path / "results" / "qc" / f"{scout.patient_id}.json")["reasons"] == ["ingest: only localizer (scout) images, no axial CT series"]
     assert (tmp_path / "demo" / "samples.tsv").is_file()
+    # Pseudonymised patients (DICOM PatientID = their sheet id) go through every stage too.
+    pseudonymised = [p.patient_id for p in included
+                     if pydicom.dcmread(next((tmp_path / "demo" / "dicom" / p.patient_id).iterdir()), stop_before_pixels=True).PatientID == p.patient_id]
+    assert pseudonymised and all((tmp_path / "results" / "cam" / f"{p}.nii.gz").is_file() for p in pseudonymised)
     predictions = pd.read_csv(tmp_path / "results" / "predictions.tsv", sep="\t")
     assert sorted(predictions["patient_id"]) == sorted(p.patient_id for p in included)
     assert sorted(predictions["fold"].unique()) == [0, 1, 2]
