@@ -40,10 +40,13 @@ def sorted_series(folder: Path) -> list[Path]:
 UID_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
 
-def derive(files, folder: Path, key: str, **changes) -> Path:
-    """Write `files` into `folder` with `changes`, as another patient's export: every UID is
-    replaced by one derived from (`key`, old UID), so cases never share a scan, while files of
-    one case that shared a UID still do (a series exported twice stays one series)."""
+def rewrite(files, folder: Path, key: str | None = None, **changes) -> Path:
+    """Write `files` into `folder` with `changes` (DICOM keywords, or TransferSyntaxUID).
+
+    With `key`, as another patient's export: every UID is replaced by one derived from (`key`,
+    old UID), so cases never share a scan, while files of one case that shared a UID still do
+    (a series exported twice stays one series).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     for path in files:
         ds = pydicom.dcmread(path)
@@ -52,10 +55,11 @@ def derive(files, folder: Path, key: str, **changes) -> Path:
                 ds.file_meta.TransferSyntaxUID = value
             else:
                 setattr(ds, name, value)
-        for tag in UID_TAGS:
-            if str(ds.get(tag, "") or ""):
-                setattr(ds, tag, generate_uid(entropy_srcs=[key, str(ds.get(tag))]))
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if key is not None:
+            for tag in UID_TAGS:
+                if str(ds.get(tag, "") or ""):
+                    setattr(ds, tag, generate_uid(entropy_srcs=[key, str(ds.get(tag))]))
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(folder / path.name)
     return folder
 
@@ -78,61 +82,61 @@ def build_corpus(data: Path, root: Path) -> list[Case]:
             make(where)
         cases.append(Case(patient_id, where, status, reason, list(warnings)))
 
-    case("good", "ok", make=lambda f: derive(body, f, "good"))
-    case("pseudo-0042", "ok", make=lambda f: derive(body, f, "pseudo", PatientID="pseudo-0042", PatientName="STUDY^X^pseudo-0042"))
+    case("good", "ok", make=lambda f: rewrite(body, f, "good"))
+    case("pseudo-0042", "ok", make=lambda f: rewrite(body, f, "pseudo", PatientID="pseudo-0042", PatientName="STUDY^X^pseudo-0042"))
     # The sheet names "scan#2"; its neighbour "scan" holds another scan that must not be read instead.
-    derive(cap[40:70], root / "scan", "scan")
-    case("hash", "ok", folder="scan#2", make=lambda f: derive(body, f, "hash"))
-    case("planted", "ok", make=lambda f: derive(body, f, "planted", **PLANTED, SeriesDescription="Thorax MRN55501234 Quillfeather Clinic",
+    rewrite(cap[40:70], root / "scan", "scan")
+    case("hash", "ok", folder="scan#2", make=lambda f: rewrite(body, f, "hash"))
+    case("planted", "ok", make=lambda f: rewrite(body, f, "planted", **PLANTED, SeriesDescription="Thorax MRN55501234 Quillfeather Clinic",
                                                   ProtocolName="Quillfeather Clinic chest"))
 
     def twice(folder: Path) -> None:
-        derive(body, folder / "export1", "twice")
-        derive(body, folder / "export2", "twice")
+        rewrite(body, folder / "export1", "twice")
+        rewrite(body, folder / "export2", "twice")
         (folder / "export1" / "loop").symlink_to(folder)
 
     case("twice", "ok", warnings=["40 duplicate file(s) dropped"], make=twice)
     missing = body[:20] + body[21:]
-    case("missing-slice", "ok", warnings=[f"missing slice(s) at z = {slice_z(body[20]):g} mm"], make=lambda f: derive(missing, f, "missing"))
+    case("missing-slice", "ok", warnings=[f"missing slice(s) at z = {slice_z(body[20]):g} mm"], make=lambda f: rewrite(missing, f, "missing"))
 
     def cut_header(folder: Path) -> None:
-        derive(body, folder, "cut-header")
+        rewrite(body, folder, "cut-header")
         victim = folder / body[10].name
         victim.write_bytes(victim.read_bytes()[:1200])
 
     case("cut-header", "ok", warnings=["damaged file (ends inside its header)", f"missing slice(s) at z = {slice_z(body[10]):g} mm"], make=cut_header)
 
     def cut_pixels(folder: Path) -> None:
-        derive(body, folder, "cut-pixels")
+        rewrite(body, folder, "cut-pixels")
         victim = folder / body[10].name
         victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
     case("cut-pixels", "excluded", "no usable axial CT series (series", make=cut_pixels)
-    case("big-gap", "excluded", "slices missing: a gap of 14.0 mm", make=lambda f: derive(body[:15] + body[21:], f, "big-gap"))
+    case("big-gap", "excluded", "slices missing: a gap of 14.0 mm", make=lambda f: rewrite(body[:15] + body[21:], f, "big-gap"))
 
     def two_studies(folder: Path) -> None:
-        derive(p001[60:80], folder, "two-studies")
-        derive(cap[40:80], folder, "two-studies")  # another patient's CAP scan, with more slices
+        rewrite(p001[60:80], folder, "two-studies")
+        rewrite(cap[40:80], folder, "two-studies")  # another patient's CAP scan, with more slices
 
     case("two-studies", "excluded", "the folder holds 2 studies", make=two_studies)
 
     def two_patients(folder: Path) -> None:
-        derive(p001[60:80], folder, "two-patients")
-        derive(cap[40:80], folder, "two-patients", StudyInstanceUID=study)  # filed under P001's study
+        rewrite(p001[60:80], folder, "two-patients")
+        rewrite(cap[40:80], folder, "two-patients", StudyInstanceUID=study)  # filed under P001's study
 
     case("two-patients", "excluded", "the folder holds series of 2 different patients", make=two_patients)
 
     def blank_uids(folder: Path) -> None:
-        derive(p001[60:80], folder, "blank", SeriesInstanceUID="", SeriesNumber=2)
-        derive(cap[60:80], folder, "blank", SeriesInstanceUID="", SeriesNumber=2)
+        rewrite(p001[60:80], folder, "blank", SeriesInstanceUID="", SeriesNumber=2)
+        rewrite(cap[60:80], folder, "blank", SeriesInstanceUID="", SeriesNumber=2)
 
     case("blank-series-uid", "excluded", "the folder holds 2 studies", make=blank_uids)
-    case("scout", "excluded", "only localizer (scout) images", make=lambda f: derive(body[:3], f, "scout", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]))
-    case("mr", "excluded", "not a CT study (modality MR)", make=lambda f: derive(body[:20], f, "mr", Modality="MR", SOPClassUID="1.2.840.10008.5.1.4.1.1.4"))
-    case("derived", "excluded", "no usable axial CT series", make=lambda f: derive(body, f, "derived", ImageType=["DERIVED", "SECONDARY", "AXIAL"]))
-    case("htj2k", "excluded", "no usable axial CT series", make=lambda f: derive(body[:20], f, "htj2k", TransferSyntaxUID="1.2.840.10008.1.2.4.201"))
-    case("few", "excluded", "too few slices (8 < ingest.min_slices 16)", make=lambda f: derive(body[:8], f, "few"))
-    case("no-rescale", "excluded", "HU check failed: air reads", make=lambda f: derive(body, f, "no-rescale", RescaleIntercept=0))
+    case("scout", "excluded", "only localizer (scout) images", make=lambda f: rewrite(body[:3], f, "scout", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]))
+    case("mr", "excluded", "not a CT study (modality MR)", make=lambda f: rewrite(body[:20], f, "mr", Modality="MR", SOPClassUID="1.2.840.10008.5.1.4.1.1.4"))
+    case("derived", "excluded", "no usable axial CT series", make=lambda f: rewrite(body, f, "derived", ImageType=["DERIVED", "SECONDARY", "AXIAL"]))
+    case("htj2k", "excluded", "no usable axial CT series", make=lambda f: rewrite(body[:20], f, "htj2k", TransferSyntaxUID="1.2.840.10008.1.2.4.201"))
+    case("few", "excluded", "too few slices (8 < ingest.min_slices 16)", make=lambda f: rewrite(body[:8], f, "few"))
+    case("no-rescale", "excluded", "HU check failed: air reads", make=lambda f: rewrite(body, f, "no-rescale", RescaleIntercept=0))
     case("empty", "excluded", "the DICOM folder is empty", make=lambda f: f.mkdir(parents=True))
 
     def junk(folder: Path) -> None:
@@ -157,9 +161,9 @@ def write_sheet(cases: list[Case], path: Path) -> Path:
 def sheet_errors(data: Path, root: Path, workdir: Path) -> dict[str, tuple[str, list[str]]]:
     """Sample sheets that must stop the run before any job: name -> (sheet text, expected messages)."""
     p001 = sorted_series(data / "covid-ct-md" / "P001")
-    derive(p001[MIDDLE], root / "a", "a")
-    derive(p001[MIDDLE], root / "copy-of-a", "a")  # the same study under another name
-    derive(p001[MIDDLE], workdir / "work" / "ingest" / "old", "old")
+    rewrite(p001[MIDDLE], root / "a", "a")
+    rewrite(p001[MIDDLE], root / "copy-of-a", "a")  # the same study under another name
+    rewrite(p001[MIDDLE], workdir / "work" / "ingest" / "old", "old")
     header = "patient_id\tlabel\tdicom_dir\n"
     return {
         "same folder": (header + f"A\tNP\t{root / 'a'}\nB\tCAP\t{root / 'a'}\n", ["dicom_dir is also patient 'A''s DICOM folder"]),

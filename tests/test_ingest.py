@@ -15,6 +15,7 @@ from lungcam.dcm2niix import read_sidecar
 from lungcam.hu_check import verify_hu
 from lungcam.ingest import RECORD_NAME, SIDECAR_NAME, VOLUME_NAME, ingest_patient, publish
 
+from .bad_inputs import rewrite, slice_z, sorted_series
 from .conftest import REAL_CASES, copy_files, tree_digest
 
 @pytest.mark.parametrize("pid", sorted(REAL_CASES))
@@ -127,21 +128,7 @@ def test_hu_check_detects_missing_rescale(tmp_path):
 @pytest.fixture(scope="module")
 def p001_files(data) -> list[Path]:
     """P001's files from the top slice down (its instance numbers are not in spatial order)."""
-    files = list((data / "covid-ct-md" / "P001").iterdir())
-    return sorted(files, key=lambda p: -float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
-
-
-def rewrite(files, folder: Path, **changes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        ds = pydicom.dcmread(path)
-        for key, value in changes.items():
-            if key == "TransferSyntaxUID":
-                ds.file_meta.TransferSyntaxUID = value
-            else:
-                setattr(ds, key, value)
-        ds.save_as(folder / path.name)
-    return folder
+    return sorted_series(data / "covid-ct-md" / "P001")
 
 
 def test_missing_folder(tmp_path, ingest_settings):
@@ -192,10 +179,6 @@ def test_corrupt_extra_file_is_ignored_with_warning(p001_files, tmp_path, ingest
     record = ingest_patient("X7", folder, tmp_path / "out", ingest_settings)
     assert record["status"] == "ok", record["reasons"]
     assert "1 file(s) ignored: not DICOM (1)" in record["warnings"]
-
-
-def slice_z(path: Path) -> float:
-    return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
 
 
 def test_missing_slices_beyond_gap(p001_files, tmp_path, ingest_settings):
@@ -272,8 +255,7 @@ def test_name_typed_into_series_description_is_scrubbed(p001_files, tmp_path, in
 
 @pytest.fixture(scope="module")
 def cap001_files(data) -> list[Path]:
-    files = list((data / "covid-ct-md" / "cap001").iterdir())
-    return sorted(files, key=lambda p: -float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    return sorted_series(data / "covid-ct-md" / "cap001")
 
 
 def test_a_pseudonym_in_the_dicom_header_is_never_scrubbed(p001_files, tmp_path, ingest_settings):
