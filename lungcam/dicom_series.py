@@ -232,7 +232,7 @@ def _header_cut_short(ds: pydicom.Dataset) -> bool:
     return len(ds) == 0 or not sop or "Image Storage" in pydicom.uid.UID(sop).name
 
 
-def read_dicom_file(path: Path) -> tuple[DicomFile | None, str | None, set[str]]:
+def read_dicom_file(path: Path) -> tuple[DicomFile | None, str | None, set[tuple[str, str]]]:
     """Read one file's header; return (file, None, identifiers) or (None, reason, set())."""
     try:
         with warnings.catch_warnings(record=True) as caught:

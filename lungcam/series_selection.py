@@ -20,7 +20,6 @@ from .dicom_series import CT_SOP_CLASSES, ImageStack, Study, modality_of
 
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVEY"}
 RANK_KEYS = ("most_slices", "fewest_slices", "thinnest", "thickest")
-MULTIPLE_STUDIES = ("exclude", "earliest")
 
 
 @dataclass(frozen=True)
