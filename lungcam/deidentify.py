@@ -191,8 +191,8 @@ class LogScrubber:
     """
 
     def __init__(self, handlers: list[logging.Handler] | None = None):
-        self.handlers = list(logging.getLogger().handlers if handlers is None else handlers)
-        self.filters = [_HeldFilter(self, handler) for handler in self.handlers]
+        handlers = logging.getLogger().handlers if handlers is None else handlers
+        self.filters = [_HeldFilter(self, handler) for handler in handlers]
         self.scrubber: Scrubber | None = None
 
     def start(self, scrubber: Scrubber) -> None:

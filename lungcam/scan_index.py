@@ -17,6 +17,7 @@ from pathlib import Path
 import pydicom
 
 from .atomic import write_text
+from .dicom_series import SKIPPED_NAMES
 from .folders import iter_files
 
 # How many files of a folder are tried before it counts as holding no readable DICOM image.
@@ -28,7 +29,7 @@ def first_files(folder: Path, limit: int = FILES_TRIED) -> list[Path]:
     """The first `limit` files below `folder`, in the order ingest reads them."""
     found = []
     for path, repeat in iter_files(folder, skip_hidden=True):
-        if not repeat and path.name.upper() != "DICOMDIR":
+        if not repeat and path.name.upper() not in SKIPPED_NAMES:
             found.append(path)
             if len(found) == limit:
                 break
