@@ -32,7 +32,11 @@ HEADER_FIELDS = {  # ingest header summary -> label in the report
     "tube_current_ma": "tube current (mA)", "patient_position": "patient position", "body_part": "body part", "gantry_tilt_deg": "gantry tilt (deg)",
 }
 LUNG_FIELDS = {"right_ml": "right lung (mL)", "left_ml": "left lung (mL)", "total_ml": "total (mL)", "left_right_ratio": "left/right ratio",
-               "right_components": "right components", "left_components": "left components", "fov_edge_fraction": "fraction at the field-of-view edge"}
+               "right_components": "right components", "left_components": "left components", "fov_edge_fraction": "fraction at the field-of-view edge",
+               "base_offset_mm": "left base minus right base (mm)", "right_abrupt_end": "right: largest slice-to-slice area loss",
+               "left_abrupt_end": "left: largest slice-to-slice area loss", "right_base_gas_ml": "right: gas in the base (mL)",
+               "left_base_gas_ml": "left: gas in the base (mL)", "right_enclosed_tissue_ml": "right: tissue left out along the chest wall (mL)",
+               "left_enclosed_tissue_ml": "left: tissue left out along the chest wall (mL)"}
 
 
 def data_uri(path: Path | str | None) -> str | None:
@@ -139,6 +143,7 @@ def qc_table(qc_records: list[dict], predictions: pd.DataFrame | None, burdens: 
         ingest, lungs = qc.get("ingest", {}), qc.get("lungs", {})
         row = {"patient_id": patient, "label": labels.get(patient, ""), "site": sites.get(patient, ""), "status": qc.get("status", "unknown"),
                "stage": _failed_stage(qc.get("stages", {})), "reasons": "; ".join(qc.get("reasons", [])),
+               "lung_warnings": "; ".join(w.removeprefix("lungs: ") for w in qc.get("warnings", []) if w.startswith("lungs: ")),
                "lung_volume_ml": lungs.get("total_ml"), "slice_thickness_mm": ingest.get("header", {}).get("slice_thickness_mm"),
                "noise_hu": ingest.get("hu", {}).get("noise_hu"), "burden_percent": burdens.get(patient, {}).get("total_percent"),
                "lesions": burdens.get(patient, {}).get("candidates")}
@@ -213,6 +218,7 @@ def summary_context(table: pd.DataFrame, metrics: dict, provenance: dict, config
     return {
         "patients": records,
         "exclusions": [row for row in records if row["status"] != "ok"],
+        "lung_warnings": [row for row in records if row["status"] == "ok" and row.get("lung_warnings")],
         "counts": [f"{count} {name}" for name, count in counts.items()],
         "columns": SUMMARY_COLUMNS,
         "metrics": metrics,

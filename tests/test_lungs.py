@@ -13,7 +13,7 @@ from nibabel.processing import resample_from_to
 
 from lungcam.ingest import VOLUME_NAME, ingest_patient
 from lungcam.lungmask_backend import LungmaskWeightsError, download_weights, require_weights
-from lungcam.lungs import LungQCSettings, LungSettings, lung_checks, run_lungs
+from lungcam.lungs import LungSettings, run_lungs
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 
@@ -163,20 +163,6 @@ def test_bronchogram_joined_to_the_lung_is_an_island_in_dense_tissue():
     islands = _enclosed_air(aerated, consolidation, (1.0, 1.0, 1.0))
     assert islands.sum() == 16 * 9 and islands[10:26, 19:22, 19:22].all()  # the bronchus, slices 10-25 only
     assert not _enclosed_air(aerated, np.zeros(aerated.shape, bool), (1.0, 1.0, 1.0)).any()  # ring outside the envelope
-
-
-def test_lung_checks():
-    qc = LungQCSettings(min_side_ml=150, min_total_ml=1000, max_total_ml=10000)
-    base = {"right_ml": 2500.0, "left_ml": 2200.0, "total_ml": 4700.0, "left_right_ratio": 0.88, "right_components": 1, "left_components": 1, "fov_edge_fraction": 0.0}
-    assert lung_checks(base, qc) == ([], [])
-    one = {**base, "left_ml": 20.0, "total_ml": 2520.0, "left_right_ratio": 0.008}
-    assert lung_checks(one, qc)[0] == ["left lung missing or tiny (20 mL < lungs.qc.min_side_ml 150)"]
-    small = {**base, "right_ml": 400.0, "left_ml": 300.0, "total_ml": 700.0}
-    assert "below lungs.qc.min_total_ml" in lung_checks(small, qc)[0][0]
-    leaked = {**base, "right_ml": 6500.0, "left_ml": 6000.0, "total_ml": 12500.0}
-    assert "above lungs.qc.max_total_ml" in lung_checks(leaked, qc)[0][0]
-    cut = {**base, "fov_edge_fraction": 0.05}
-    assert "edge of the field of view" in lung_checks(cut, qc)[1][0]
 
 
 # ---- lungmask -------------------------------------------------------------------------------

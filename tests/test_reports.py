@@ -73,6 +73,7 @@ def test_job_log_ends_with_the_peak_memory_of_the_job_and_its_children(tmp_path)
 def test_cohort_table_names_the_stage_that_excluded_a_patient():
     records = [
         {"patient_id": "a", "status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"},
+         "warnings": ["ingest: uneven slice spacing", "lungs: the left lung mask ends abruptly"],
          "ingest": {"header": {"slice_thickness_mm": 1.0}, "hu": {"noise_hu": 12.0}}, "lungs": {"total_ml": 4200.0}},
         {"patient_id": "b", "status": "excluded", "reasons": ["lungs: one lung missing"], "stages": {"ingest": "ok", "lungs": "excluded"}},
     ]
@@ -82,6 +83,7 @@ def test_cohort_table_names_the_stage_that_excluded_a_patient():
     assert (a["status"], a["predicted"], a["confidence"], a["lung_volume_ml"], a["burden_percent"]) == ("ok", "CAP", 0.7, 4200.0, 3.5)
     assert (b["status"], b["stage"], b["reasons"], b["label"]) == ("excluded", "lungs", "lungs: one lung missing", "NP")
     assert pd.isna(b["predicted"]) and pd.isna(b["lung_volume_ml"])
+    assert (a["lung_warnings"], b["lung_warnings"]) == ("the left lung mask ends abruptly", "")
 
 
 def test_qc_strip_points_link_to_reports_and_the_figure_is_reproducible():
