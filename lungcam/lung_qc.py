@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .lungs_threshold import crop_box
+
 WORKING_MM = 1.4  # in-plane grid the image-based checks run on
 GAS_HU = -950.0  # smoothed (2 mm) density of gas; aerated lung is about -850
 BASE_SHARE = 0.15  # the base: this share of a lung's volume, from below
@@ -97,15 +99,13 @@ def _working_grid(hu: np.ndarray, labels: np.ndarray, spacing) -> tuple[np.ndarr
 
 
 def _shape_figures(labels: np.ndarray, spacing) -> dict:
-    """Volumes, pieces, extents, base offset, abrupt ends and scan coverage per lung."""
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    """Pieces, extents, base offset, abrupt ends and scan coverage per lung."""
     figures: dict = {}
     bases = {}
     for side, name in SIDES:
         mask = labels == side
         area = mask.sum(axis=(1, 2)).astype(float)
         z = np.nonzero(area)[0]
-        figures[f"{name}_ml"] = round(float(area.sum()) * voxel_ml, 1)
         figures[f"{name}_components"] = int(ndimage.label(mask)[1])
         figures[f"{name}_z_extent_mm"] = round(float((z[-1] - z[0] + 1) * spacing[0]), 1) if z.size else 0.0
         if not z.size:
@@ -115,8 +115,6 @@ def _shape_figures(labels: np.ndarray, spacing) -> dict:
         below = np.concatenate([[run[0] if z[0] == 0 else 0.0], run[:-1]])  # no judgement at the scan's edge
         figures[f"{name}_abrupt_end"] = round(float((run - below).max() / run.max()), 3)
         figures[f"{name}_reaches_scan_end"] = [end for end, hit in (("lowest", z[0] == 0), ("highest", z[-1] == len(area) - 1)) if hit]
-    figures["total_ml"] = round(figures["right_ml"] + figures["left_ml"], 1)
-    figures["left_right_ratio"] = round(figures["left_ml"] / figures["right_ml"], 3) if figures["right_ml"] else None
     figures["base_offset_mm"] = round(bases[2] - bases[1], 1) if len(bases) == 2 else None
     figures["slices_with_lung"] = int((labels > 0).any(axis=(1, 2)).sum())
     return figures
@@ -161,15 +159,18 @@ def lung_figures(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float
     """Every QC figure of lung `labels` (1 right, 2 left) on the LPS-ordered image `hu`."""
     small_hu, small_labels, small_spacing = _working_grid(hu, labels, spacing)
     figures = _shape_figures(small_labels, small_spacing)
+    counts = np.bincount(labels.ravel(), minlength=3)  # volumes on the full grid, not the sampled one
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    figures["right_ml"], figures["left_ml"] = round(float(counts[1]) * voxel_ml, 1), round(float(counts[2]) * voxel_ml, 1)
+    figures["total_ml"] = round(figures["right_ml"] + figures["left_ml"], 1)
+    figures["left_right_ratio"] = round(figures["left_ml"] / figures["right_ml"], 3) if figures["right_ml"] else None
     figures["fov_edge_fraction"] = _edge_share(labels)
     if not small_labels.any():
         return figures | {f"{name}_{key}": 0.0 for _, name in SIDES for key in ("base_gas_ml", "enclosed_tissue_ml")}
     body_x = small_hu[small_hu.shape[0] // 2] > -500
     mid_x = float(np.argwhere(body_x)[:, 1].mean()) if body_x.any() else small_hu.shape[2] / 2
     margin = int(np.ceil(RIB_DISTANCE_MM / small_spacing[1])) + 2
-    box = tuple(slice(max(int(np.nonzero(small_labels.any(axis=tuple(a for a in range(3) if a != axis)))[0][0]) - m, 0),
-                      int(np.nonzero(small_labels.any(axis=tuple(a for a in range(3) if a != axis)))[0][-1]) + m + 1)
-                for axis, m in enumerate((1, margin, margin)))
+    box = crop_box(small_labels > 0, (1, margin, margin))
     small_hu, small_labels = small_hu[box], small_labels[box]
     gas_scale = ndimage.gaussian_filter(small_hu, sigma=[2.0 / s for s in small_spacing])
     tissue_scale = ndimage.gaussian_filter(small_hu, sigma=[1.0 / s for s in small_spacing])
