@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .lungs_threshold import crop_box
+from .lungs_threshold import WORKING_MM, crop_box
 
-WORKING_MM = 1.4  # in-plane grid the image-based checks run on
 GAS_HU = -950.0  # smoothed (2 mm) density of gas; aerated lung is about -850
 BASE_SHARE = 0.15  # the base: this share of a lung's volume, from below
 BASE_QUANTILE = 0.01  # a lung's base: the level with this share of its volume below
