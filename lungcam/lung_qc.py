@@ -119,13 +119,18 @@ def _shape_figures(labels: np.ndarray, spacing) -> dict:
     return figures
 
 
+def _largest_ml(mask: np.ndarray, spacing) -> float:
+    """Volume (mL) of the largest connected region of `mask`, 0 when it is empty."""
+    pieces, n = ndimage.label(mask)
+    return float(np.bincount(pieces.ravel())[1:].max()) * float(np.prod(spacing)) / 1000.0 if n else 0.0
+
+
 def _base_gas_ml(smooth: np.ndarray, mask: np.ndarray, spacing) -> float:
     """Largest gas-density region of a lung mask within its base (BASE_SHARE of its volume)."""
     area = mask.sum(axis=(1, 2))
     top = int(np.searchsorted(np.cumsum(area) / max(area.sum(), 1), BASE_SHARE))
     gas = mask[: top + 1] & (smooth[: top + 1] < GAS_HU)
-    pieces, n = ndimage.label(gas)
-    return float(np.bincount(pieces.ravel())[1:].max()) * float(np.prod(spacing)) / 1000.0 if n else 0.0
+    return _largest_ml(gas, spacing)
 
 
 def _near_ribs(smooth: np.ndarray, mid_x: float, spacing) -> np.ndarray:
@@ -150,8 +155,7 @@ def _enclosed_tissue_ml(smooth: np.ndarray, labels: np.ndarray, side: int, near_
     between = (z > lowest[None]) & (z < highest[None])
     tissue = (smooth > SOFT_TISSUE_HU[0]) & (smooth < SOFT_TISSUE_HU[1])
     enclosed = between & (labels == 0) & tissue & near_ribs
-    pieces, n = ndimage.label(enclosed)
-    return float(np.bincount(pieces.ravel())[1:].max()) * float(np.prod(spacing)) / 1000.0 if n else 0.0
+    return _largest_ml(enclosed, spacing)
 
 
 def lung_figures(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float]) -> dict:
@@ -175,10 +179,8 @@ def lung_figures(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float
     tissue_scale = ndimage.gaussian_filter(small_hu, sigma=[1.0 / s for s in small_spacing])
     near_ribs = _near_ribs(tissue_scale, mid_x - box[2].start, small_spacing)
     for side, name in SIDES:
-        mask = small_labels == side
-        present = bool(mask.any())
-        figures[f"{name}_base_gas_ml"] = round(_base_gas_ml(gas_scale, mask, small_spacing), 1) if present else 0.0
-        figures[f"{name}_enclosed_tissue_ml"] = round(_enclosed_tissue_ml(tissue_scale, small_labels, side, near_ribs, small_spacing), 1) if present else 0.0
+        figures[f"{name}_base_gas_ml"] = round(_base_gas_ml(gas_scale, small_labels == side, small_spacing), 1)
+        figures[f"{name}_enclosed_tissue_ml"] = round(_enclosed_tissue_ml(tissue_scale, small_labels, side, near_ribs, small_spacing), 1)
     return figures
 
 
