@@ -10,13 +10,17 @@ superior; callers reorient first. Labels: 1 = right lung (smaller x), 2 = left l
    cast from the lung's centre to the first rib, gaps between ribs interpolated) where the lung
    reaches the ribs nearby, its mediastinal boundary, its base and its apex, smoothed so that
    the "bites" lesions take out of the aerated lung are bridged while the heart notch keeps its
-   shape. Dense regions inside it that touch the aerated lung are lung.
+   shape. A bite wider than that is a patch of rays that stop short of the ribs, ringed by rays
+   that reach them; there the envelope goes to the ribs too. Dense regions inside it that touch
+   the aerated lung are lung.
    A consolidated lobe takes away the air these limits are read from. Where a lung shows a
    consolidation (air bronchograms, loose or joined to the aerated lung, or a large uniform
    dense region already found), a bold envelope applies: the rib cage on every ray, the other
    lung's base and mediastinal boundary mirrored. Inside it the consolidation grows as far as
    its own density goes, so it stops at liver, heart or fat of another density; liver, heart
-   and chest wall alone never open it.
+   and chest wall alone never open it. Below the lung's air it goes only where the
+   consolidation shows itself there (bronchograms) or reaches down to it from above: a
+   consolidation higher up at the density of the liver does not open the liver dome.
 3. Holes: vessels and bronchi enclosed in a slice are filled; a large enclosed region is filled
    only when lung closes it above and below too, so the diaphragm dome (open towards the
    abdomen) is not.
@@ -45,6 +49,8 @@ ISLAND_MM2 = 100.0  # largest cross-section in one slice of a bronchogram that j
 ISLAND_DENSE = 0.9  # least dense share of the 3 mm ring around such a cross-section
 WALL_BAND_HU = 30.0  # least half-width of the density band a consolidation grows in
 UNIFORM_SD_HU = 20.0  # most robust standard deviation (smoothed) of a uniform consolidation
+BONE_ML = 0.1  # least volume of a connected piece of bone
+BASE_CONTACT_ML = 1.0  # a consolidation resting on this much tissue below the lung's air goes on down
 
 
 @dataclass(frozen=True)
@@ -201,7 +207,8 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
     Rays every 2.5 degrees in every slice: the cage radius on a ray is the first bone beyond the
     aerated lung. Ribs run obliquely, so a ray between two ribs takes the radius of the nearest
     ray that hit one, in this or a neighbouring slice, up to about 25 mm away. A ray extends
-    beyond its air only where, at that angle within 30 mm up or down, the lung touches the ribs;
+    beyond its air only where, at that angle within 30 mm up or down, the lung touches the ribs,
+    or where rays that reach the ribs ring it on every side (a large pleural-based lesion);
     otherwise (costal cartilage, mediastinum, paravertebral muscle) it ends where its air ends.
 
     Returns that cautious limit and a bold one, where every ray reaches the first rib beyond its
@@ -267,6 +274,13 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
     window = (2 * int(round(30.0 / spacing[0])) + 1, 3)
     touched_nearby = ndimage.maximum_filter(healthy.astype(np.uint8), size=window, mode="wrap") > 0
     cautious = np.where((distance <= 25.0) & touched_nearby, borrowed - local_gap, np.maximum(outer, 0))
+    # A pleural-based lesion larger than that: a patch of rays whose air stops more than 10 mm
+    # short of the cage, ringed (above, below, on both sides) by rays whose air reaches it. The
+    # bone found beyond the lesion is the cage where it agrees with the nearest rib's radius.
+    reached = (outer >= 0) & (distance <= 25.0) & (borrowed - outer <= 10.0 / pixel)
+    bite = _ringed(reached)
+    agrees = np.isfinite(far_cage) & (np.abs(np.nan_to_num(far_cage) - borrowed) <= 15.0 / pixel)
+    cautious = np.where(bite, np.where(agrees, np.nan_to_num(far_cage), borrowed) - local_gap, cautious)
     bold = np.where(far_distance <= 25.0, far_borrowed, np.maximum(outer, 0))
     gy, gx = np.mgrid[:height, :width]
     pixel_radius = np.hypot(gy - center[0], gx - center[1])
@@ -277,6 +291,23 @@ def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spac
         inside[k] = pixel_radius <= cautious[k][pixel_ray]
         inside_bold[k] = pixel_radius <= bold[k][pixel_ray]
     return inside, inside_bold
+
+
+def _bone(hu: np.ndarray, body: np.ndarray, spacing, threshold: float) -> np.ndarray:
+    """Bone inside the body: pieces of at least BONE_ML denser than `threshold`. Specks of
+    contrast or calcification inside a consolidation are not the rib cage."""
+    bone = (hu >= threshold) & body
+    pieces, _ = ndimage.label(bone)
+    sizes = np.bincount(pieces.ravel()) * float(np.prod(spacing)) / 1000.0
+    sizes[0] = 0.0
+    return (sizes >= BONE_ML)[pieces]
+
+
+def _ringed(contact: np.ndarray) -> np.ndarray:
+    """Cells of a (slice, angle) map enclosed by `contact` cells; angles wrap around."""
+    n = contact.shape[1]
+    tiled = np.concatenate([contact] * 3, axis=1)
+    return (ndimage.binary_fill_holes(tiled) & ~tiled)[:, n: 2 * n]
 
 
 def _lateral(width: int, side: int, mid_x: float) -> np.ndarray:
@@ -506,9 +537,10 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     z = np.arange(hu.shape[0]) * spacing[0]
     lungs = {side: labels == side for side in (1, 2)}
     surfaces = {side: _surfaces(lungs[side], z) for side in (1, 2)}
-    bone = (hu >= settings.bone_hu) & body
+    bone = _bone(hu, body, spacing, settings.bone_hu)
     dense = body & (hu >= settings.lung_hu) & (hu < settings.bone_hu) & (labels == 0)
     rim = _pixels(3.0, spacing)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # noise makes specks, not tubes
     solid = smooth >= settings.lung_hu
     loose_air = body & ~solid & ~ndimage.binary_dilation(labels > 0, structure=np.ones((1, 3, 3), bool), iterations=rim)
@@ -537,7 +569,16 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
         islands = _enclosed_air(aerated, inside_bold & solid, spacing)
         bronchograms = _tubes((loose_air | islands) & inside_bold, spacing)
         bold &= (lateral >= medial_bold[:, :, None] - 1) & dense
-        keep |= _grow_consolidation(smooth, bronchograms, aerated, keep, bold, opening, spacing, settings)
+        # Below the lung's air the bold envelope reaches the liver or spleen dome: it is entered
+        # only when the consolidation shows itself there (bronchograms, or the consolidation
+        # grown above reaching down to it); otherwise the base is the diaphragm.
+        below_base = bold & (z[:, None, None] < surfaces[side][0][None])
+        grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold & ~below_base, opening, spacing, settings)
+        shows_below = (bronchograms & below_base).sum() * voxel_ml >= settings.bronchogram_ml
+        rests_on = (ndimage.binary_dilation(grown, iterations=rim) & below_base).sum() * voxel_ml >= BASE_CONTACT_ML
+        if shows_below or rests_on:
+            grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold, opening, spacing, settings)
+        keep |= grown
         out[keep & (out == 0)] = side
     return out
 

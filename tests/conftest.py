@@ -135,6 +135,27 @@ def real_ingest(data, tmp_path_factory, config):
     return out, records, before, after
 
 
+@pytest.fixture(scope="session")
+def real_masks(real_ingest, config) -> dict:
+    """(HU, labels, spacing) in LPS order for the real normal and CAP scans, default settings."""
+    from lungcam.lungs import LungSettings, segment
+    from lungcam.orientation import load_hu_lps
+
+    out, _, _, _ = real_ingest
+    settings = LungSettings.from_config(config["lungs"])
+    masks = {}
+    for pid in ("normal001", "cap001"):
+        hu, view = load_hu_lps(out / pid / VOLUME_NAME)
+        masks[pid] = (hu, segment(hu, view.spacing, settings)[0], view.spacing)
+    return masks
+
+
+def ball(shape, centre, radius_mm: float, spacing) -> np.ndarray:
+    """Voxels of an array of `shape` within `radius_mm` of `centre` (voxel indices)."""
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g - c) * s / radius_mm) ** 2 for g, c, s in zip(grid, centre, spacing)) <= 1.0
+
+
 def write_painted_study(dicom_dir: Path, truth_path: Path, seed: int = 7, position: str = "FFS") -> None:
     """A synthetic chest written as DICOM with the lungs painted in flat HU values.
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcam.ingest import VOLUME_NAME
 from lungcam.lung_qc import Limit, LungQCSettings, lung_checks, lung_figures
-from lungcam.lungs import LungSettings, segment
-from lungcam.orientation import load_hu_lps
+
+from .conftest import ball
 
 
 @pytest.fixture(scope="module")
@@ -17,25 +16,8 @@ def qc(config) -> LungQCSettings:
     return LungQCSettings.from_config(config["lungs"]["qc"])
 
 
-@pytest.fixture(scope="module")
-def real_masks(real_ingest, config) -> dict:
-    """(HU, labels, spacing) in LPS order for the real normal and CAP scans."""
-    out, _, _, _ = real_ingest
-    settings = LungSettings.from_config(config["lungs"])
-    masks = {}
-    for pid in ("normal001", "cap001"):
-        hu, view = load_hu_lps(out / pid / VOLUME_NAME)
-        masks[pid] = (hu, segment(hu, view.spacing, settings)[0], view.spacing)
-    return masks
-
-
 def checks(hu, labels, spacing, qc) -> tuple[list[str], list[str]]:
     return lung_checks(lung_figures(hu, labels, spacing), qc)
-
-
-def ball(shape, centre, radius_mm: float, spacing) -> np.ndarray:
-    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
-    return sum(((g - c) * s / radius_mm) ** 2 for g, c, s in zip(grid, centre, spacing)) <= 1.0
 
 
 def test_a_normal_real_mask_raises_nothing(real_masks, qc):

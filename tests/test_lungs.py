@@ -13,11 +13,11 @@ from nibabel.processing import resample_from_to
 
 from lungcam.ingest import VOLUME_NAME, ingest_patient
 from lungcam.lungmask_backend import LungmaskWeightsError, download_weights, require_weights
-from lungcam.lungs import LungSettings, run_lungs
+from lungcam.lungs import LungSettings, run_lungs, segment
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 
-from .conftest import REAL_CASES
+from .conftest import REAL_CASES, ball
 
 R231_REFERENCE_PER_SLICE = {1: 32376, 2: 18268}  # lungmask's own test: R231 on its 2 test slices
 
@@ -88,6 +88,37 @@ def test_consolidation_that_hides_the_lung_boundary_is_lung(pid, per_class, conf
     lesions = on_grid(paths["lesions"], volume) > 0
     assert dice(labels > 0, truth > 0) >= 0.97
     assert (labels[lesions] > 0).mean() >= 0.95
+
+
+def pleural_consolidation(hu, labels, spacing, side: int, textured: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A 65 mL consolidation (30 HU) planted against the posterior chest wall of lung `side`, half
+    way up: (image, lesion). Textured: with 30 contrast-filled vessel sections (3 mm, 350 HU) and
+    10 air bronchogram sections (5 mm, -950 HU); otherwise uniform (SD 15 HU)."""
+    lung = labels == side
+    z = np.nonzero(lung.any(axis=(1, 2)))[0]
+    k = (z[0] + z[-1]) // 2
+    y, x = max(map(tuple, np.argwhere(lung[k])))
+    lesion = ball(hu.shape, (k, y - 12.0 / spacing[1], x), 28.0, spacing) & lung
+    rng = np.random.default_rng(5)
+    image = hu.copy()
+    image[lesion] = rng.normal(30, 15, int(lesion.sum()))
+    if textured:
+        inner = np.argwhere(lesion)
+        for i, centre in enumerate(inner[rng.choice(len(inner), 40, replace=False)]):
+            image[ball(hu.shape, tuple(centre), 1.5 if i < 30 else 2.5, spacing) & lesion] = 350 if i < 30 else -950
+    return image, lesion
+
+
+# A pleural-based consolidation wider than the gaps between ribs: its vessels are not ribs, its
+# bronchograms not the lung's edge, and at liver density it must not open the way to the liver.
+@pytest.mark.parametrize(("side", "textured"), [(1, True), (2, True), (1, False)])
+def test_pleural_consolidation_is_lung_and_the_liver_is_not(real_masks, lung_settings, side, textured):
+    hu, labels, spacing = real_masks["normal001"]
+    image, lesion = pleural_consolidation(hu, labels, spacing, side, textured)
+    found = segment(image, spacing, lung_settings)[0]
+    assert (found[lesion] > 0).mean() >= 0.95
+    added_ml = ((found > 0) & (labels == 0) & ~lesion).sum() * np.prod(spacing) / 1000
+    assert added_ml <= 30.0
 
 
 def test_lungmask_test_slices_match_r231_reference(real_ingest, tmp_path, lung_settings):
