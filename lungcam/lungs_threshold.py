@@ -572,9 +572,10 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
         # Below the lung's air the bold envelope reaches the liver or spleen dome: it is entered
         # only when the consolidation shows itself there (bronchograms, or the consolidation
         # grown above reaching down to it); otherwise the base is the diaphragm.
-        below_base = bold & (z[:, None, None] < surfaces[side][0][None])
-        grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold & ~below_base, opening, spacing, settings)
-        shows_below = (bronchograms & below_base).sum() * voxel_ml >= settings.bronchogram_ml
+        below = z[:, None, None] < surfaces[side][0][None]
+        below_base = bold & below
+        grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold & ~below, opening, spacing, settings)
+        shows_below = (bronchograms & below).sum() * voxel_ml >= settings.bronchogram_ml
         rests_on = (ndimage.binary_dilation(grown, iterations=rim) & below_base).sum() * voxel_ml >= BASE_CONTACT_ML
         if shows_below or rests_on:
             grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold, opening, spacing, settings)
