@@ -573,11 +573,9 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
         # only when the consolidation shows itself there (bronchograms, or the consolidation
         # grown above reaching down to it); otherwise the base is the diaphragm.
         below = z[:, None, None] < surfaces[side][0][None]
-        below_base = bold & below
-        grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold & ~below, opening, spacing, settings)
         shows_below = (bronchograms & below).sum() * voxel_ml >= settings.bronchogram_ml
-        rests_on = (ndimage.binary_dilation(grown, iterations=rim) & below_base).sum() * voxel_ml >= BASE_CONTACT_ML
-        if shows_below or rests_on:
+        grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold if shows_below else bold & ~below, opening, spacing, settings)
+        if not shows_below and (ndimage.binary_dilation(grown, iterations=rim) & bold & below).sum() * voxel_ml >= BASE_CONTACT_ML:
             grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold, opening, spacing, settings)
         keep |= grown
         out[keep & (out == 0)] = side
