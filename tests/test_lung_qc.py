@@ -8,7 +8,7 @@ import pytest
 
 from lungcam.lung_qc import Limit, LungQCSettings, lung_checks, lung_figures
 
-from .conftest import ball
+from .conftest import ball, pleural_consolidation
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,8 @@ def test_gas_below_the_diaphragm_taken_as_lung_is_flagged(real_masks, qc):
 
 def test_a_consolidation_left_out_of_the_mask_is_flagged(real_masks, qc):
     hu, labels, spacing = real_masks["normal001"]
-    right = labels == 1
-    z = np.nonzero(right.any(axis=(1, 2)))[0]
-    k = (z[0] + z[-1]) // 2
-    y, x = max(map(tuple, np.argwhere(right[k])))  # the most posterior lung in the middle slice
-    lesion = ball(hu.shape, (k, y - 12.0 / spacing[1], x), 28.0, spacing) & right  # pleural-based, at the back, 65 mL
-    rng = np.random.default_rng(5)
-    image, mask = hu.copy(), labels.copy()
-    image[lesion] = rng.normal(30, 15, int(lesion.sum())).astype(hu.dtype)
+    image, lesion = pleural_consolidation(hu, labels, spacing, side=1, textured=False)
+    mask = labels.copy()
     mask[lesion] = 0
     assert any("right lung above and below it" in w for w in checks(image, mask, spacing, qc)[1])
     # The same lesion inside the mask is not flagged.

@@ -17,7 +17,7 @@ from lungcam.lungs import LungSettings, run_lungs, segment
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 
-from .conftest import REAL_CASES, ball
+from .conftest import REAL_CASES, pleural_consolidation
 
 R231_REFERENCE_PER_SLICE = {1: 32376, 2: 18268}  # lungmask's own test: R231 on its 2 test slices
 
@@ -87,25 +87,6 @@ def test_consolidation_that_hides_the_lung_boundary_is_lung(pid, per_class, conf
     lesions = on_grid(paths["lesions"], volume) > 0
     assert dice(labels > 0, truth > 0) >= 0.97
     assert (labels[lesions] > 0).mean() >= 0.95
-
-
-def pleural_consolidation(hu, labels, spacing, side: int, textured: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A 65 mL consolidation (30 HU) planted against the posterior chest wall of lung `side`, half
-    way up: (image, lesion). Textured: with 30 contrast-filled vessel sections (3 mm, 350 HU) and
-    10 air bronchogram sections (5 mm, -950 HU); otherwise uniform (SD 15 HU)."""
-    lung = labels == side
-    z = np.nonzero(lung.any(axis=(1, 2)))[0]
-    k = (z[0] + z[-1]) // 2
-    y, x = max(map(tuple, np.argwhere(lung[k])))
-    lesion = ball(hu.shape, (k, y - 12.0 / spacing[1], x), 28.0, spacing) & lung
-    rng = np.random.default_rng(5)
-    image = hu.copy()
-    image[lesion] = rng.normal(30, 15, int(lesion.sum()))
-    if textured:
-        inner = np.argwhere(lesion)
-        for i, centre in enumerate(inner[rng.choice(len(inner), 40, replace=False)]):
-            image[ball(hu.shape, tuple(centre), 1.5 if i < 30 else 2.5, spacing) & lesion] = 350 if i < 30 else -950
-    return image, lesion
 
 
 # A pleural-based consolidation wider than the gaps between ribs: its vessels are not ribs, its
