@@ -339,9 +339,9 @@ def _surfaces(aerated: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _mirror(image: np.ndarray, mid_x: float) -> np.ndarray:
-    """Reflect a (y, x) map about the body midline column mid_x."""
-    x = np.clip(np.rint(2 * mid_x - np.arange(image.shape[1])).astype(int), 0, image.shape[1] - 1)
-    return image[:, x]
+    """Reflect a map about the body midline column mid_x (the last axis)."""
+    x = np.clip(np.rint(2 * mid_x - np.arange(image.shape[-1])).astype(int), 0, image.shape[-1] - 1)
+    return image[..., x]
 
 
 def _smooth_surface(surface: np.ndarray, spacing, operation) -> np.ndarray:
@@ -531,7 +531,9 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     density band inside the bold envelope, connected to the lung, is lung too. Bronchograms are
     air tubes lateral to the lung's mediastinal boundary (the hilar bronchi are medial to it),
     either more than 3 mm from the aerated lung or part of it but running through dense tissue
-    inside the bold envelope (see _enclosed_air).
+    inside the bold envelope (see _enclosed_air). The bold envelope also takes in the other
+    lung's cautious envelope mirrored about the midline, lateral to this lung's mediastinal
+    boundary: across a consolidated lobe the rays meet its vessels before any rib.
     """
     out = labels.copy()
     z = np.arange(hu.shape[0]) * spacing[0]
@@ -548,16 +550,23 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     medials = {side: _medial_boundary(lungs[side], side, mid_x, spacing, settings.bridge_mm) for side in (1, 2)}
     speck = _pixels(settings.speck_mm, spacing)
     opening = np.ones((1, 2 * speck + 1, 2 * speck + 1), bool)
+    limits = {}
     for side in (1, 2):
-        aerated, other = lungs[side], lungs[3 - side]
-        if aerated.sum() < 100:
+        if lungs[side].sum() >= 100:
+            center = np.argwhere(lungs[side].any(axis=0)).mean(axis=0)
+            height, height_bold = _height_limits(surfaces[side], surfaces[3 - side], hu.shape[0], mid_x, spacing)
+            slices = np.nonzero(height_bold.any(axis=(1, 2)))[0]
+            limits[side] = (height, height_bold) + _cage_limits(lungs[side], bone, center, spacing, slices)
+    for side in (1, 2):
+        if side not in limits:
             continue
+        aerated, other = lungs[side], lungs[3 - side]
         lateral = _lateral(hu.shape[2], side, mid_x)[None, None, :]
-        center = np.argwhere(aerated.any(axis=0)).mean(axis=0)
-        height, height_bold = _height_limits(surfaces[side], surfaces[3 - side], hu.shape[0], mid_x, spacing)
+        height, height_bold, cage, cage_bold = limits[side]
         medial = medials[side]
-        cage, cage_bold = _cage_limits(aerated, bone, center, spacing, np.nonzero(height_bold.any(axis=(1, 2)))[0])
         beyond_medial = lateral >= medial[:, :, None] - 1
+        if 3 - side in limits:  # the chest wall is nearly symmetric: the other lung's envelope, mirrored
+            cage_bold = cage_bold | (_mirror(limits[3 - side][0] & limits[3 - side][2], mid_x) & beyond_medial)
         envelope = height & cage & beyond_medial
         bold = height_bold & cage_bold
         medial_bold = medial

@@ -17,7 +17,7 @@ from lungcam.lungs import LungSettings, run_lungs, segment
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 
-from .conftest import REAL_CASES, pleural_consolidation
+from .conftest import REAL_CASES, lobar_consolidation, pleural_consolidation
 
 R231_REFERENCE_PER_SLICE = {1: 32376, 2: 18268}  # lungmask's own test: R231 on its 2 test slices
 
@@ -99,6 +99,16 @@ def test_pleural_consolidation_is_lung_and_the_liver_is_not(real_masks, lung_set
     assert (found[lesion] > 0).mean() >= 0.95
     added_ml = ((found > 0) & (labels == 0) & ~lesion).sum() * np.prod(spacing) / 1000
     assert added_ml <= 30.0
+
+
+# An upper lobe consolidated from the apex to the fissure leaves no air to find the chest wall
+# by: the other lung's envelope, mirrored, stands in for it.
+def test_consolidated_upper_lobe_is_lung(real_masks, lung_settings):
+    hu, labels, spacing = real_masks["normal001"]
+    image, lesion = lobar_consolidation(hu, labels, spacing, side=1)
+    found = segment(image, spacing, lung_settings)[0]
+    assert (found[lesion] > 0).mean() >= 0.83
+    assert ((found > 0) & (labels == 0)).sum() * np.prod(spacing) / 1000 <= 60.0
 
 
 def test_lungmask_test_slices_match_r231_reference(real_ingest, tmp_path, lung_settings):
