@@ -8,7 +8,7 @@ from lungcam.records import write_record
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 
 with job_log(snakemake.log[0]) as log:
-    plan, options = PatientPlan(**snakemake.params.plan), snakemake.params.options
+    plan, options = PatientPlan.from_dict(snakemake.params.plan), snakemake.params.options
     out = snakemake.output
     background = None
     if options["background"]:

@@ -1,9 +1,11 @@
 """Plan a synthetic cohort: who has which label, and each patient's nuisance factors.
 
-Nuisance factors (scanner, reconstruction, body size, positioning, storage) are drawn from a
-random stream keyed only by (seed, patient index), never by the label. A classifier therefore
-cannot learn the class from anything but the lesions: independence holds by construction, and
-tests check it both ways (same draws whatever the labels; no association over a large cohort).
+Nuisance factors (scanner, reconstruction, body size, positioning, storage) are balanced across
+classes by design rather than drawn independently: a small cohort of independent draws can
+carry a chance association (the sharp kernel mostly in one class) that a classifier learns as a
+shortcut. Each factor has one menu of values per cohort, as many as patients per class (levels
+in equal shares, continuous ranges in equal-width strata), and every class gets that same menu
+in its own random order. Each class therefore holds exactly the same values of every factor.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 DEFAULT_CLASSES = ("COVID-19", "CAP", "NP")
 
 # Random streams of one patient; a stream never depends on another's draws.
-STREAM_LABELS, STREAM_NUISANCE, STREAM_ANATOMY, STREAM_LESIONS, STREAM_NOISE, STREAM_IDENTITY, STREAM_FILES = range(7)
+STREAM_LABELS, STREAM_NUISANCE, STREAM_ANATOMY, STREAM_LESIONS, STREAM_NOISE, STREAM_IDENTITY, STREAM_FILES, STREAM_SCOUTS = range(8)
 
 # Reconstruction kernels: in-plane blur (mm, Gaussian sigma of the point spread), noise
 # amplification and noise grain (pixels) relative to a smooth kernel.
@@ -57,40 +59,88 @@ class Nuisance:
         return asdict(self)
 
 
-def draw_nuisance(seed: int, index: int) -> Nuisance:
-    """Nuisance factors of patient `index`; depends on nothing but (seed, index)."""
-    rng = patient_rng(seed, index, STREAM_NUISANCE)
-    representation, intercept = STORAGE[rng.integers(len(STORAGE))]
-    manufacturer, model = MANUFACTURERS[rng.integers(len(MANUFACTURERS))]
+# Factor levels; continuous factors as (low, high, decimals).
+LEVELS = {
+    "slice_thickness_mm": SLICE_THICKNESSES_MM,
+    "kernel": tuple(KERNELS),
+    "patient_position": ("HFS", "FFS"),
+    "storage": STORAGE,
+    "scanner": MANUFACTURERS,
+    "kvp": (100.0, 120.0, 140.0),
+}
+RANGES = {
+    "fov_mm": (300.0, 420.0, 1),
+    "noise_hu": (8.0, 25.0, 2),
+    "body_scale": (0.88, 1.12, 3),
+    "tube_current_ma": (80.0, 350.0, 0),
+}
+
+
+def _menu(rng: np.random.Generator, size: int) -> dict[str, list]:
+    """`size` values of every factor: levels in equal shares (the remainder a random choice of
+    levels), continuous factors one draw from each of `size` equal-width strata."""
+    menu = {}
+    for name, levels in LEVELS.items():
+        full, rest = divmod(size, len(levels))
+        picks = list(range(len(levels))) * full + sorted(rng.choice(len(levels), rest, replace=False).tolist())
+        menu[name] = [levels[i] for i in picks]
+    for name, (low, high, decimals) in RANGES.items():
+        edges = np.linspace(low, high, size + 1)
+        menu[name] = [round(float(rng.uniform(a, b)), decimals) for a, b in zip(edges[:-1], edges[1:])]
+    return menu
+
+
+def _nuisance(menu: dict[str, list], order: dict[str, np.ndarray], rank: int) -> Nuisance:
+    value = {name: menu[name][order[name][rank]] for name in menu}
+    (representation, intercept), (manufacturer, model) = value["storage"], value["scanner"]
     return Nuisance(
-        slice_thickness_mm=float(rng.choice(SLICE_THICKNESSES_MM)),
-        fov_mm=float(round(rng.uniform(300.0, 420.0), 1)),
-        kernel=str(rng.choice(list(KERNELS))),
-        noise_hu=float(round(rng.uniform(8.0, 25.0), 2)),
-        body_scale=float(round(rng.uniform(0.88, 1.12), 3)),
-        patient_position=str(rng.choice(["HFS", "FFS"])),
+        slice_thickness_mm=float(value["slice_thickness_mm"]),
+        fov_mm=value["fov_mm"],
+        kernel=str(value["kernel"]),
+        noise_hu=value["noise_hu"],
+        body_scale=value["body_scale"],
+        patient_position=str(value["patient_position"]),
         pixel_representation=int(representation),
         rescale_intercept=float(intercept),
         manufacturer=manufacturer,
         model=model,
-        kvp=float(rng.choice([100.0, 120.0, 140.0])),
-        tube_current_ma=float(round(rng.uniform(80.0, 350.0))),
+        kvp=float(value["kvp"]),
+        tube_current_ma=value["tube_current_ma"],
     )
+
+
+def balanced_nuisance(seed: int, groups: list[str], stream: int = STREAM_NUISANCE) -> list[Nuisance]:
+    """Nuisance factors for patients in groups `groups` (one entry per patient, in order): every
+    group gets the same menu of values (sized for the largest group) in its own random order."""
+    names = list(dict.fromkeys(groups))
+    size = max((groups.count(name) for name in names), default=0)
+    rng = np.random.default_rng([seed, stream])
+    menu = _menu(rng, size)
+    orders = {name: {factor: rng.permutation(size) for factor in menu} for name in names}
+    ranks = {name: 0 for name in names}
+    nuisances = []
+    for group in groups:
+        nuisances.append(_nuisance(menu, orders[group], ranks[group]))
+        ranks[group] += 1
+    return nuisances
 
 
 @dataclass(frozen=True)
 class PatientPlan:
-    """One synthetic patient: id, label and the seed/index its random streams derive from."""
+    """One synthetic patient: id, label, nuisance factors and the seed/index its other random
+    streams (anatomy, lesions, noise, identity, files) derive from."""
 
     patient_id: str
     label: str
     index: int
     seed: int
+    nuisance: Nuisance
     scout_only: bool = False  # the study holds only its localizer: sent without its axial series
 
-    @property
-    def nuisance(self) -> Nuisance:
-        return draw_nuisance(self.seed, self.index)
+    @classmethod
+    def from_dict(cls, values: dict) -> PatientPlan:
+        """The inverse of dataclasses.asdict (how the workflow passes a plan to its job)."""
+        return cls(**{**values, "nuisance": Nuisance(**values["nuisance"])})
 
 
 def plan_cohort(patients_per_class: int, seed: int, classes: tuple[str, ...] = DEFAULT_CLASSES, prefix: str = "demo", scout_only: int = 0) -> list[PatientPlan]:
@@ -101,11 +151,13 @@ def plan_cohort(patients_per_class: int, seed: int, classes: tuple[str, ...] = D
     """
     labels = np.repeat(np.array(classes), patients_per_class)
     rng = np.random.default_rng([seed, STREAM_LABELS])
-    labels = labels[rng.permutation(labels.size)]
-    total = labels.size + scout_only
+    labels = [str(label) for label in labels[rng.permutation(labels.size)]]
+    # Localizer-only patients form a group of their own: adding them changes no one else's plan.
+    nuisances = balanced_nuisance(seed, labels) + balanced_nuisance(seed, ["scout"] * scout_only, STREAM_SCOUTS)
+    total = len(labels) + scout_only
     width = max(3, len(str(total)))
     return [
-        PatientPlan(patient_id=f"{prefix}{i + 1:0{width}d}", label=str(labels[i]) if i < labels.size else classes[i % len(classes)], index=i, seed=seed,
-                    scout_only=i >= labels.size)
+        PatientPlan(patient_id=f"{prefix}{i + 1:0{width}d}", label=labels[i] if i < len(labels) else classes[i % len(classes)], index=i, seed=seed,
+                    nuisance=nuisances[i], scout_only=i >= len(labels))
         for i in range(total)
     ]
