@@ -98,3 +98,50 @@ def test_cohort_metrics_per_fold_and_per_site():
     assert result["per_fold"]["0"]["accuracy"]["value"] == accuracy_score(truth[fold0], probabilities[fold0].argmax(axis=1))
     assert result["per_site"]["site-A"]["n"] == 6
     assert cohort_metrics(predictions, CLASSES, seed=0, repeats=10)["per_site"] == {}
+
+
+def plan_records(plans, kernel_of=None) -> dict[str, dict]:
+    """QC records as ingest writes them for planned patients; `kernel_of` (label -> kernel)
+    overrides the plan's kernel to tie it to the class."""
+    from lungcam.phantom.cohort import KERNELS
+
+    records = {}
+    for plan in plans:
+        n = plan.nuisance
+        kernel = kernel_of[plan.label] if kernel_of else n.kernel
+        z_extent = round(300.0 * n.body_scale, 1)
+        header = {"manufacturer": n.manufacturer, "model": n.model, "kernel": kernel, "patient_position": n.patient_position,
+                  "slice_thickness_mm": n.slice_thickness_mm, "slice_spacing_mm": n.slice_thickness_mm, "kvp": n.kvp, "tube_current_ma": n.tube_current_ma,
+                  "rows": 256, "columns": 256, "slices": int(z_extent / n.slice_thickness_mm), "z_extent_mm": z_extent, "pixel_spacing_mm": [n.fov_mm / 256] * 2}
+        hu = {"noise_hu": round(n.noise_hu * KERNELS[kernel]["noise_factor"], 1), "air_hu": -1024.0 if n.rescale_intercept else -1000.0,
+              "min": -1024.0, "p01": -1000.0, "p50": -850.0 + 100 * n.body_scale, "p99": 400.0, "max": 1500.0}
+        records[plan.patient_id] = {"patient_id": plan.patient_id, "ingest": {"header": header, "hu": hu}}
+    return records
+
+
+def baseline_of(plans, seed: int, kernel_of=None) -> dict:
+    from lungcam.folds import assign_folds
+    from lungcam.nuisance_baseline import nuisance_baseline, nuisance_features
+
+    patients = pd.DataFrame({"patient_id": [p.patient_id for p in plans], "label": [p.label for p in plans]})
+    predictions = assign_folds(patients, 5, seed).astype({"fold": str})
+    return nuisance_baseline(nuisance_features(plan_records(plans, kernel_of)), predictions, CLASSES, seed, repeats=200)
+
+
+def test_nuisance_baseline_finds_a_kernel_tied_to_the_class_and_nothing_in_the_balanced_demo(config):
+    from lungcam.phantom import plan_cohort
+
+    demo = config["demo"]
+    plans = plan_cohort(demo["patients_per_class"], demo["seed"], tuple(config["classes"]))
+    confounded = baseline_of(plans, demo["seed"], kernel_of={"COVID-19": "B30f", "CAP": "B50f", "NP": "B70f"})
+    assert confounded["above_chance"] and confounded["accuracy"]["value"] >= 0.9
+    balanced = baseline_of(plans, demo["seed"])
+    assert not balanced["above_chance"] and balanced["accuracy"]["value"] <= 0.5
+    assert balanced["patients"] == len(plans) and "kernel" in balanced["features"]
+
+
+def test_nuisance_baseline_needs_folds():
+    from lungcam.nuisance_baseline import nuisance_baseline
+
+    predictions = pd.DataFrame({"patient_id": ["a", "b"], "label": ["CAP", "NP"], "fold": ["", ""]})
+    assert "note" in nuisance_baseline(pd.DataFrame(index=["a", "b"]), predictions, CLASSES, 0)

@@ -117,6 +117,7 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     assert metrics["classification"]["patients"] == 9 and set(metrics["classification"]["per_fold"]) == {"0", "1", "2"}
     assert metrics["classification"]["overall"]["accuracy"]["value"] == pytest.approx((predictions["label"] == predictions["predicted"]).mean(), abs=1e-4)
     assert metrics["slice_level"]["n"] == 9 and metrics["localisation"]["pointing_game"]["mean"] == pytest.approx(localisation["pointing_game"]["mean"], abs=1e-4)
+    assert metrics["nuisance_baseline"]["patients"] == 9 and 0 <= metrics["nuisance_baseline"]["accuracy"]["value"] <= 1
     provenance = json.loads((tmp_path / "results" / "provenance.json").read_text())
     assert provenance["config_hash"] == config_hash(provenance["config"]) and provenance["config"]["train"]["folds"] == 3
     files = read_record(tmp_path / "results" / "qc" / "demo001.json")["ingest"]["files"]["found"]
@@ -127,6 +128,7 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     summary = (tmp_path / "results" / "summary.html").read_text()
     exclusions = summary[summary.index('id="exclusions"'): summary.index('id="metrics"')]
     assert f'href="reports/{scout.patient_id}.html"' in exclusions and "only localizer (scout) images" in exclusions
+    assert "Nuisance-only baseline" in summary[summary.index('id="metrics"'):]
     planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY), plan.patient_id).planted_values()]
     header = pydicom.dcmread(next((tmp_path / "demo" / "dicom" / plans[0].patient_id).iterdir()), stop_before_pixels=True)
     assert str(header.PatientName) in planted  # the planted values are really in the input...
@@ -156,6 +158,7 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     # The sheet gives labels, so the prediction run is evaluated too (an external validation).
     evaluated = json.loads((predict_dir / "results" / "metrics.json").read_text())
     assert evaluated["classification"]["patients"] == 9 and list(evaluated["classification"]["per_fold"]) == ["predict"]
+    assert "note" in evaluated["nuisance_baseline"]  # no folds: nothing to compare with
     assert (predict_dir / "results" / "summary.html").is_file() and len(list((predict_dir / "results" / "reports").iterdir())) == len(plans)
 
 

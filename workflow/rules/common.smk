@@ -261,8 +261,9 @@ CLASSIFICATION_FIGURES = [f"{RESULTS}/figures/{name}.png" for name in ("roc_pr",
 
 
 def classification_metrics_inputs(wildcards) -> dict:
-    """Predictions, and the models and slice bank for the slice-level metrics."""
-    inputs = {"predictions": f"{RESULTS}/predictions.tsv"}
+    """Predictions, the QC records (for the nuisance-only baseline), and the models and slice
+    bank for the slice-level metrics."""
+    inputs = {"predictions": f"{RESULTS}/predictions.tsv", "qc": qc_records(wildcards)}
     if LABELLED:
         inputs["models"] = list(REPORT_MODELS.values())
         inputs["bank"] = rules.slice_bank.output[0]
