@@ -17,6 +17,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from .atomic import write_text
+from .folds import NO_PNEUMONIA
 from .map_sampling import evaluations_per_axis
 
 # QC measures of the summary's strip plots: column of the cohort table -> axis title.
@@ -94,6 +95,11 @@ def _number(text: str | None) -> float | None:
         return None
 
 
+def _is_true(value) -> bool:
+    """A predictions.tsv flag, read back as a bool or as text."""
+    return value is True or str(value).lower() == "true"
+
+
 def patient_context(qc: dict, provenance: dict, label: str, prediction: dict | None, classes: list[str], lesions: pd.DataFrame | None, burden: dict | None,
                     key_slices: Path | None, lung_montage: Path | None, times: list[dict], model_file: str | None, summary_link: str) -> dict:
     """Everything the patient report shows. `label` is the sample sheet's; `prediction` the
@@ -104,6 +110,12 @@ def patient_context(qc: dict, provenance: dict, label: str, prediction: dict | N
     if qc.get("status") == "ok" and prediction is None:
         errors.append("no prediction for this patient (not in predictions.tsv)")
     probabilities = [{"class": c, "probability": float(prediction[f"prob_{c}"])} for c in classes] if prediction else []
+    warnings = list(qc.get("warnings", []))
+    if prediction and _is_true(prediction.get("trained_on")):
+        warnings.insert(0, "the model file lists this patient among those it was trained on: its prediction and map are not an independent test")
+    burden_note = None
+    if burden and prediction and prediction.get("predicted") == NO_PNEUMONIA:
+        burden, lesions, burden_note = None, None, f"Predicted {NO_PNEUMONIA}: no infection burden or lesion candidates are given for a scan judged free of pneumonia."
     return {
         "patient_id": qc["patient_id"],
         "status": qc.get("status", "unknown"),
@@ -115,12 +127,13 @@ def patient_context(qc: dict, provenance: dict, label: str, prediction: dict | N
         "lung_montage": data_uri(lung_montage),
         "lesions": lesions.to_dict("records") if lesions is not None else [],
         "burden": burden,
+        "burden_note": burden_note,
         "series": ingest.get("series", {}),
         "header": [(label, header[key]) for key, label in HEADER_FIELDS.items() if key in header],
         "noise_hu": ingest.get("hu", {}).get("noise_hu"),
         "lungs": [(label, lungs[key]) for key, label in LUNG_FIELDS.items() if key in lungs],
         "lung_method": lungs.get("method"),
-        "warnings": qc.get("warnings", []),
+        "warnings": warnings,
         "errors": errors,
         "provenance": {"code": provenance["code"], "config_hash": provenance["config_hash"], "model_file": model_file, "lungcam": provenance["software"].get("lungcam")},
         "times": times,
@@ -149,7 +162,10 @@ def qc_table(qc_records: list[dict], predictions: pd.DataFrame | None, burdens: 
                "lesions": burdens.get(patient, {}).get("candidates")}
         if indexed is not None and patient in indexed.index:
             found = indexed.loc[patient]
-            row |= {"predicted": found["predicted"], "confidence": float(found[f"prob_{found['predicted']}"]), "fold": str(found["fold"])}
+            row |= {"predicted": found["predicted"], "confidence": float(found[f"prob_{found['predicted']}"]), "fold": str(found["fold"]),
+                    "trained_on": _is_true(found.get("trained_on"))}
+            if found["predicted"] == NO_PNEUMONIA:
+                row["burden_percent"] = row["lesions"] = None
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in ("predicted", "confidence", "fold", *QC_MEASURES):
@@ -219,6 +235,7 @@ def summary_context(table: pd.DataFrame, metrics: dict, provenance: dict, config
         "patients": records,
         "exclusions": [row for row in records if row["status"] != "ok"],
         "lung_warnings": [row for row in records if row["status"] == "ok" and row.get("lung_warnings")],
+        "trained_on": [row for row in records if row.get("trained_on")],
         "counts": [f"{count} {name}" for name, count in counts.items()],
         "columns": SUMMARY_COLUMNS,
         "metrics": metrics,

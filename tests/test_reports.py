@@ -22,7 +22,7 @@ from lungcam.config import load_config, load_schema
 from lungcam.leak_scan import find_leaks
 from lungcam.provenance import folder_digest
 from lungcam.figures import qc_strip_svg
-from lungcam.reports import QC_MEASURES, methods_paragraph, qc_table
+from lungcam.reports import QC_MEASURES, methods_paragraph, patient_context, qc_table
 
 from .conftest import snakemake
 
@@ -84,6 +84,25 @@ def test_cohort_table_names_the_stage_that_excluded_a_patient():
     assert (b["status"], b["stage"], b["reasons"], b["label"]) == ("excluded", "lungs", "lungs: one lung missing", "NP")
     assert pd.isna(b["predicted"]) and pd.isna(b["lung_volume_ml"])
     assert (a["lung_warnings"], b["lung_warnings"]) == ("the left lung mask ends abruptly", "")
+
+
+def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
+    """A scan judged free of pneumonia gets no infection burden, in its report or the summary;
+    a patient the prediction model was trained on is flagged in both."""
+    qc = {"patient_id": "a", "status": "ok", "reasons": [], "stages": {"ingest": "ok"}, "warnings": [], "ingest": {}, "lungs": {}}
+    provenance = {"code": {}, "config_hash": "x", "software": {}}
+    burden = {"total_percent": 37.0, "right_percent": 40.0, "left_percent": 34.0, "flagged_ml": 900.0, "candidates": 3}
+    lesions = pd.DataFrame({"lesion": [1], "volume_ml": [5.0]})
+    classes = ["CAP", "NP"]
+    for predicted, trained_on in (("NP", "True"), ("CAP", "False")):
+        prediction = {"patient_id": "a", "label": "NP", "fold": "predict", "trained_on": trained_on, "prob_CAP": 0.4, "prob_NP": 0.6, "predicted": predicted}
+        context = patient_context(qc, provenance, "NP", prediction, classes, lesions, burden, None, None, [], "model.pt", "../summary.html")
+        assert (context["burden"] is None) == (predicted == "NP") and bool(context["burden_note"]) == (predicted == "NP")
+        assert (context["lesions"] == []) == (predicted == "NP")
+        assert any("trained on" in w for w in context["warnings"]) == (trained_on == "True")
+        table = qc_table([qc], pd.DataFrame([prediction]), {"a": burden}, {"a": "NP"}, {})
+        row = table.iloc[0]
+        assert pd.isna(row["burden_percent"]) == (predicted == "NP") and bool(row["trained_on"]) == (trained_on == "True")
 
 
 def test_qc_strip_points_link_to_reports_and_the_figure_is_reproducible():

@@ -152,14 +152,16 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     bank = SliceBank.load(tmp_path / "work" / "train" / "bank")
     expected = predict_patients(model, metadata, bank, sorted(predicted.index), torch.device("cpu")).set_index("patient_id")
     assert np.allclose(predicted[expected.columns].to_numpy(), expected.to_numpy(), atol=1e-5)
-    assert set(predicted["fold"]) == {"predict"}
+    assert set(predicted["fold"]) == {"predict"} and predicted["trained_on"].all()  # the final model saw them all
     assert sorted(p.name for p in (predict_dir / "results" / "cam").glob("*.nii.gz")) == sorted(f"{p.patient_id}.nii.gz" for p in included)
     assert dict(predicted["label"]) == {p.patient_id: p.label for p in included}
     # The sheet gives labels, so the prediction run is evaluated too (an external validation).
     evaluated = json.loads((predict_dir / "results" / "metrics.json").read_text())
     assert evaluated["classification"]["patients"] == 9 and list(evaluated["classification"]["per_fold"]) == ["predict"]
     assert "note" in evaluated["nuisance_baseline"]  # no folds: nothing to compare with
-    assert (predict_dir / "results" / "summary.html").is_file() and len(list((predict_dir / "results" / "reports").iterdir())) == len(plans)
+    assert len(list((predict_dir / "results" / "reports").iterdir())) == len(plans)
+    assert "were in the model's training set" in (predict_dir / "results" / "summary.html").read_text()
+    assert "trained on" in (predict_dir / "results" / "reports" / f"{included[0].patient_id}.html").read_text()
 
 
 def variant(base: dict, changes: dict) -> dict:
