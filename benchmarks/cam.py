@@ -12,9 +12,9 @@ With `--smooth`, each map is also smoothed within the lungs by a Gaussian of tha
 (`cam.smooth_mm`; the default is the workflow's); the table names sigma after "s".
 
     .venv/bin/python benchmarks/cam.py demo-hu2020 --patients 6
-    .venv/bin/python benchmarks/cam.py run200 --cohort 60 --methods multiscale gradcam
-    .venv/bin/python benchmarks/cam.py demo-s13c --methods multiscale pool3 --shifts 1 2 4
-    .venv/bin/python benchmarks/cam.py demo --methods multiscale --shifts 2 --smooth 0 2 4 6
+    .venv/bin/python benchmarks/cam.py run200 --cohort 60 --methods lungcam_mean gradcam
+    .venv/bin/python benchmarks/cam.py demo-s13c --methods lungcam_mean pool3 --shifts 1 2 4
+    .venv/bin/python benchmarks/cam.py demo --methods lungcam_mean --shifts 2 --smooth 0 2 4 6
 """
 
 from __future__ import annotations

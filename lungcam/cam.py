@@ -1,14 +1,14 @@
 """Class activation maps of a patient, in the scan's own geometry.
 
-The paper's multi-scale CAM: for each lung slice of the model-input cache, the class maps that
-`Hu2020Net` computes after pool3, pool4 and pool5 (ReLU outputs whose global maxima are the
-logits) are taken for the target class, each upsampled bilinearly to the cache slice, and
-averaged, as the three scales' logits are averaged. The option `pool3` keeps the finest of the
-three maps alone: on a well-trained 64 px model it finds the lesion's region better (hit rate
-and Dice, benchmarks/README.md), since the coarse maps spread the map's top beyond the lesion.
-The options Grad-CAM, Grad-CAM++ and LayerCAM (torchcam) weigh the same three layers' features
-by the class score's gradients, and Integrated Gradients (captum) attributes the score to the
-input pixels. With the `mil` model each slice's map is weighted by the slice's attention
+Hu et al.'s network computes class maps after pool3, pool4 and pool5 (ReLU outputs whose global
+maxima are the logits). The paper's code draws each scale's map on its own (`pool3`, `pool4`,
+`pool5`) and a joint saliency, the product of the three scales' Integrated Gradients maps
+(`joint_saliency`, see _joint_saliency). `lungcam_mean` is this project's variant, not the
+paper's: the three maps upsampled bilinearly to the cache slice and averaged, as the logits are
+averaged (and, by default, densely evaluated and smoothed, below). The options Grad-CAM,
+Grad-CAM++ and LayerCAM (torchcam) weigh the same three layers' features by the class score's
+gradients, and Integrated Gradients (captum) attributes the score to the input pixels. With the
+`mil` model each slice's map is weighted by the slice's attention
 relative to the largest. The stacked volume is set to 0 outside the cache's lungs, resampled
 onto the grid of `nifti/{patient_id}.nii.gz` with the cache's transform
 (`lungcam.cache.to_source_grid`), set to 0 outside `lungs/{patient_id}.nii.gz` and smoothed
@@ -50,7 +50,9 @@ from .models import AttentionMIL, Hu2020Net
 from .slice_bank import resize_slices, zscore
 
 
-METHODS = ("multiscale", "pool3", "gradcam", "gradcampp", "layercam", "integrated_gradients")
+SCALE_CAMS = {"lungcam_mean": slice(None), "pool3": slice(0, 1), "pool4": slice(1, 2), "pool5": slice(2, 3)}
+METHODS = (*SCALE_CAMS, "joint_saliency", "gradcam", "gradcampp", "layercam", "integrated_gradients")
+JOINT_STEPS, JOINT_BASELINE = 25, -1.0  # the paper's joint saliency: Integrated Gradients settings
 TORCHCAM_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMpp", "layercam": "LayerCAM"}
 SCALE_LAYERS = ["blocks.2", "blocks.3", "blocks.4"]  # pool3, pool4, pool5: what the heads read
 SMOOTHING_TRUNCATE = 3.0  # the smoothing Gaussian's reach, in sigmas
@@ -70,15 +72,28 @@ def _map_function(network: torch.nn.Module, method: str, steps: int, batch_size:
     The gradient methods (torchcam) look at the same three layers as the paper's maps, the
     pooled features the heads read, so the methods differ only in how they weigh those features.
     Integrated Gradients (captum) attributes the class score to the input pixels, from a uniform
-    slice (zero after z-scoring) in `steps` steps; its positive part is the map.
+    slice (zero after z-scoring) in `steps` steps; its positive part is the map. The joint
+    saliency attributes each scale's logit separately (signed: fused by `_joint_saliency`).
     """
-    if method in ("multiscale", "pool3"):
-        scales = slice(None) if method == "multiscale" else slice(0, 1)
+    if method in SCALE_CAMS:
+        scales = SCALE_CAMS[method]
 
         def class_maps(x: torch.Tensor, target: int) -> list[torch.Tensor]:
             with torch.no_grad():
                 return [m[:, target].float() for m in network.maps(x)[scales]]
         yield class_maps
+    elif method == "joint_saliency":
+        from captum.attr import IntegratedGradients
+
+        def scale_logit(scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda x: network.maps(x)[scale].amax(dim=(-2, -1))
+
+        attributions = [IntegratedGradients(scale_logit(scale)) for scale in range(len(SCALE_LAYERS))]
+
+        def scale_gradients(x: torch.Tensor, target: int) -> list[torch.Tensor]:
+            return [a.attribute(x, baselines=JOINT_BASELINE, target=target, n_steps=JOINT_STEPS, internal_batch_size=batch_size)[:, 0].detach().float()
+                    for a in attributions]
+        yield scale_gradients
     elif method in TORCHCAM_METHODS:
         import torchcam.methods
 
@@ -125,15 +140,26 @@ def _shift_averaged(maps_of: MapFunction, shifts: int) -> MapFunction:
     return averaged
 
 
+def _joint_saliency(layers: list[np.ndarray]) -> np.ndarray:
+    """Hu et al.'s joint saliency of per-scale attribution maps: each scaled by its largest
+    magnitude over the patient's slices to [-1, 1], then (C3 + 2)(C4 + 2)(C5 + 2). Where all three
+    are 0 the product is 8: that neutral value is subtracted and what falls below it cut to 0."""
+    product = np.ones(layers[0].shape, dtype=np.float32)
+    for layer in layers:
+        product *= layer / max(float(np.abs(layer).max()), 1e-12) + 2.0
+    return np.clip(product - 8.0, 0.0, None)
+
+
 def slice_cams(model: torch.nn.Module, slices: np.ndarray, target: int, input_size: int, device: torch.device,
-               method: str = "multiscale", steps: int = 32, batch_size: int = 32, shifts: int = 1) -> np.ndarray:
+               method: str = "lungcam_mean", steps: int = 32, batch_size: int = 32, shifts: int = 1) -> np.ndarray:
     """Maps (n, h, w) of uint8 cache slices (n, h, w) for class `target` by `method`: each
     layer's map upsampled to the cache slice, then averaged over the layers (the paper's fusion);
     with `shifts` > 1 each layer's map is first evaluated densely (module docstring), except for
     the per-pixel Integrated Gradients.
 
-    Every method's layers are averaged unscaled, as the paper averages its maps (whose maxima
-    are the logits), so slices stay comparable with each other. For Grad-CAM this lets the
+    Every method's layers are averaged unscaled, as the paper averages its logits (the maps'
+    maxima), so slices stay comparable with each other; `joint_saliency` multiplies its three
+    instead (`_joint_saliency`). For Grad-CAM this lets the
     coarsest layer dominate: its weights are gradients averaged over the layer's pixels, so
     pool5's are the largest.
     """
@@ -149,8 +175,11 @@ def slice_cams(model: torch.nn.Module, slices: np.ndarray, target: int, input_si
                 layers = [np.zeros(slices.shape, dtype=np.float32) for _ in maps]
             for layer, found in zip(layers, maps):
                 upsampled = F.interpolate(found[:, None], size=(height, width), mode="bilinear", align_corners=False)
-                layer[start: start + len(batch)] = upsampled[:, 0].clamp_min(0).cpu().numpy()
-    return np.mean(layers, axis=0, dtype=np.float32) if layers else np.zeros(slices.shape, dtype=np.float32)
+                upsampled = upsampled[:, 0] if method == "joint_saliency" else upsampled[:, 0].clamp_min(0)
+                layer[start: start + len(batch)] = upsampled.cpu().numpy()
+    if not layers:
+        return np.zeros(slices.shape, dtype=np.float32)
+    return _joint_saliency(layers) if method == "joint_saliency" else np.mean(layers, axis=0, dtype=np.float32)
 
 
 @torch.no_grad()
@@ -163,7 +192,7 @@ def slice_attention(model: AttentionMIL, slices: np.ndarray, input_size: int, de
 
 
 def cache_cam(model: torch.nn.Module, metadata: dict, cache_dir: Path | str, target: int, device: torch.device,
-              method: str = "multiscale", steps: int = 32, shifts: int = 1) -> tuple[np.ndarray, CacheTransform]:
+              method: str = "lungcam_mean", steps: int = 32, shifts: int = 1) -> tuple[np.ndarray, CacheTransform]:
     """The patient's CAM on the cache grid (z, y, x) in [0, 1], 0 outside the lungs."""
     image, lungs, transform = load_cache(cache_dir)
     lungs = np.asarray(lungs) > 0
@@ -231,7 +260,7 @@ def target_class(row: dict, classes: list[str], target: str) -> str:
 
 def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir: Path | str, lungs_path: Path | str, out_path: Path | str,
                       device: torch.device | str = "cpu", volume_path: Path | str | None = None, figure_path: Path | str | None = None,
-                      method: str = "multiscale", steps: int = 32, shifts: int = 1, smooth_mm: float = 0.0) -> dict:
+                      method: str = "lungcam_mean", steps: int = 32, shifts: int = 1, smooth_mm: float = 0.0) -> dict:
     """Write cam/{patient_id}.nii.gz for one patient by `method` (METHODS), evaluated at `shifts`
     x `shifts` input offsets and smoothed within the lungs by `smooth_mm`, and with the scan's
     `volume_path` the key slices figure at `figure_path`; returns what was mapped, for the log."""

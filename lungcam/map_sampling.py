@@ -8,7 +8,7 @@ from __future__ import annotations
 
 CELL = 8  # input pixels per cell of the finest map, pool3 (three 2 x 2 max-pools)
 SHIFTS = (1, 2, 4)  # offsets per axis that divide a cell evenly and symmetrically into whole pixels
-PIXEL_METHODS = ("integrated_gradients",)  # maps at the input's own pixels: nothing to evaluate densely
+PIXEL_METHODS = ("integrated_gradients", "joint_saliency")  # maps at the input's own pixels: nothing to evaluate densely
 
 
 def evaluations_per_axis(method: str, shifts: int) -> int:

@@ -198,8 +198,11 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
     model_text = ("the multi-scale weakly supervised network of Hu et al. (IEEE Access 2020), every slice inheriting its patient's label, "
                   f"slice probabilities aggregated per patient by {aggregation}" if train["model"] == "hu2020"
                   else "the multi-scale network of Hu et al. (IEEE Access 2020) with gated attention pooling over each patient's slices (Ilse et al., ICML 2018), trained with the patient label only")
-    cam_text = {"multiscale": "the paper's multi-scale class activation maps (pool3, pool4 and pool5, upsampled and averaged)",
+    cam_text = {"lungcam_mean": "lungcam's mean of the network's three class activation maps (pool3, pool4 and pool5 of Hu et al.'s network, upsampled and averaged; not the paper's own map)",
                 "pool3": "the finest of the paper's class activation maps (pool3, upsampled)",
+                "pool4": "the paper's middle-scale class activation map (pool4, upsampled)",
+                "pool5": "the paper's coarsest class activation map (pool5, upsampled)",
+                "joint_saliency": "the paper's joint saliency (the product of the three scales' Integrated Gradients maps)",
                 "gradcam": "Grad-CAM (Selvaraju et al., ICCV 2017)", "gradcampp": "Grad-CAM++ (Chattopadhay et al., WACV 2018)",
                 "layercam": "LayerCAM (Jiang et al., IEEE TIP 2021)", "integrated_gradients": "Integrated Gradients (Sundararajan et al., ICML 2017)"}[cam["method"]]
     shifts = evaluations_per_axis(cam["method"], cam["shifts"])

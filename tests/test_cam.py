@@ -54,7 +54,7 @@ def test_a_cam_peak_in_model_space_lands_on_its_physical_point(cached, smooth_mm
         assert np.all(np.abs(np.array(found) - expected) <= 1.0), (position, found, expected)
 
 
-@pytest.mark.parametrize("kind, method", [("hu2020", "multiscale"), ("mil", "multiscale"), ("hu2020", "gradcampp"), ("mil", "integrated_gradients")])
+@pytest.mark.parametrize("kind, method", [("hu2020", "lungcam_mean"), ("mil", "lungcam_mean"), ("hu2020", "gradcampp"), ("mil", "integrated_gradients")])
 def test_patient_cam_is_in_unit_range_and_zero_outside_the_lungs(cached, tmp_path, kind, method):
     root, volume, _, _ = cached
     torch.manual_seed(0)
@@ -269,8 +269,9 @@ def blob_network():
 # it, so its pixel AUC is lower than the smooth maps' (0.90 on an AMD EPYC, whose float kernels
 # train the network a little differently; the others 0.96-0.98 there).
 @pytest.mark.parametrize(("method", "shifts", "within_px", "share", "auc"), [
-    ("multiscale", 1, 6, 0.5, 0.9), ("pool3", 1, 5 + 4 * np.sqrt(2), 1.0, 0.9), ("gradcampp", 1, 6, 0.5, 0.9), ("layercam", 1, 6, 0.5, 0.9),
-    ("integrated_gradients", 1, 6, 0.5, 0.85), ("multiscale", 4, 6, 1.0, 0.9), ("layercam", 4, 6, 1.0, 0.9)])
+    ("lungcam_mean", 1, 6, 0.5, 0.9), ("pool3", 1, 5 + 4 * np.sqrt(2), 1.0, 0.9), ("gradcampp", 1, 6, 0.5, 0.9), ("layercam", 1, 6, 0.5, 0.9),
+    ("integrated_gradients", 1, 6, 0.5, 0.85), ("lungcam_mean", 4, 6, 1.0, 0.9), ("layercam", 4, 6, 1.0, 0.9),
+    ("pool4", 1, 5 + 8 * np.sqrt(2), 0.5, 0.85), ("joint_saliency", 1, 6, 0.5, 0.85)])
 def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method, shifts, within_px, share, auc):
     """The network decides by the disc, so each method's map must score disc pixels above the
     rest (pixel AUC above `auc`) and peak on or near the disc (at least `share` of the peaks
@@ -302,18 +303,26 @@ def test_grad_cam_is_the_gradient_weighted_features_of_the_three_scales(blob_net
     assert maps == pytest.approx(expected.detach().numpy(), rel=1e-4, abs=1e-6)
 
 
-def test_pool3_map_is_the_finest_of_the_three_averaged_by_multiscale(blob_network):
-    """`pool3` is the first scale's class map upsampled; `multiscale` averages it with the
-    pool4 and pool5 maps upsampled the same way."""
+def test_scale_maps_are_the_papers_and_lungcam_mean_averages_them(blob_network):
+    """`pool3`, `pool4` and `pool5` are each scale's class map upsampled, as the paper's code draws
+    them; `lungcam_mean` averages the three upsampled the same way."""
     slices = blob_slices(4, seed=11)[0]
     with torch.no_grad():
         scales = [nn.functional.interpolate(m[:, :1], size=(BLOB, BLOB), mode="bilinear", align_corners=False)[:, 0].clamp_min(0).numpy()
                   for m in blob_network.maps(zscore(torch.from_numpy(slices).float()))]
-    fine = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="pool3")
-    fused = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="multiscale")
-    assert fine == pytest.approx(scales[0], abs=1e-6)
+    for method, expected in zip(("pool3", "pool4", "pool5"), scales):
+        assert slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method=method) == pytest.approx(expected, abs=1e-6)
+    fused = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="lungcam_mean")
     assert fused == pytest.approx(np.mean(scales, axis=0), abs=1e-6)
-    assert not np.allclose(fine, fused)
+    assert not np.allclose(scales[0], fused)
+
+
+def test_joint_saliency_is_the_product_of_the_scaled_maps_less_the_neutral_value():
+    from lungcam.cam import _joint_saliency
+
+    layers = [np.array([[[0.0, 2.0, -4.0]]]), np.array([[[0.0, 1.0, 1.0]]]), np.array([[[0.0, -3.0, 3.0]]])]
+    # Scaled by their largest magnitudes (4, 1, 3): [0, .5, -1], [0, 1, 1], [0, -1, 1]; plus 2, multiplied, less 8.
+    assert _joint_saliency(layers) == pytest.approx(np.array([[[0.0, max(2.5 * 3 * 1 - 8, 0), max(1 * 3 * 3 - 8, 0)]]]))
 
 
 class PooledInput(nn.Module):

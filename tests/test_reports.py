@@ -120,7 +120,7 @@ def test_methods_paragraph_follows_the_config():
     config = load_config()
     text = methods_paragraph(config, ["COVID-19", "CAP", "NP"], 10, 1)
     assert "Hu et al. (IEEE Access 2020)" in text and "5 stratified folds" in text and "1 were excluded" in text
-    assert "multi-scale class activation maps" in text and "2 x 2 offsets" in text and "smoothed within the lungs (Gaussian, sigma 4 mm)" in text
+    assert "lungcam's mean of the network's three class activation maps" in text and "not the paper's own map" in text and "2 x 2 offsets" in text and "smoothed within the lungs (Gaussian, sigma 4 mm)" in text
     config["cam"]["method"], config["cam"]["shifts"], config["cam"]["smooth_mm"], config["train"]["model"] = "layercam", 1, 0.0, "mil"
     text = methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
     assert "LayerCAM" in text and "attention pooling" in text and "offsets" not in text and "smoothed" not in text
