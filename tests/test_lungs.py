@@ -70,13 +70,23 @@ def test_threshold_masks_match_phantom_truth(small_cohort, tmp_path, ingest_sett
 # Demo patients (default demo: seed 2020) whose consolidation hides the lung's own boundary:
 # demo016 a right lower lobe down to the diaphragm (found by its air bronchograms), demo029 a left
 # upper lobe from the apex to the fissure against the heart, demo015 a segment on the left
-# diaphragm with no bronchogram long enough (found as a large uniform dense region). demo185 of
-# the 201-patient cohort (67 per class, same seed): a lobar consolidation whose bronchograms all
-# join the aerated lung, so none is loose air; found as islands of the aerated lung in dense tissue.
+# diaphragm with no bronchogram long enough (found as a large uniform dense region). They are
+# rendered as when they were found (slice thickness, field of view, kernel, noise, body size,
+# position), before the cohort's nuisance factors were balanced. demo185 of the 201-patient
+# cohort (67 per class, same seed): a lobar consolidation whose bronchograms all join the aerated
+# lung, so none is loose air; found as islands of the aerated lung in dense tissue.
+FOUND_ON = {
+    "demo015": dict(slice_thickness_mm=1.5, fov_mm=409.8, kernel="B50f", noise_hu=14.44, body_scale=1.104, patient_position="HFS"),
+    "demo016": dict(slice_thickness_mm=1.5, fov_mm=348.2, kernel="B50f", noise_hu=9.04, body_scale=0.99, patient_position="HFS"),
+    "demo029": dict(slice_thickness_mm=3.0, fov_mm=399.2, kernel="B50f", noise_hu=9.54, body_scale=1.107, patient_position="FFS"),
+}
+
+
 @pytest.mark.parametrize(("pid", "per_class"), [("demo015", None), ("demo016", None), ("demo029", None), ("demo185", 67)])
 def test_consolidation_that_hides_the_lung_boundary_is_lung(pid, per_class, config, tmp_path, ingest_settings, lung_settings):
     demo = config["demo"]
     plan = next(p for p in plan_cohort(per_class or demo["patients_per_class"], demo["seed"], tuple(config["classes"])) if p.patient_id == pid)
+    plan = replace(plan, nuisance=replace(plan.nuisance, **FOUND_ON.get(pid, {})))
     assert plan.label == "CAP"
     paths = cohort_layout(tmp_path, pid)
     generate_patient(plan, PhantomOptions.from_config(demo), paths["dicom"], paths["lungs"], paths["lesions"])
