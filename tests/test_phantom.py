@@ -51,6 +51,7 @@ def test_scout_only_patients_follow_the_cohort_with_a_localizer_alone(tmp_path):
     and their study folder holds the localizer only."""
     plans = plan_cohort(1, seed=3, scout_only=2)
     assert plans[:3] == plan_cohort(1, seed=3) and [p.patient_id for p in plans[3:]] == ["demo004", "demo005"]
+    assert plans[:4] == plan_cohort(1, seed=3, scout_only=1)  # nor does a second one change the first
     assert [p.scout_only for p in plans] == [False, False, False, True, True]
     paths = cohort_layout(tmp_path, plans[3].patient_id)
     generate_patient(plans[3], PhantomOptions(matrix=128, localizer=False, thick_series=True), paths["dicom"], paths["lungs"], paths["lesions"])

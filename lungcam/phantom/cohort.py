@@ -109,12 +109,12 @@ def _nuisance(menu: dict[str, list], order: dict[str, np.ndarray], rank: int) ->
     )
 
 
-def balanced_nuisance(seed: int, groups: list[str], stream: int = STREAM_NUISANCE) -> list[Nuisance]:
+def balanced_nuisance(seed: int, groups: list[str], stream: tuple[int, ...] = (STREAM_NUISANCE,)) -> list[Nuisance]:
     """Nuisance factors for patients in groups `groups` (one entry per patient, in order): every
     group gets the same menu of values (sized for the largest group) in its own random order."""
     names = list(dict.fromkeys(groups))
     size = max((groups.count(name) for name in names), default=0)
-    rng = np.random.default_rng([seed, stream])
+    rng = np.random.default_rng([seed, *stream])
     menu = _menu(rng, size)
     orders = {name: {factor: rng.permutation(size) for factor in menu} for name in names}
     ranks = {name: 0 for name in names}
@@ -152,8 +152,8 @@ def plan_cohort(patients_per_class: int, seed: int, classes: tuple[str, ...] = D
     labels = np.repeat(np.array(classes), patients_per_class)
     rng = np.random.default_rng([seed, STREAM_LABELS])
     labels = [str(label) for label in labels[rng.permutation(labels.size)]]
-    # Localizer-only patients form a group of their own: adding them changes no one else's plan.
-    nuisances = balanced_nuisance(seed, labels) + balanced_nuisance(seed, ["scout"] * scout_only, STREAM_SCOUTS)
+    # Localizer-only patients draw on streams of their own: adding one changes no one else's plan.
+    nuisances = balanced_nuisance(seed, labels) + [balanced_nuisance(seed, ["scout"], (STREAM_SCOUTS, i))[0] for i in range(scout_only)]
     total = len(labels) + scout_only
     width = max(3, len(str(total)))
     return [
