@@ -8,9 +8,10 @@ they were first run, were never used for choosing, and only their figures are to
 Per cohort, from results/metrics.json: patient accuracy, macro AUC, COVID-19/CAP/NP sensitivity,
 pointing game, slice AUC (mean per patient, and pooled), lesion Dice at the configured threshold,
 and the nuisance-only baseline's accuracy. Then the cohort's fold-0 model is applied in mode
-predict to the real COVID-19 and CAP scans (P001, cap001) and each map's mass per slice is
-scored against the radiologists' slice labels (slice AUC): whether what is learnt on phantoms
-finds real infection. For the evaluation cohorts: mean, standard deviation and worst.
+predict to the real COVID-19 and CAP scans (P001, cap001), each mapped for its diagnosis
+(`cam.target: label`, whatever the model predicts), and each map's mass per slice is scored
+against the radiologists' slice labels (slice AUC): whether what is learnt on phantoms finds
+real infection. For the evaluation cohorts: mean, standard deviation and worst.
 
 Targets (issue 28, evaluation cohorts): mean accuracy >= 0.90, worst >= 0.80; mean macro AUC
 >= 0.95; COVID-19 sensitivity >= 0.85; mean pointing game >= 0.80; mean pooled slice AUC >= 0.85;
@@ -24,6 +25,7 @@ Working directories stay under --root: a rerun only redoes what changed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -73,15 +75,18 @@ def cohort_figures(results: Path) -> dict[str, float]:
     return figures
 
 
-def real_scan_figures(model: Path, workdir: Path, cores: int) -> dict[str, float]:
-    """Slice AUC of the model's maps on the real P001 and cap001 against the slice labels."""
+def real_scan_figures(model: Path, workdir: Path, cores: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Slice AUC of the model's maps (for each scan's diagnosis) on the real P001 and cap001
+    against the slice labels, and the class the model predicted for each."""
     sheet = workdir / "patients.tsv"
     workdir.mkdir(parents=True, exist_ok=True)
     sheet.write_text("patient_id\tlabel\tdicom_dir\n" + "".join(f"{p}\t{label}\t{REAL / p}\n" for p, label in REAL_CASES.items()))
     snakemake(workdir, {"samples": str(sheet), "mode": "predict", "predict": {"model": str(model)},
-                        "cam": {"slice_labels": str(REAL / "slice_labels.tsv")}}, cores)
+                        "cam": {"slice_labels": str(REAL / "slice_labels.tsv"), "target": "label"}}, cores)
     labelled = json.loads((workdir / "results" / "localisation.json").read_text())["slice_labels"]["auc_per_patient"]
-    return {f"real {p}": float(labelled.get(p, float("nan"))) for p in REAL_CASES}
+    with open(workdir / "results" / "predictions.tsv", newline="") as handle:
+        predicted = {row["patient_id"]: row["predicted"] for row in csv.DictReader(handle, delimiter="\t")}
+    return {f"real {p}": float(labelled.get(p, float("nan"))) for p in REAL_CASES}, predicted
 
 
 def row(name: str, figures: dict[str, float]) -> str:
@@ -97,13 +102,13 @@ def main() -> int:
     header = f"{'cohort':16s}" + "".join(f" {k:>{max(len(k), 6)}s}" for k in FIGURES)
     met = True
     for kind in args.cohorts:
-        table = {}
+        table, predicted = {}, {}
         for name, background, seed in COHORTS[kind]:
             workdir = args.root / name.replace(" ", "-")
             snakemake(workdir, {"demo": {"seed": seed, "background": str(background or "")}}, args.cores)
             figures = cohort_figures(workdir / "results")
-            figures |= real_scan_figures(workdir / "results" / "model" / "fold0.pt", workdir.with_name(workdir.name + "-real"), args.cores)
-            table[name] = figures
+            real, predicted[name] = real_scan_figures(workdir / "results" / "model" / "fold0.pt", workdir.with_name(workdir.name + "-real"), args.cores)
+            table[name] = figures | real
         print(f"\n{kind} cohorts (12 patients per class, the demo's CPU recipe; real P001/cap001: slice AUC of the fold-0 model's maps)")
         print(header)
         for name, figures in table.items():
@@ -112,6 +117,8 @@ def main() -> int:
         print(row("mean", {k: np.nanmean(v) for k, v in values.items()}))
         print(row("sd", {k: np.nanstd(v, ddof=1) if len(v) > 1 else float("nan") for k, v in values.items()}))
         print(row("worst", {k: (np.nanmax(v) if k == "nuisance acc" else np.nanmin(v)) for k, v in values.items()}))
+        for name, classes in predicted.items():
+            print(f"{name}: fold-0 model predicts " + ", ".join(f"{p} {c}" for p, c in classes.items()))
         if kind == "evaluation":
             checks = {f"mean {k} >= {t}": np.nanmean(values[k]) >= t for k, t in TARGETS.items()}
             checks["worst accuracy >= 0.8"] = np.nanmin(values["accuracy"]) >= 0.80
