@@ -54,7 +54,7 @@ def snakemake(workdir: Path, config: dict, cores: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", str(cores),
-               "--configfile", str(workdir / "config.yaml"), "--quiet", "rules"]
+               "--configfile", str(workdir / "config.yaml"), "--quiet", "rules", "--rerun-incomplete"]
     with open(workdir / "snakemake.log", "a") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
 
