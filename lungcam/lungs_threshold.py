@@ -560,18 +560,19 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     for side in (1, 2):
         if side not in limits:
             continue
-        aerated, other = lungs[side], lungs[3 - side]
+        aerated = lungs[side]
         lateral = _lateral(hu.shape[2], side, mid_x)[None, None, :]
         height, height_bold, cage, cage_bold = limits[side]
         medial = medials[side]
         beyond_medial = lateral >= medial[:, :, None] - 1
-        if 3 - side in limits:  # the chest wall is nearly symmetric: the other lung's envelope, mirrored
+        medial_bold = medial
+        if 3 - side in limits:
+            # The chest wall is nearly symmetric: the other lung's envelope, mirrored, bounds this
+            # one's too; rows without air reach as far medially as the other lung does.
             cage_bold = cage_bold | (_mirror(limits[3 - side][0] & limits[3 - side][2], mid_x) & beyond_medial)
+            medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         envelope = height & cage & beyond_medial
         bold = height_bold & cage_bold
-        medial_bold = medial
-        if other.sum() >= 100:  # rows without air: as far medially as the other lung reaches
-            medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         components, ids = _touching(ndimage.binary_opening(dense & envelope, structure=opening), aerated)
         keep = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & dense & envelope  # restore the rim
         inside_bold = bold & beyond_medial
