@@ -11,7 +11,7 @@ results/model/fold*.pt, work/train/bank) and prints, with the metrics of results
    `train.aggregation` (the run's own is the one its early stopping used).
 
     .venv/bin/snakemake --cores 2 --directory demo-hu2020
-    .venv/bin/snakemake --cores 2 --directory demo-mil --config 'demo={"train": {"model": "mil"}}'
+    .venv/bin/snakemake --cores 2 --directory demo-mil --config 'train={"model": "mil"}'
     .venv/bin/python benchmarks/classifier.py demo-hu2020 demo-mil
 """
 

@@ -51,13 +51,32 @@ def test_empty_config_gets_all_defaults():
 
 def test_demo_overrides_can_be_switched_off():
     """`--config 'demo={"overrides": false}'` trains the demo with the train and cache sections as
-    they are (the paper's settings). Emptying demo.train on the command line would not: Snakemake
+    they are (full compute). Emptying demo.train on the command line would not: Snakemake
     merges nested values into the config, so an empty dict changes nothing."""
     demo = apply_demo_overrides(load_config())
-    assert demo["train"]["input_size"] == 64 and demo["train"]["threads"] == 1 and demo["cache"]["mask_outside_lungs"] is True
-    paper = apply_demo_overrides(load_config(overrides={"demo": {"overrides": "false"}}))  # as the command line gives it
-    assert paper["train"]["input_size"] == 224 and paper["train"]["max_epochs"] == 50 and paper["cache"]["mask_outside_lungs"] is False
-    assert paper["demo"]["train"]["input_size"] == 64  # still there, unused
+    assert demo["train"]["input_size"] == 64 and demo["train"]["threads"] == 1 and demo["cache"]["spacing_mm"] == [5.0, 2.0, 2.0]
+    full = apply_demo_overrides(load_config(overrides={"demo": {"overrides": "false"}}))  # as the command line gives it
+    assert full["train"]["input_size"] == 224 and full["train"]["max_epochs"] == 50 and full["cache"]["spacing_mm"] == [2.5, 1.25, 1.25]
+    assert full["demo"]["train"]["input_size"] == 64  # still there, unused
+
+
+COMPUTE_KEYS = {"train": {"input_size", "width", "max_epochs", "batch_size", "bag_size", "bags_per_step", "workers", "threads", "device", "gpus"},
+                "cache": {"spacing_mm", "margin_mm"}}
+
+
+def test_demo_and_defaults_are_one_recipe():
+    """The demo differs from the defaults only in what compute forces: every other train and
+    cache choice (aggregation, validation, weight average, dropout, learning rate, masking, map
+    smoothing) is the same, and a demo.train key outside the compute keys is a config error."""
+    demo, full = apply_demo_overrides(load_config()), apply_demo_overrides(load_config(overrides={"demo": {"overrides": False}}))
+    for section, compute in COMPUTE_KEYS.items():
+        differing = {key for key in full[section] if demo[section][key] != full[section][key]}
+        assert differing and differing <= compute, section
+    assert demo["cam"] == full["cam"]
+    with pytest.raises(ConfigError, match="dropout"):
+        load_config(overrides={"demo": {"train": {"dropout": 0.5}}})
+    with pytest.raises(ConfigError, match="mask_outside_lungs"):
+        load_config(overrides={"demo": {"cache": {"mask_outside_lungs": False}}})
 
 
 def test_text_from_nested_command_line_values_becomes_numbers():
