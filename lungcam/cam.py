@@ -13,8 +13,10 @@ relative to the largest. The stacked volume is set to 0 outside the cache's lung
 onto the grid of `nifti/{patient_id}.nii.gz` with the cache's transform
 (`lungcam.cache.to_source_grid`), set to 0 outside `lungs/{patient_id}.nii.gz` and smoothed
 within those lungs (`smooth_mm`, `smooth_within_lungs`: a few high voxels at a lung tip no longer
-outrank the top over the lesion), and scaled to [0, 1] by its maximum there (a single-pixel
-peak, as Integrated Gradients makes, would otherwise be lost to the resampling).
+outrank the top over the lesion). Maps are not scaled per scan, so that one absolute lesion
+threshold means the same on every scan and a scan whose map is low everywhere is told from one
+with a lesion: the method's value v (for the class maps, the class score in logits) is written as
+v / (v + 1), in [0, 1) and in the same order (0.5: a score of 1).
 
 Model input and cache slice are related by the resize of `slice_bank.resize_slices`
 (half-pixel centres, `align_corners=False`); upsampling the maps to the cache slice with the same
@@ -193,7 +195,7 @@ def slice_attention(model: AttentionMIL, slices: np.ndarray, input_size: int, de
 
 def cache_cam(model: torch.nn.Module, metadata: dict, cache_dir: Path | str, target: int, device: torch.device,
               method: str = "lungcam_mean", steps: int = 32, shifts: int = 1) -> tuple[np.ndarray, CacheTransform]:
-    """The patient's CAM on the cache grid (z, y, x) in [0, 1], 0 outside the lungs."""
+    """The patient's CAM on the cache grid (z, y, x) in the method's units, 0 outside the lungs."""
     image, lungs, transform = load_cache(cache_dir)
     lungs = np.asarray(lungs) > 0
     with_lung = np.flatnonzero(lungs.any(axis=(1, 2)))
@@ -206,8 +208,7 @@ def cache_cam(model: torch.nn.Module, metadata: dict, cache_dir: Path | str, tar
             maps *= slice_attention(model, slices, size, device)[:, None, None]
         volume[with_lung] = maps
     volume *= lungs
-    peak = float(volume.max())
-    return (volume / peak if peak > 0 else volume), transform
+    return volume, transform
 
 
 def smooth_within_lungs(cam: np.ndarray, lungs: np.ndarray, spacing_mm: Sequence[float], sigma_mm: float) -> np.ndarray:
@@ -241,14 +242,15 @@ def smooth_within_lungs(cam: np.ndarray, lungs: np.ndarray, spacing_mm: Sequence
 
 def scan_cam(cache_volume: np.ndarray, transform: CacheTransform, scan_lungs: np.ndarray, smooth_mm: float = 0.0) -> np.ndarray:
     """A cache-grid CAM on the scan's grid: float32, 0 outside the scan's lungs, smoothed within
-    them by a Gaussian of `smooth_mm` (`smooth_within_lungs`; 0: not smoothed), scaled to a
-    maximum of 1 (unless empty)."""
+    them by a Gaussian of `smooth_mm` (`smooth_within_lungs`; 0: not smoothed), and brought to
+    [0, 1) by `to_unit_range`."""
     mapped = np.clip(to_source_grid(cache_volume, transform, order=1), 0.0, None)
-    mapped = smooth_within_lungs(mapped, scan_lungs, voxel_sizes(np.array(transform.source_affine)), smooth_mm)
-    peak = float(mapped.max())
-    if peak > 0:
-        mapped /= peak
-    return mapped
+    return to_unit_range(smooth_within_lungs(mapped, scan_lungs, voxel_sizes(np.array(transform.source_affine)), smooth_mm))
+
+
+def to_unit_range(values: np.ndarray) -> np.ndarray:
+    """v / (v + 1) of non-negative map values: the same scale for every scan, the same order."""
+    return (values / (values + 1.0)).astype(np.float32)
 
 
 def target_class(row: dict, classes: list[str], target: str) -> str:
@@ -281,7 +283,7 @@ def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir:
     image.header["descrip"] = f"lungcam {method} {mapped}".encode()[:79]
     with atomic_path(out_path) as tmp:
         nib.save(image, tmp)
-    summary = {"method": method, "shifts": evaluations_per_axis(method, shifts), "smooth_mm": smooth_mm, "class": mapped, "model": str(model_path), "peak": float(cam.max()), "voxels_above_half": int((cam >= 0.5).sum())}
+    summary = {"method": method, "shifts": evaluations_per_axis(method, shifts), "smooth_mm": smooth_mm, "class": mapped, "model": str(model_path), "peak": round(float(cam.max()), 4)}
     if volume_path is not None and figure_path is not None:
         hu, view = load_hu_lps(volume_path)
         title = f"{row.get('patient_id', '')} {method} map of {mapped} (predicted {row['predicted']})"

@@ -1,7 +1,10 @@
 """Lesion candidates and infection burden from a patient's CAM (on the scan's grid).
 
-Voxels of the map at or above a threshold (a share of the map's maximum, or Otsu's threshold of
-the map within the lungs) form 3D connected components (26-connectivity); components smaller
+Voxels of the map at or above a threshold form 3D connected components (26-connectivity). The
+threshold is by default an absolute map value fixed before evaluation (maps have one scale for
+every scan, `lungcam.cam.to_unit_range`), so a scan whose map is low everywhere gets
+no candidates; a share of each scan's own maximum (`relative`) or Otsu's threshold of the map
+within the lungs (`otsu`) always flag part of every scan's lungs. Components smaller
 than a minimum volume are dropped. Each candidate gets its volume, side (the lung label most of
 its voxels lie in: 1 right, 2 left), peak and mean score, and centroid in scanner coordinates
 (DICOM LPS, mm). The burden is the flagged share of each lung's volume, in percent.
@@ -25,17 +28,21 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 class LesionSettings:
     """Config section `cam.lesions`."""
 
-    threshold: str  # relative or otsu
+    threshold: str  # absolute, relative or otsu
+    absolute: float
     relative: float
     min_volume_ml: float
 
     @classmethod
     def from_config(cls, section: dict) -> "LesionSettings":
-        return cls(section["threshold"], float(section["relative"]), float(section["min_volume_ml"]))
+        return cls(section["threshold"], float(section["absolute"]), float(section["relative"]), float(section["min_volume_ml"]))
 
 
 def cam_threshold(cam: np.ndarray, lungs: np.ndarray, settings: LesionSettings) -> float:
-    """The score at or above which a lung voxel is flagged (inf when the map is empty)."""
+    """The score at or above which a lung voxel is flagged (for relative and otsu: inf when the
+    map is empty)."""
+    if settings.threshold == "absolute":
+        return settings.absolute
     inside = cam[lungs > 0]
     if inside.size == 0 or inside.max() <= 0:
         return float("inf")

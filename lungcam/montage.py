@@ -70,13 +70,16 @@ def key_slices(cam: np.ndarray, count: int = 3) -> list[int]:
 
 def key_slices_figure(hu_lps: np.ndarray, labels: np.ndarray, cam: np.ndarray, spacing: tuple[float, float, float], path: Path | str, title: str) -> list[int]:
     """Write the key slices of a CAM (LPS z, y, x, like the CT) over the CT in a lung window, the
-    map as a heatmap where it is at least 0.1, and the lung outlines; returns the slices shown."""
+    map as a heatmap scaled to its maximum where it is at least 0.1 of it, and the lung outlines;
+    returns the slices shown."""
     chosen = key_slices(cam) or lung_slices(labels)
+    peak = float(cam.max())
+    shown = cam / peak if peak > 0 else cam
     fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 4.6), facecolor="black", squeeze=False)
     aspect = spacing[1] / spacing[2]
     for ax, k in zip(axes[0], chosen):
         ax.imshow(hu_lps[k], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=aspect, interpolation="nearest")
-        heat = np.ma.masked_less(cam[k], 0.1)
+        heat = np.ma.masked_less(shown[k], 0.1)
         ax.imshow(heat, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, aspect=aspect, interpolation="bilinear")
         _draw_outlines(ax, labels[k])
         ax.set_title(f"axial {k}: map mass {float(cam[k].sum()):.0f}", color="white", fontsize=9)

@@ -188,6 +188,15 @@ def _kept_model_text(train: dict) -> str:
     return f"every training patient trained for {train['max_epochs']} epochs, and {weights} of the last were kept"
 
 
+def _lesion_threshold_text(lesions: dict) -> str:
+    """The lesion threshold of the config section cam.lesions, in words."""
+    if lesions["threshold"] == "absolute":
+        return f"a map value of {lesions['absolute']:g}, fixed before evaluation and the same for every scan"
+    if lesions["threshold"] == "otsu":
+        return "Otsu's threshold of each scan's map (which flags part of every scan)"
+    return f"{lesions['relative']:g} of each scan's map maximum (which flags part of every scan)"
+
+
 def methods_paragraph(config: dict, classes: list[str], patients: int, excluded: int) -> str:
     """A methods paragraph generated from the resolved config, citing the methods used."""
     train, cam, lungs, cache = config["train"], config["cam"], config["lungs"], config["cache"]
@@ -218,7 +227,7 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
             f"The classifier ({', '.join(classes)}) is {model_text}, trained with a class-weighted focal cross-entropy and Adam (learning rate {train['learning_rate']}); "
             f"{_kept_model_text(train)}. "
             f"{evaluation} Infection maps are {cam_text}, restricted to the lungs and mapped back onto each scan{smoothing}; lesion candidates are connected components above "
-            f"{'Otsu' + chr(39) + 's threshold' if cam['lesions']['threshold'] == 'otsu' else str(cam['lesions']['relative']) + ' of the map maximum'}. "
+            f"{_lesion_threshold_text(cam['lesions'])}. "
             "Confidence intervals are 95% percentile bootstrap intervals over patients.")
 
 

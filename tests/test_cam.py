@@ -55,7 +55,10 @@ def test_a_cam_peak_in_model_space_lands_on_its_physical_point(cached, smooth_mm
 
 
 @pytest.mark.parametrize("kind, method", [("hu2020", "lungcam_mean"), ("mil", "lungcam_mean"), ("hu2020", "gradcampp"), ("mil", "integrated_gradients")])
-def test_patient_cam_is_in_unit_range_and_zero_outside_the_lungs(cached, tmp_path, kind, method):
+def test_patient_cam_keeps_the_model_units_and_is_zero_outside_the_lungs(cached, tmp_path, kind, method):
+    """Maps are not scaled per scan: the cache map is the method's own output on the lung slices
+    (hu2020, lungcam_mean: the class maps' mean, whose maximum per slice is near the logit), and
+    on the scan's grid it is v / (v + 1) of it, in [0, 1)."""
     root, volume, _, _ = cached
     torch.manual_seed(0)
     model = build_model(kind, 3, 0.25, 0.5).eval()
@@ -63,11 +66,17 @@ def test_patient_cam_is_in_unit_range_and_zero_outside_the_lungs(cached, tmp_pat
                 "preprocessing": bank_preprocessing(INPUT, 0.25, {})}
     cam, transform = cache_cam(model, metadata, root / "cache", 0, torch.device("cpu"), method, steps=4)
     _, lungs, _ = load_cache(root / "cache")
-    assert cam.max() == pytest.approx(1.0) and cam.min() >= 0 and not cam[np.asarray(lungs) == 0].any()
+    assert cam.max() > 0 and cam.min() >= 0 and not cam[np.asarray(lungs) == 0].any()
+    if method == "lungcam_mean" and kind == "hu2020":
+        image = np.asarray(load_cache(root / "cache")[0])
+        with_lung = np.flatnonzero(np.asarray(lungs).any(axis=(1, 2)))
+        direct = slice_cams(model, image[with_lung], 0, INPUT, torch.device("cpu")) * (np.asarray(lungs)[with_lung] > 0)
+        assert np.allclose(cam[with_lung], direct, atol=1e-5)
     scan_lungs = np.asarray(nib.load(root / "lungs.nii.gz").dataobj)
     mapped = scan_cam(cam, transform, scan_lungs)
     assert mapped.shape == nib.load(volume).shape and mapped.dtype == np.float32
-    assert 0 <= mapped.min() and mapped.max() == pytest.approx(1.0) and not mapped[scan_lungs == 0].any()
+    assert 0 <= mapped.min() and 0 < mapped.max() < 1 and not mapped[scan_lungs == 0].any()
+    assert mapped.max() <= cam.max() / (cam.max() + 1) * (1 + 1e-5)  # one fixed scale, not the scan's own maximum
 
 
 def test_smoothing_within_the_lungs_keeps_a_constant_map_up_to_the_pleura():
@@ -128,20 +137,37 @@ def test_lesion_candidates_volume_side_centroid_and_burden():
     from lungcam.lesions import LesionSettings, find_lesions
 
     cam, lungs, affine = lesion_fixture()
-    table, burden = find_lesions(cam, lungs, affine, LesionSettings("relative", 0.5, 0.0))
+    table, burden = find_lesions(cam, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.0))
     assert list(table["volume_ml"]) == [0.72, 0.054, 0.003] and list(table["lesion"]) == [1, 2, 3]
     assert list(table["side"]) == ["right", "left", "left"] and table["peak_score"].iloc[0] == 1.0
     centre_ras = affine[:3, :3] @ np.array([12.5, 14.5, 11.5]) + affine[:3, 3]
     assert table.iloc[0][["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].tolist() == pytest.approx([-centre_ras[0], -centre_ras[1], centre_ras[2]], abs=0.05)
     assert burden["right_percent"] == pytest.approx(100 * 240 / lungs[lungs == 1].size, abs=1e-3)
-    big_only, burden_big = find_lesions(cam, lungs, affine, LesionSettings("relative", 0.5, 0.5))
+    big_only, burden_big = find_lesions(cam, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.5))
     assert len(big_only) == 1 and burden_big["left_percent"] == 0  # dropped components are not burden
-    strict, _ = find_lesions(cam, lungs, affine, LesionSettings("relative", 0.95, 0.0))
+    strict, _ = find_lesions(cam, lungs, affine, LesionSettings("relative", 1.0, 0.95, 0.0))
     assert list(strict["volume_ml"]) == [0.72]
-    otsu, _ = find_lesions(cam, lungs, affine, LesionSettings("otsu", 0.5, 0.0))
+    otsu, _ = find_lesions(cam, lungs, affine, LesionSettings("otsu", 1.0, 0.5, 0.0))
     assert len(otsu) == 3
-    empty, nothing = find_lesions(np.zeros_like(cam), lungs, affine, LesionSettings("otsu", 0.5, 0.0))
+    empty, nothing = find_lesions(np.zeros_like(cam), lungs, affine, LesionSettings("otsu", 1.0, 0.5, 0.0))
     assert empty.empty and nothing["total_percent"] == 0
+
+
+def test_an_absolute_threshold_flags_nothing_in_a_low_map():
+    """The absolute threshold is one map value for every scan: a scan whose map stays low (a
+    normal scan) gets no candidate, where a share of its own maximum would flag its top, and the
+    same shape at twice the height is flagged."""
+    from lungcam.lesions import LesionSettings, find_lesions
+
+    cam, lungs, affine = lesion_fixture()
+    absolute = LesionSettings("absolute", 0.85, 0.5, 0.0)
+    found, _ = find_lesions(cam, lungs, affine, absolute)
+    assert list(found["volume_ml"]) == [0.72, 0.003]  # the blob (1.0) and the speck (0.9), not the small blob (0.8)
+    low = cam * 0.4
+    nothing, burden = find_lesions(low, lungs, affine, absolute)
+    assert nothing.empty and burden["total_percent"] == 0 and burden["flagged_ml"] == 0
+    assert len(find_lesions(low, lungs, affine, LesionSettings("relative", 0.85, 0.5, 0.0))[0]) == 3  # relative flags it all the same
+    assert len(find_lesions(low * 5, lungs, affine, absolute)[0]) == 3
 
 
 def test_localisation_figures_of_a_map_that_finds_its_lesion():
@@ -151,16 +177,16 @@ def test_localisation_figures_of_a_map_that_finds_its_lesion():
     cam, lungs, affine = lesion_fixture()
     lesion = np.zeros(lungs.shape, dtype=bool)
     lesion[10:16, 10:20, 10:14] = True  # the big blob is the lesion; the small blob and the speck are not
-    result = patient_localisation(cam, lesion, lungs, affine, LesionSettings("relative", 0.5, 0.0))
+    result = patient_localisation(cam, lesion, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.0))
     assert result["pointing_game"] == 1.0 and result["hit"] == 1.0 and result["slice_auc"] == 1.0
     assert result["dice"] == pytest.approx(2 * 240 / (240 + 18 + 1 + 240))
     assert result["best_dice"] == 1.0 and result["best_threshold"] > 0.85  # above the speck (0.9) and the small blob
-    elsewhere = patient_localisation(np.where(lesion, 0.0, cam).astype(np.float32), lesion, lungs, affine, LesionSettings("relative", 0.5, 0.0))
+    elsewhere = patient_localisation(np.where(lesion, 0.0, cam).astype(np.float32), lesion, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.0))
     assert elsewhere["pointing_game"] == 0.0 and elsewhere["hit"] == 0.0 and elsewhere["dice"] == 0.0
     assert result["peak_distance_mm"] == 0.0 and result["lesion_in_lungs"] == 1.0
     outside = lesion.copy()
     outside[0:2, 0:10, 0:12] = True  # 240 more lesion voxels, before the lungs (which start at index 5)
-    assert patient_localisation(cam, outside, lungs, affine, LesionSettings("relative", 0.5, 0.0))["lesion_in_lungs"] == 0.5
+    assert patient_localisation(cam, outside, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.0))["lesion_in_lungs"] == 0.5
     # the maximum is now the speck (voxel 50, 30, 20); the lesion's nearest voxel is (15, 19, 13)
     assert elsewhere["peak_distance_mm"] == pytest.approx(np.sqrt((35 * 2.0) ** 2 + (11 * 1.0) ** 2 + (7 * 1.5) ** 2), abs=0.01)
     table = pd.DataFrame([{"patient_id": "a", **result}, {"patient_id": "b", **elsewhere}])

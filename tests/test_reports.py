@@ -133,10 +133,13 @@ def test_methods_paragraph_follows_the_config():
     for aggregation in load_schema("config.schema.yaml")["properties"]["train"]["properties"]["aggregation"]["enum"]:  # and every aggregation
         config["train"]["aggregation"] = aggregation
         assert "aggregated per patient by " in methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
-    assert "lowest loss on 15% of the training patients held out" in text and "moving average" not in text
-    config["train"].update(validation_fraction=0.0, ema_epochs=8.0, max_epochs=30)  # the demo's way
+    assert "every training patient trained for 50 epochs, and an exponential moving average of the weights over about 8 epochs of the last" in text
+    assert "a map value of 0.5, fixed before evaluation" in text
+    config["train"].update(validation_fraction=0.15, ema_epochs=0.0)  # the paper's way
+    config["cam"]["lesions"]["threshold"] = "relative"
     text = methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
-    assert "every training patient trained for 30 epochs, and an exponential moving average of the weights over about 8 epochs of the last" in text
+    assert "lowest loss on 15% of the training patients held out" in text and "moving average" not in text
+    assert "0.5 of each scan's map maximum (which flags part of every scan)" in text
 
 
 @pytest.mark.slow
