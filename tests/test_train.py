@@ -34,7 +34,7 @@ def toy_bank(folder: Path, per_class: int = 4, slices: int = 6, size: int = 32, 
     folder.mkdir(parents=True, exist_ok=True)
     patients, images, rows = [], [], []
     yy, xx = np.mgrid[:size, :size]
-    for c, label in enumerate(CLASSES):
+    for label in CLASSES:
         for i in range(per_class):
             pid = f"{label[:3].lower()}{i}"
             patients.append({"patient_id": pid, "label": label})
@@ -53,8 +53,28 @@ def toy_bank(folder: Path, per_class: int = 4, slices: int = 6, size: int = 32, 
 
 def toy_settings(**changes) -> TrainSettings:
     train = load_config()["train"]
-    base = TrainSettings.from_config({**train, "input_size": 32, "width": 0.25, "learning_rate": 0.003, "max_epochs": 4, "patience": 10,
-                                      "batch_size": 8, "bag_size": 6, "workers": 0, "device": "cpu", "folds": 2, "top_k": 2})
+    base = TrainSettings.from_config(
+        {
+            **train,
+            "input_size": 32,
+            "width": 0.25,
+            "learning_rate": 0.003,
+            "max_epochs": 4,
+            "patience": 10,
+            "batch_size": 8,
+            "bag_size": 6,
+            "workers": 0,
+            "device": "cpu",
+            "folds": 2,
+            "top_k": 2,
+            # a few epochs on toy data: validation patients, no weight average (over 8 epochs it
+            # would keep the first epochs' weights), as these tests were designed for
+            "validation_fraction": 0.15,
+            "ema_epochs": 0.0,
+            "dropout": 0.5,
+            "aggregation": "presence",
+        }
+    )
     return replace(base, **changes)
 
 
@@ -64,7 +84,10 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 def outputs(folder: Path) -> dict:
-    return {k: folder / name for k, name in (("model", "model.pt"), ("curves", "curves.tsv"), ("curves_png", "curves.png"), ("predictions", "pred.tsv"))}
+    return {
+        k: folder / name
+        for k, name in (("model", "model.pt"), ("curves", "curves.tsv"), ("curves_png", "curves.png"), ("predictions", "pred.tsv"))
+    }
 
 
 def test_folds_are_patient_level_and_stratified():
@@ -195,7 +218,9 @@ def test_training_learns_a_visible_signal(tmp_path, model, epochs):
     folder = tmp_path / "bank"
     patients = assign_folds(toy_bank(folder, per_class=6, slices=8), 2, seed=3)
     settings = toy_settings(model=model, max_epochs=epochs, augment=False, patience=epochs)
-    predictions = pd.concat([train_fold(settings, CLASSES, folder, patients, fold, tmp_path / str(fold), outputs(tmp_path / str(fold))) for fold in (0, 1)])
+    predictions = pd.concat(
+        [train_fold(settings, CLASSES, folder, patients, fold, tmp_path / str(fold), outputs(tmp_path / str(fold))) for fold in (0, 1)]
+    )
     assert (predictions["predicted"] == predictions["label"]).mean() >= 0.6
 
 
@@ -302,10 +327,29 @@ def test_a_model_refuses_slices_prepared_differently():
 
 def cli_command(folder: Path, out: Path, settings: TrainSettings, fold: str = "0") -> list[str]:
     return [
-        "-m", "lungcam.cli", "train-fold", "--bank", str(folder), "--folds", str(folder / "folds.tsv"), "--fold", fold,
-        "--work", str(out / "work"), "--model", str(out / "model.pt"), "--curves", str(out / "curves.tsv"),
-        "--curves-png", str(out / "curves.png"), "--predictions", str(out / "pred.tsv"),
-        "--settings", json.dumps(asdict(settings)), "--classes", json.dumps(CLASSES),
+        "-m",
+        "lungcam.cli",
+        "train-fold",
+        "--bank",
+        str(folder),
+        "--folds",
+        str(folder / "folds.tsv"),
+        "--fold",
+        fold,
+        "--work",
+        str(out / "work"),
+        "--model",
+        str(out / "model.pt"),
+        "--curves",
+        str(out / "curves.tsv"),
+        "--curves-png",
+        str(out / "curves.png"),
+        "--predictions",
+        str(out / "pred.tsv"),
+        "--settings",
+        json.dumps(asdict(settings)),
+        "--classes",
+        json.dumps(CLASSES),
     ]
 
 
@@ -318,7 +362,9 @@ def test_killed_training_resumes_to_the_same_result(bank, tmp_path, ema_epochs):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, *cli_command(folder, tmp_path / "whole", settings)], check=True, env=env, capture_output=True)
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, *cli_command(folder, interrupted, settings)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, *cli_command(folder, interrupted, settings)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state = interrupted / "work" / STATE_NAME
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -372,7 +418,12 @@ def test_data_parallel_training_with_two_processes(bank, tmp_path):
     settings = toy_settings(max_epochs=2, gpus=2)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *cli_command(folder, tmp_path, settings)], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", *cli_command(folder, tmp_path, settings)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model, metadata = load_model(tmp_path / "model.pt")
     assert len(pd.read_csv(tmp_path / "pred.tsv", sep="\t")) == (patients["fold"] == 0).sum()
@@ -423,6 +474,8 @@ def test_a_crafted_model_stops_a_dry_run_before_it_runs_anything(tmp_path):
     (tmp_path / "p1").mkdir()
     sheet = tmp_path / "patients.tsv"
     sheet.write_text(f"patient_id\tdicom_dir\nP1\t{tmp_path / 'p1'}\n")
-    result = snakemake(tmp_path / "run", "--config", f"samples={sheet}", "mode=predict", f"predict={{'model': '{crafted}'}}", "-n", check=False)
+    result = snakemake(
+        tmp_path / "run", "--config", f"samples={sheet}", "mode=predict", f"predict={{'model': '{crafted}'}}", "-n", check=False
+    )
     assert result.returncode != 0 and "was refused" in result.stdout + result.stderr
     assert not marker.exists()
