@@ -60,8 +60,10 @@ def test_demo_overrides_can_be_switched_off():
     assert full["demo"]["train"]["input_size"] == 64  # still there, unused
 
 
-COMPUTE_KEYS = {"train": {"input_size", "width", "max_epochs", "batch_size", "bag_size", "bags_per_step", "workers", "threads", "device", "gpus"},
-                "cache": {"spacing_mm", "margin_mm"}}
+COMPUTE_KEYS = {
+    "train": {"input_size", "width", "max_epochs", "batch_size", "bag_size", "bags_per_step", "workers", "threads", "device", "gpus"},
+    "cache": {"spacing_mm", "margin_mm"},
+}
 
 
 def test_demo_and_defaults_are_one_recipe():
@@ -239,9 +241,19 @@ def test_one_scan_in_two_folders_is_found_by_its_uids(tmp_path, data):
     folders["C"] = data / "covid-ct-md" / "cap001"
     cache = tmp_path / "work" / "scan_index.json"
     problems = shared_scan_problems(folders, cache)
-    assert problems == ["patients 'A', 'B' hold the same scan (same StudyInstanceUID or SeriesInstanceUID in their "
-                        "DICOM folders); one scan must belong to one patient"]
+    assert problems == [
+        "patients 'A', 'B' hold the same scan (same StudyInstanceUID or SeriesInstanceUID in their "
+        "DICOM folders); one scan must belong to one patient"
+    ]
     uid = str(pydicom.dcmread(source[0], stop_before_pixels=True).StudyInstanceUID)
     assert uid not in cache.read_text() and len(json.loads(cache.read_text())) == 3
     assert shared_scan_problems(folders, cache) == problems  # from the cache
     assert shared_scan_problems({"A": folders["A"], "C": folders["C"]}, cache) == []
+
+
+def test_example_sample_sheet_names_the_real_scans():
+    """examples/patients.tsv is a valid sheet whose folders are the real scans beside the checkout."""
+    sheet = load_sample_sheet(REPO / "examples" / "patients.tsv", ["COVID-19", "CAP", "NP"])
+    assert list(sheet["label"]) == ["COVID-19", "CAP", "NP"]
+    for folder in sheet["dicom_dir"]:
+        assert any(Path(folder).iterdir()), folder
