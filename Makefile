@@ -1,4 +1,5 @@
-# lungcam: `make demo` runs the synthetic demo end to end; `make test` runs the test suite.
+# lungcam: `make demo` runs the synthetic demo end to end; `make test` runs the test suite;
+# `make lint` checks the Python and rule files' style (ruff, snakefmt).
 # Both create the virtual environment .venv first when it is missing or out of date.
 
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: setup demo test browser clean
+.PHONY: setup demo test lint browser clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +23,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 # Headless Chromium for the browser test of the reports (Debian packages chromium and
 # chromium-driver; installed with apt-get, as root or through sudo, when missing).

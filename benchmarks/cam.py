@@ -31,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungcam.cam import METHODS, write_patient_cam  # noqa: E402
-from lungcam.map_sampling import SHIFTS, evaluations_per_axis  # noqa: E402
 from lungcam.config import validate_config  # noqa: E402
 from lungcam.lesions import LesionSettings  # noqa: E402
 from lungcam.localisation import localise_cohort  # noqa: E402
+from lungcam.map_sampling import SHIFTS, evaluations_per_axis  # noqa: E402
 
 
 def lesion_masks(workdir: Path) -> dict[str, str]:
@@ -50,35 +50,65 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=6, help="patients to time per method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--cohort", type=int, default=0, help="map and score only the first N patients of predictions.tsv (0: all)")
-    parser.add_argument("--shifts", nargs="+", type=int, default=[1], choices=SHIFTS, help="dense evaluation: offsets per axis (cam.shifts)")
+    parser.add_argument(
+        "--shifts", nargs="+", type=int, default=[1], choices=SHIFTS, help="dense evaluation: offsets per axis (cam.shifts)"
+    )
     defaults = validate_config({})["cam"]
-    parser.add_argument("--smooth", nargs="+", type=float, default=[defaults["smooth_mm"]], help="sigma (mm) of the smoothing within the lungs (cam.smooth_mm)")
+    parser.add_argument(
+        "--smooth",
+        nargs="+",
+        type=float,
+        default=[defaults["smooth_mm"]],
+        help="sigma (mm) of the smoothing within the lungs (cam.smooth_mm)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = args.workdir / "results"
-    rows = pd.read_csv(results / "predictions.tsv", sep="\t", dtype={"patient_id": str, "label": str}, keep_default_na=False).to_dict("records")
+    rows = pd.read_csv(results / "predictions.tsv", sep="\t", dtype={"patient_id": str, "label": str}, keep_default_na=False).to_dict(
+        "records"
+    )
     if args.cohort:
         rows = rows[: args.cohort]
     masks = lesion_masks(args.workdir)
-    print(f"{'method':>20s}  s/patient  pointing game [95% CI]   hit    Dice (best)  slice AUC mean [95% CI]  pooled  peak to lesion (mm): median, mean")
+    print(
+        f"{'method':>20s}  s/patient  pointing game [95% CI]   hit    Dice (best)  slice AUC mean [95% CI]  pooled  peak to lesion "
+        "(mm): median, mean"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         # as the workflow evaluates them (Integrated Gradients once), each pair once
-        for method, shifts, smooth in dict.fromkeys((m, evaluations_per_axis(m, n), sigma) for m in args.methods for n in args.shifts for sigma in args.smooth):
+        for method, shifts, smooth in dict.fromkeys(
+            (m, evaluations_per_axis(m, n), sigma) for m in args.methods for n in args.shifts for sigma in args.smooth
+        ):
             seconds, cams = [], []
             for index, row in enumerate(rows):
                 cams.append(Path(tmp) / f"{row['patient_id']}.nii.gz")
                 start = time.perf_counter()
-                write_patient_cam(results / "model" / f"fold{row['fold']}.pt", row, "predicted", args.workdir / "work" / "cache" / row["patient_id"],
-                                  results / "lungs" / f"{row['patient_id']}.nii.gz", cams[-1], method=method, shifts=shifts, smooth_mm=smooth)
+                write_patient_cam(
+                    results / "model" / f"fold{row['fold']}.pt",
+                    row,
+                    "predicted",
+                    args.workdir / "work" / "cache" / row["patient_id"],
+                    results / "lungs" / f"{row['patient_id']}.nii.gz",
+                    cams[-1],
+                    method=method,
+                    shifts=shifts,
+                    smooth_mm=smooth,
+                )
                 if index < args.patients:
                     seconds.append(time.perf_counter() - start)
-            table, summary = localise_cohort(cams, [results / "lungs" / p.name for p in cams], masks, None, LesionSettings.from_config(defaults["lesions"]), seed=0)
+            table, summary = localise_cohort(
+                cams, [results / "lungs" / p.name for p in cams], masks, None, LesionSettings.from_config(defaults["lesions"]), seed=0
+            )
             pointing, auc = summary["pointing_game"], summary["slice_auc"]
             name = (method if shifts == 1 else f"{method} x{shifts}") + (f" s{smooth:g}" if smooth else "")
-            print(f"{name:>20s}  {sum(seconds) / len(seconds):9.2f}  {pointing['mean']:.3f} [{pointing['ci95'][0]:.2f}, {pointing['ci95'][1]:.2f}]"
-                  f"  {summary['hit']['mean']:.3f}  {summary['dice']['mean']:.3f} ({summary['best_dice']['mean']:.3f})"
-                  f"  {auc['mean']:.3f} [{auc['ci95'][0]:.2f}, {auc['ci95'][1]:.2f}]      {summary['slice_auc_pooled']['auc']:.3f}"
-                  f"  {table['peak_distance_mm'].median():6.1f}, {summary['peak_distance_mm']['mean']:.1f}", flush=True)
+            print(
+                f"{name:>20s}  {sum(seconds) / len(seconds):9.2f}  {pointing['mean']:.3f} [{pointing['ci95'][0]:.2f}, "
+                f"{pointing['ci95'][1]:.2f}]"
+                f"  {summary['hit']['mean']:.3f}  {summary['dice']['mean']:.3f} ({summary['best_dice']['mean']:.3f})"
+                f"  {auc['mean']:.3f} [{auc['ci95'][0]:.2f}, {auc['ci95'][1]:.2f}]      {summary['slice_auc_pooled']['auc']:.3f}"
+                f"  {table['peak_distance_mm'].median():6.1f}, {summary['peak_distance_mm']['mean']:.1f}",
+                flush=True,
+            )
     print(f"{len(rows)} patients, {pointing['n']} lesion-positive; targets for the default map: pointing game >= 0.80, slice AUC >= 0.85")
 
 

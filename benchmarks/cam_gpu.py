@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=8)
     args = parser.parse_args()
     root = args.workdir
-    rows = pd.read_csv(root / "results" / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False).head(args.patients).to_dict("records")
+    rows = (
+        pd.read_csv(root / "results" / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False).head(args.patients).to_dict("records")
+    )
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for method in METHODS:
@@ -41,16 +43,27 @@ def main() -> None:
                     if device == "cuda":
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    write_patient_cam(root / "results" / "model" / f"fold{row['fold']}.pt", row, "predicted", root / "work" / "cache" / row["patient_id"],
-                                      root / "results" / "lungs" / f"{row['patient_id']}.nii.gz", Path(tmp) / f"{device}_{row['patient_id']}.nii.gz",
-                                      device=device, method=method)
+                    write_patient_cam(
+                        root / "results" / "model" / f"fold{row['fold']}.pt",
+                        row,
+                        "predicted",
+                        root / "work" / "cache" / row["patient_id"],
+                        root / "results" / "lungs" / f"{row['patient_id']}.nii.gz",
+                        Path(tmp) / f"{device}_{row['patient_id']}.nii.gz",
+                        device=device,
+                        method=method,
+                    )
                     if device == "cuda":
                         torch.cuda.synchronize()
                         seconds.append(time.perf_counter() - start)
             for row in rows:
                 maps = [np.asarray(nib.load(Path(tmp) / f"{device}_{row['patient_id']}.nii.gz").dataobj) for device in ("cuda", "cpu")]
                 differences.append(float(np.abs(maps[0] - maps[1]).max()))
-            print(f"{method:>20s}: GPU {np.mean(seconds[1:]):.2f} s/patient (first {seconds[0]:.2f} s, incl. warm-up), max |GPU-CPU| {max(differences):.2e}", flush=True)
+            print(
+                f"{method:>20s}: GPU {np.mean(seconds[1:]):.2f} s/patient (first {seconds[0]:.2f} s, incl. warm-up), max |GPU-CPU| "
+                f"{max(differences):.2e}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

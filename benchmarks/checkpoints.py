@@ -29,7 +29,9 @@ PATIENTS = [f"p{{i:05d}}" for i in range({patients})]
 """
 
 # A stage job and a QC job per patient; STAGE_KIND is `checkpoint` or `rule`, QC_INPUT what the QC job reads.
-PER_PATIENT_SHAPE = HEADER + """
+PER_PATIENT_SHAPE = (
+    HEADER
+    + """
 rule all:
     input: expand("qc/{{patient}}.json", patient=PATIENTS)
 
@@ -45,10 +47,13 @@ rule qc:
     output: "qc/{{patient}}.json"
     shell: "touch {{output}}"
 """
+)
 PER_PATIENT = PER_PATIENT_SHAPE.replace("STAGE_KIND", "checkpoint").replace("QC_INPUT", "qc_inputs")
 NONE = PER_PATIENT_SHAPE.replace("STAGE_KIND", "rule").replace("QC_INPUT", '"stage/{{patient}}"')
 
-COHORT = HEADER + """
+COHORT = (
+    HEADER
+    + """
 rule all:
     input: "cohort_qc.tsv"
 
@@ -78,6 +83,7 @@ rule qc:
     output: "qc/{{patient}}.json"
     shell: "touch {{output}}"
 """
+)
 
 DESIGNS = {"per patient": PER_PATIENT, "cohort": COHORT, "none": NONE}
 
@@ -87,8 +93,12 @@ def run_seconds(folder: Path, design: str, patients: int) -> float:
     folder.mkdir()
     (folder / "Snakefile").write_text(DESIGNS[design].format(patients=patients))
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--quiet", "--directory", str(folder), "-s", str(folder / "Snakefile")],
-                   capture_output=True, text=True, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet", "--directory", str(folder), "-s", str(folder / "Snakefile")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = time.perf_counter() - start
     if len(list((folder / "qc").iterdir())) != patients:
         raise RuntimeError(f"{design}: not every patient's QC file was made")
@@ -102,8 +112,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for patients in args.patients:
             seconds = {design: run_seconds(Path(tmp) / f"{design.replace(' ', '-')}-{patients}", design, patients) for design in DESIGNS}
-            print(f"{patients} patients: " + ", ".join(f"{design} {s:.1f} s" for design, s in seconds.items())
-                  + f"; a checkpoint per patient takes {seconds['per patient'] / seconds['cohort']:.1f}x the cohort checkpoint's time")
+            print(
+                f"{patients} patients: "
+                + ", ".join(f"{design} {s:.1f} s" for design, s in seconds.items())
+                + f"; a checkpoint per patient takes {seconds['per patient'] / seconds['cohort']:.1f}x the cohort checkpoint's time"
+            )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def scores(table: pd.DataFrame, classes: list[str]) -> dict:
 def report(name: str, result: dict, classes: list[str], count: int) -> None:
     print(f"{name} ({count}): accuracy {result['accuracy']:.3f}, macro AUC {result['macro_roc_auc']:.3f}")
     for c in classes:
-        print(f"    {c:>9s}: sensitivity {result['per_class'][c]['sensitivity']:.3f}, specificity {result['per_class'][c]['specificity']:.3f}")
+        print(
+            f"    {c:>9s}: sensitivity {result['per_class'][c]['sensitivity']:.3f}, specificity {result['per_class'][c]['specificity']:.3f}"
+        )
     print("    confusion (rows true, columns predicted, order " + ", ".join(classes) + "):")
     for row in result["confusion_matrix"]:
         print("      " + " ".join(f"{v:5d}" for v in row))
@@ -49,10 +51,13 @@ def report(name: str, result: dict, classes: list[str], count: int) -> None:
 
 def evaluate(workdir: Path) -> None:
     predictions = pd.read_csv(workdir / "results" / "predictions.tsv", sep="\t", dtype={"patient_id": str})
-    classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
+    classes = [c[len("prob_") :] for c in predictions.columns if c.startswith("prob_")]
     _, metadata = load_model(workdir / "results" / "model" / "fold0.pt")
-    print(f"== {workdir}: model {metadata['model']}, input {metadata['preprocessing']['input_size']} px, width {metadata['settings']['width']}, "
-          f"{predictions['fold'].nunique()} folds")
+    print(
+        f"== {workdir}: model {metadata['model']}, input {metadata['preprocessing']['input_size']} px, width "
+        f"{metadata['settings']['width']}, "
+        f"{predictions['fold'].nunique()} folds"
+    )
     patient = scores(predictions, classes)
     report("patient level, out of fold", patient, classes, len(predictions))
     met = patient["accuracy"] >= TARGET_ACCURACY and patient["macro_roc_auc"] >= TARGET_AUC
@@ -67,8 +72,12 @@ def evaluate(workdir: Path) -> None:
     patients = [(group["label"].iloc[0], group[columns].to_numpy()) for _, group in slices.groupby("patient_id")]
     print(f"patient level from the same slices, top_k {top_k} (the run's: {metadata['settings']['aggregation']}):")
     for method in AGGREGATIONS:
-        pooled = pd.DataFrame([{"label": label, **dict(zip(columns, aggregate_slices(probabilities, method, top_k, classes)))}
-                               for label, probabilities in patients])
+        pooled = pd.DataFrame(
+            [
+                {"label": label, **dict(zip(columns, aggregate_slices(probabilities, method, top_k, classes)))}
+                for label, probabilities in patients
+            ]
+        )
         result = scores(pooled, classes)
         print(f"    {method:>9s}: accuracy {result['accuracy']:.3f}, macro AUC {result['macro_roc_auc']:.3f}")
 

@@ -103,14 +103,18 @@ CONVENTIONS = ("script", "log", "benchmark", "conda", "params", "resources")
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # Snakemake with smart_open's URI parse memoised (`--parse-once`): the parse is a pure function
 # of the path, so remembering it changes what Snakemake spends per job and nothing it decides.
-PARSE_ONCE = [sys.executable, "-c", """
+PARSE_ONCE = [
+    sys.executable,
+    "-c",
+    """
 import functools
 import smart_open, smart_open.smart_open_lib, snakemake.sourcecache
 parse_uri = functools.lru_cache(maxsize=None)(smart_open.smart_open_lib.parse_uri)
 smart_open.parse_uri = smart_open.smart_open_lib.parse_uri = snakemake.sourcecache.parse_uri = parse_uri
 from snakemake.cli import main
 main()
-"""]
+""",
+]
 
 
 def without(snakefile: str, convention: str) -> str:
@@ -124,8 +128,9 @@ def without(snakefile: str, convention: str) -> str:
 def dry_run(workdir: Path, *args: str, snakemake: list[str] = SNAKEMAKE) -> tuple[float, int]:
     """(seconds, jobs planned) of one `snakemake -n` in `workdir`, run by the `snakemake` command."""
     start = time.perf_counter()
-    done = subprocess.run([*snakemake, "-n", "--cores", "1", "--directory", str(workdir), *args],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [*snakemake, "-n", "--cores", "1", "--directory", str(workdir), *args], capture_output=True, text=True, check=True
+    )
     seconds = time.perf_counter() - start
     return seconds, int(re.search(r"^total\s+(\d+)", done.stdout, re.MULTILINE).group(1))
 
@@ -162,7 +167,9 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of dry runs (every workflow once per round); medians are reported")
     parser.add_argument("--ablate", action="store_true", help="also time the shaped workflow without each convention")
-    parser.add_argument("--parse-once", action="store_true", help="also time every dry run with smart_open's URI parse memoised (an upstream fix)")
+    parser.add_argument(
+        "--parse-once", action="store_true", help="also time every dry run with smart_open's URI parse memoised (an upstream fix)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -188,12 +195,19 @@ def main() -> None:
         seconds, planned = timed_rounds(workflows, args.repeats, args.parse_once)
         median = {name: statistics.median(values) for name, values in seconds.items()}
         paired = [a / b for a, b in zip(seconds["lungcam"], seconds["bare"])]
-        print(f"{args.patients} patients: lungcam dry run {median['lungcam']:.1f} s for {jobs} planned jobs; "
-              f"bare workflow {median['bare']:.1f} s for {planned['bare']} jobs; ratio {median['lungcam'] / median['bare']:.2f} (target <= 1.5)")
+        print(
+            f"{args.patients} patients: lungcam dry run {median['lungcam']:.1f} s for {jobs} planned jobs; "
+            f"bare workflow {median['bare']:.1f} s for {planned['bare']} jobs; ratio {median['lungcam'] / median['bare']:.2f} (target "
+            "<= 1.5)"
+        )
         if args.repeats > 1:
-            print(f"  ratio per round: median {statistics.median(paired):.2f}, {min(paired):.2f}-{max(paired):.2f} over {len(paired)} rounds")
-        print(f"same shape and rule conventions, nothing else: {median['shaped']:.1f} s for {planned['shaped']} jobs, "
-              f"{median['shaped'] / median['bare']:.2f}x the bare workflow; lungcam {median['lungcam'] / median['shaped']:.2f}x it")
+            print(
+                f"  ratio per round: median {statistics.median(paired):.2f}, {min(paired):.2f}-{max(paired):.2f} over {len(paired)} rounds"
+            )
+        print(
+            f"same shape and rule conventions, nothing else: {median['shaped']:.1f} s for {planned['shaped']} jobs, "
+            f"{median['shaped'] / median['bare']:.2f}x the bare workflow; lungcam {median['lungcam'] / median['shaped']:.2f}x it"
+        )
         for name in workflows:
             if name.startswith("without"):
                 label = f"shaped {name}"
@@ -203,9 +217,11 @@ def main() -> None:
             if changed:
                 raise SystemExit(f"the memoised parse changed the plan of {', '.join(changed)}")
             bare = median["bare parsed once"]
-            print(f"with smart_open's URI parse memoised (not in any Snakemake release): bare workflow {bare:.1f} s; "
-                  f"lungcam {median['lungcam parsed once']:.1f} s, {median['lungcam parsed once'] / bare:.2f}x; "
-                  f"shaped {median['shaped parsed once']:.1f} s, {median['shaped parsed once'] / bare:.2f}x")
+            print(
+                f"with smart_open's URI parse memoised (not in any Snakemake release): bare workflow {bare:.1f} s; "
+                f"lungcam {median['lungcam parsed once']:.1f} s, {median['lungcam parsed once'] / bare:.2f}x; "
+                f"shaped {median['shaped parsed once']:.1f} s, {median['shaped parsed once'] / bare:.2f}x"
+            )
 
 
 if __name__ == "__main__":

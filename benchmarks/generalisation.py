@@ -45,16 +45,42 @@ COHORTS = {
     "evaluation": [("synthetic 7411", None, 7411), ("synthetic 7412", None, 7412), ("normal001 7413", NORMAL, 7413)],
 }
 REAL_CASES = {"P001": "COVID-19", "cap001": "CAP"}
-FIGURES = ("accuracy", "macro AUC", "sens COVID-19", "sens CAP", "sens NP", "pointing", "slice AUC", "slice AUC pooled", "Dice",
-           "nuisance acc", "real P001", "real cap001")
+FIGURES = (
+    "accuracy",
+    "macro AUC",
+    "sens COVID-19",
+    "sens CAP",
+    "sens NP",
+    "pointing",
+    "slice AUC",
+    "slice AUC pooled",
+    "Dice",
+    "nuisance acc",
+    "real P001",
+    "real cap001",
+)
 TARGETS = {"accuracy": 0.90, "macro AUC": 0.95, "sens COVID-19": 0.85, "pointing": 0.80, "slice AUC pooled": 0.85}
 
 
 def snakemake(workdir: Path, config: dict, cores: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", str(cores),
-               "--configfile", str(workdir / "config.yaml"), "--quiet", "rules", "--rerun-incomplete"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        str(cores),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--quiet",
+        "rules",
+        "--rerun-incomplete",
+    ]
     with open(workdir / "snakemake.log", "a") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
 
@@ -69,9 +95,13 @@ def cohort_figures(results: Path) -> dict[str, float]:
 
     figures = {"accuracy": overall["accuracy"]["value"], "macro AUC": overall["macro_roc_auc"]["value"]}
     figures |= {f"sens {c}": overall["per_class"][c]["sensitivity"]["value"] for c in ("COVID-19", "CAP", "NP")}
-    figures |= {"pointing": mean("pointing_game"), "slice AUC": mean("slice_auc"), "Dice": mean("dice"),
-                "slice AUC pooled": float(localisation.get("slice_auc_pooled", {}).get("auc", float("nan"))),
-                "nuisance acc": metrics["nuisance_baseline"].get("accuracy", {}).get("value", float("nan"))}
+    figures |= {
+        "pointing": mean("pointing_game"),
+        "slice AUC": mean("slice_auc"),
+        "Dice": mean("dice"),
+        "slice AUC pooled": float(localisation.get("slice_auc_pooled", {}).get("auc", float("nan"))),
+        "nuisance acc": metrics["nuisance_baseline"].get("accuracy", {}).get("value", float("nan")),
+    }
     return figures
 
 
@@ -81,8 +111,16 @@ def real_scan_figures(model: Path, workdir: Path, cores: int) -> tuple[dict[str,
     sheet = workdir / "patients.tsv"
     workdir.mkdir(parents=True, exist_ok=True)
     sheet.write_text("patient_id\tlabel\tdicom_dir\n" + "".join(f"{p}\t{label}\t{REAL / p}\n" for p, label in REAL_CASES.items()))
-    snakemake(workdir, {"samples": str(sheet), "mode": "predict", "predict": {"model": str(model)},
-                        "cam": {"slice_labels": str(REAL / "slice_labels.tsv"), "target": "label"}}, cores)
+    snakemake(
+        workdir,
+        {
+            "samples": str(sheet),
+            "mode": "predict",
+            "predict": {"model": str(model)},
+            "cam": {"slice_labels": str(REAL / "slice_labels.tsv"), "target": "label"},
+        },
+        cores,
+    )
     labelled = json.loads((workdir / "results" / "localisation.json").read_text())["slice_labels"]["auc_per_patient"]
     with open(workdir / "results" / "predictions.tsv", newline="") as handle:
         predicted = {row["patient_id"]: row["predicted"] for row in csv.DictReader(handle, delimiter="\t")}
@@ -107,7 +145,9 @@ def main() -> int:
             workdir = args.root / name.replace(" ", "-")
             snakemake(workdir, {"demo": {"seed": seed, "background": str(background or "")}}, args.cores)
             figures = cohort_figures(workdir / "results")
-            real, predicted[name] = real_scan_figures(workdir / "results" / "model" / "fold0.pt", workdir.with_name(workdir.name + "-real"), args.cores)
+            real, predicted[name] = real_scan_figures(
+                workdir / "results" / "model" / "fold0.pt", workdir.with_name(workdir.name + "-real"), args.cores
+            )
             table[name] = figures | real
         print(f"\n{kind} cohorts (12 patients per class, the demo's CPU recipe; real P001/cap001: slice AUC of the fold-0 model's maps)")
         print(header)
@@ -123,7 +163,9 @@ def main() -> int:
             checks = {f"mean {k} >= {t}": np.nanmean(values[k]) >= t for k, t in TARGETS.items()}
             checks["worst accuracy >= 0.8"] = np.nanmin(values["accuracy"]) >= 0.80
             checks["nuisance accuracy <= 0.45 (every cohort)"] = np.nanmax(values["nuisance acc"]) <= 0.45
-            checks["real-scan slice AUC >= 0.8 (every model)"] = min(np.nanmin(values["real P001"]), np.nanmin(values["real cap001"])) >= 0.80
+            checks["real-scan slice AUC >= 0.8 (every model)"] = (
+                min(np.nanmin(values["real P001"]), np.nanmin(values["real cap001"])) >= 0.80
+            )
             for check, ok in checks.items():
                 print(f"target {check}: {'met' if ok else 'NOT met'}")
             met = all(checks.values())

@@ -36,7 +36,11 @@ TARGET = 1.5
 def time_bare(folder: Path) -> float:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run([dcm2niix.executable(), "-z", "y", "-b", "y", "-ba", "y", "-i", "y", "-f", "%s", "-o", out, str(folder)], check=True, capture_output=True)
+        subprocess.run(
+            [dcm2niix.executable(), "-z", "y", "-b", "y", "-ba", "y", "-i", "y", "-f", "%s", "-o", out, str(folder)],
+            check=True,
+            capture_output=True,
+        )
         return time.perf_counter() - start
 
 

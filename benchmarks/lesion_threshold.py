@@ -73,8 +73,10 @@ def main() -> None:
     min_volume = validate_config({})["cam"]["lesions"]["min_volume_ml"]
     table = pd.DataFrame([r for run in args.runs for r in run_rows(run, min_volume)])
     lesion, normal = table[table["kind"] == "lesion"], table[table["kind"] == "normal"]
-    print(f"runs: {', '.join(r.name for r in args.runs)}; {lesion['patient_id'].nunique()} lesion patients, "
-          f"{normal['patient_id'].nunique()} NP patients mapped for a pneumonia class")
+    print(
+        f"runs: {', '.join(r.name for r in args.runs)}; {lesion['patient_id'].nunique()} lesion patients, "
+        f"{normal['patient_id'].nunique()} NP patients mapped for a pneumonia class"
+    )
     print("threshold  lesion Dice mean (per run)          NP with candidates  NP flagged mL mean")
     for threshold, group in lesion.groupby("threshold"):
         per_run = "  ".join(f"{d:.3f}" for d in group.groupby("run")["dice"].mean())

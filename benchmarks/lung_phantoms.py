@@ -60,7 +60,9 @@ def _background(folder: Path | None):
 def evaluate(args: tuple) -> dict:
     plan, root, config, background = args
     paths = cohort_layout(root, plan.patient_id)
-    generate_patient(plan, PhantomOptions.from_config(config["demo"]), paths["dicom"], paths["lungs"], paths["lesions"], _background(background))
+    generate_patient(
+        plan, PhantomOptions.from_config(config["demo"]), paths["dicom"], paths["lungs"], paths["lesions"], _background(background)
+    )
     stage = Path(root) / "stage" / plan.patient_id
     ingest_patient(plan.patient_id, paths["dicom"], stage, IngestSettings.from_config(config["ingest"]))
     volume = nib.load(stage / VOLUME_NAME)
@@ -71,10 +73,15 @@ def evaluate(args: tuple) -> dict:
     lesions = np.asarray(resample_from_to(nib.load(paths["lesions"]), volume, order=0).dataobj) > 0
     dice = 2 * ((found > 0) & (truth > 0)).sum() / ((found > 0).sum() + (truth > 0).sum())
     ratio = [(labels == 2).sum() / max((labels == 1).sum(), 1) for labels in (found, truth)]
-    return {"patient": plan.patient_id, "label": plan.label, "dice": float(dice),
-            "inside": float((lesions & (found > 0)).sum() / lesions.sum()) if lesions.any() else None,
-            "ratio_error": float(ratio[0] - ratio[1]), "flags": record["reasons"] + record["warnings"],
-            "mask_flags": [f for f in record["reasons"] + record["warnings"] if "outside the scan" not in f]}
+    return {
+        "patient": plan.patient_id,
+        "label": plan.label,
+        "dice": float(dice),
+        "inside": float((lesions & (found > 0)).sum() / lesions.sum()) if lesions.any() else None,
+        "ratio_error": float(ratio[0] - ratio[1]),
+        "flags": record["reasons"] + record["warnings"],
+        "mask_flags": [f for f in record["reasons"] + record["warnings"] if "outside the scan" not in f],
+    }
 
 
 def report(name: str, rows: list[dict]) -> bool:
@@ -91,11 +98,13 @@ def report(name: str, rows: list[dict]) -> bool:
     caught = sum(f and bool(r["mask_flags"]) for f, r in zip(failed, rows))
     false_alarms = sum(not f and bool(r["mask_flags"]) for f, r in zip(failed, rows))
     met = dice.mean() >= 0.97 and dice.min() >= 0.95 and short == 0 and errors.max() <= 0.1
-    print(f"summary: Dice mean {dice.mean():.3f} min {dice.min():.3f}; lesion inside min {min(inside):.3f}, "
-          f"{short} of {len(inside)} lesion patients below 0.95; |L/R ratio error| max {errors.max():.3f}, "
-          f"{(errors > 0.1).sum()} above 0.1; targets {'met' if met else 'NOT met'}\n"
-          f"QC: {caught} of {sum(failed)} failed masks (Dice < 0.95, lesion inside < 0.95 or |L/R error| > 0.1) flagged, "
-          f"{false_alarms} of {len(rows) - sum(failed)} good masks flagged (scan-coverage warnings not counted)")
+    print(
+        f"summary: Dice mean {dice.mean():.3f} min {dice.min():.3f}; lesion inside min {min(inside):.3f}, "
+        f"{short} of {len(inside)} lesion patients below 0.95; |L/R ratio error| max {errors.max():.3f}, "
+        f"{(errors > 0.1).sum()} above 0.1; targets {'met' if met else 'NOT met'}\n"
+        f"QC: {caught} of {sum(failed)} failed masks (Dice < 0.95, lesion inside < 0.95 or |L/R error| > 0.1) flagged, "
+        f"{false_alarms} of {len(rows) - sum(failed)} good masks flagged (scan-coverage warnings not counted)"
+    )
     return met
 
 
@@ -108,8 +117,10 @@ def real_scans(config: dict) -> None:
             ingest_patient(case, DATA / "covid-ct-md" / case, stage, settings)
             outputs = {"labels": stage / "lungs.nii.gz", "montage": stage / "lungs.png", "record": stage / "lungs.json"}
             record = run_lungs(case, stage / VOLUME_NAME, outputs, LungSettings.from_config(config["lungs"]))
-            print(f"{case:10s} right {record['right_ml']:7.1f} mL  left {record['left_ml']:7.1f} mL  ratio {record['left_right_ratio']:.3f}  "
-                  f"QC flags: {'; '.join(record['reasons'] + record['warnings']) or '-'}")
+            print(
+                f"{case:10s} right {record['right_ml']:7.1f} mL  left {record['left_ml']:7.1f} mL  ratio {record['left_right_ratio']:.3f}  "
+                f"QC flags: {'; '.join(record['reasons'] + record['warnings']) or '-'}"
+            )
 
 
 def main() -> int:

@@ -3,9 +3,9 @@
 Each real case (COVID-CT-MD P001, cap001, normal001; 512x512, 148-168 slices) is converted
 with dcm2niix, then segmented by the threshold method and checked by the lung QC in a fresh
 child process limited to one core (OMP/MKL/OpenBLAS threads 1), which reports the wall time of
-both (and of the QC alone) and the process's peak resident memory. As a reference, lungmask's U-Net (R231 architecture, weights generated since
-they cannot be downloaded here; the cost does not depend on their values) is timed per slice on
-one core in the same run. Targets: at most 10 s and 3 GB per real case.
+both (and of the QC alone) and the process's peak resident memory. As a reference, lungmask's
+U-Net (R231 architecture, weights generated since they cannot be downloaded here; the cost does
+not depend on their values) is timed per slice on one core in the same run. Targets: at most 10 s and 3 GB per real case.
 
     .venv/bin/python benchmarks/lungs.py [--data ../shared/data] [--lungmask-slices 8]
 """
@@ -65,12 +65,16 @@ def convert(folder: Path, out: Path) -> Path:
     from lungcam import dcm2niix
 
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([dcm2niix.executable(), "-z", "y", "-b", "n", "-f", "scan", "-o", str(out), str(folder)], check=True, capture_output=True)
+    subprocess.run(
+        [dcm2niix.executable(), "-z", "y", "-b", "n", "-f", "scan", "-o", str(out), str(folder)], check=True, capture_output=True
+    )
     return out / "scan.nii.gz"
 
 
 def child(code: str, *args: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env={**os.environ, **SINGLE_CORE}, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env={**os.environ, **SINGLE_CORE}, check=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -88,7 +92,10 @@ def main() -> int:
             volumes[case] = convert(args.data / "covid-ct-md" / case, Path(scratch) / case)
             figures = child(WORKER, str(volumes[case]))
             met &= figures["seconds"] <= 10.0 and figures["peak_gb"] <= 3.0
-            print(f"{case:10s} {figures['slices']:6d} {figures['seconds']:8.1f} {figures['qc_seconds']:11.1f} {figures['peak_gb']:8.2f} {figures['lung_ml'] / 1000:8.2f}")
+            print(
+                f"{case:10s} {figures['slices']:6d} {figures['seconds']:8.1f} {figures['qc_seconds']:11.1f} {figures['peak_gb']:8.2f} "
+                f"{figures['lung_ml'] / 1000:8.2f}"
+            )
         reference = child(LUNGMASK_WORKER, str(volumes["P001"]), str(args.lungmask_slices), tests, str(Path(scratch) / "weights"))
         per_slice = reference["seconds_per_slice"]
         print(f"\nlungmask R231 on one core: {per_slice:.2f} s per slice, {per_slice * 148:.0f} s for P001's 148 slices")

@@ -40,11 +40,26 @@ def remap_patient(job: tuple[Path, Path, dict, dict]) -> str:
     volume, lungs, cam = run / f"results/nifti/{patient}.nii.gz", out / "lungs" / f"{patient}.nii.gz", out / "cam" / f"{patient}.nii.gz"
     work = out / "work" / patient
     work.mkdir(parents=True, exist_ok=True)
-    run_lungs(patient, volume, {"labels": lungs, "montage": work / "montage.png", "record": work / "lungs.json", "lobes": None},
-              LungSettings.from_config(config["lungs"]))
+    run_lungs(
+        patient,
+        volume,
+        {"labels": lungs, "montage": work / "montage.png", "record": work / "lungs.json", "lobes": None},
+        LungSettings.from_config(config["lungs"]),
+    )
     build_cache(volume, lungs, work / "cache", CacheSettings.from_config(config["cache"]))
-    write_patient_cam(run / f"results/model/fold{row['fold']}.pt", row, config["cam"]["target"], work / "cache", lungs, cam, "cpu",
-                      method=config["cam"]["method"], steps=config["cam"]["ig_steps"], shifts=config["cam"]["shifts"], smooth_mm=config["cam"]["smooth_mm"])
+    write_patient_cam(
+        run / f"results/model/fold{row['fold']}.pt",
+        row,
+        config["cam"]["target"],
+        work / "cache",
+        lungs,
+        cam,
+        "cpu",
+        method=config["cam"]["method"],
+        steps=config["cam"]["ig_steps"],
+        shifts=config["cam"]["shifts"],
+        smooth_mm=config["cam"]["smooth_mm"],
+    )
     return patient
 
 
@@ -70,7 +85,9 @@ def main() -> None:
     config["cache"] = read_model_metadata(run / "results/model/fold0.pt")["preprocessing"]["cache"]
     before = pd.read_csv(run / "results/localisation.tsv", sep="\t", dtype={"patient_id": str}).set_index("patient_id")
     patients = list(before.index[before["lesion_ml"] > 0][: args.patients])
-    predictions = pd.read_csv(run / "results/predictions.tsv", sep="\t", dtype={"patient_id": str, "label": str}, keep_default_na=False).set_index("patient_id")
+    predictions = pd.read_csv(
+        run / "results/predictions.tsv", sep="\t", dtype={"patient_id": str, "label": str}, keep_default_na=False
+    ).set_index("patient_id")
     labels = predictions["label"]
     for sub in ("lungs", "cam"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
@@ -80,18 +97,30 @@ def main() -> None:
             if done % 10 == 0 or done == len(jobs):
                 print(f"{done}/{len(jobs)} patients mapped", flush=True)
     masks = {p: str(run / f"demo/truth/{p}_lesions.nii.gz") for p in patients}
-    after, summary = localise_cohort([args.out / "cam" / f"{p}.nii.gz" for p in patients], [args.out / "lungs" / f"{p}.nii.gz" for p in patients],
-                                     masks, None, LesionSettings.from_config(config["cam"]["lesions"]), config["train"]["seed"])
+    after, summary = localise_cohort(
+        [args.out / "cam" / f"{p}.nii.gz" for p in patients],
+        [args.out / "lungs" / f"{p}.nii.gz" for p in patients],
+        masks,
+        None,
+        LesionSettings.from_config(config["cam"]["lesions"]),
+        config["train"]["seed"],
+    )
     after = after.set_index("patient_id")
     after.to_csv(args.out / "localisation.tsv", sep="\t", float_format="%.4f")
     print(f"the run's maps ({run / 'results/cam'}): {figures(before.loc[patients], labels)}")
     print(f"maps over the current lung masks:  {figures(after, labels)}")
     pointing, auc = summary["pointing_game"], summary["slice_auc"]
-    print(f"  pointing game {pointing['mean']:.3f} [{pointing['ci95'][0]:.3f}, {pointing['ci95'][1]:.3f}], "
-          f"slice AUC {auc['mean']:.3f} [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}] (95% bootstrap CIs)")
+    print(
+        f"  pointing game {pointing['mean']:.3f} [{pointing['ci95'][0]:.3f}, {pointing['ci95'][1]:.3f}], "
+        f"slice AUC {auc['mean']:.3f} [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}] (95% bootstrap CIs)"
+    )
     misses = after[after["pointing_game"] == 0].assign(label=labels, predicted=predictions["predicted"])
     print(f"misses ({len(misses)}), with the share of the lesion inside the lung mask:")
-    print(misses[["label", "predicted", "lesion_ml", "lesion_in_lungs", "peak_distance_mm", "slice_auc"]].to_string(float_format=lambda v: f"{v:.2f}"))
+    print(
+        misses[["label", "predicted", "lesion_ml", "lesion_in_lungs", "peak_distance_mm", "slice_auc"]].to_string(
+            float_format=lambda v: f"{v:.2f}"
+        )
+    )
 
 
 if __name__ == "__main__":

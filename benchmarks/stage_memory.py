@@ -42,10 +42,21 @@ def write_big_series(source: Path, folder: Path, slices: int, scratch: Path) -> 
     zs = np.arange(slices) * dz * hu.shape[0] / slices
     ys, xs = np.arange(hu.shape[1]) * dy, np.arange(hu.shape[2]) * dx
     rng = np.random.default_rng(600)
-    study = StudyInfo(key="lungcam-stage-memory", identity=draw_identity(rng), manufacturer=record["header"]["manufacturer"] or "SIEMENS",
-                      model="benchmark", kvp=120.0, tube_current_ma=200.0, patient_position="HFS", date="20200401", time="120000")
+    study = StudyInfo(
+        key="lungcam-stage-memory",
+        identity=draw_identity(rng),
+        manufacturer=record["header"]["manufacturer"] or "SIEMENS",
+        model="benchmark",
+        kvp=120.0,
+        tube_current_ma=200.0,
+        patient_position="HFS",
+        date="20200401",
+        time="120000",
+    )
     thickness = float(dz * hu.shape[0] / slices)
-    write_axial_series(big, xs, ys, zs, SeriesSpec(2, f"Thorax {thickness:.2g} B30f", "B30f", thickness), study, 1, -1024.0, folder, FileNamer(rng))
+    write_axial_series(
+        big, xs, ys, zs, SeriesSpec(2, f"Thorax {thickness:.2g} B30f", "B30f", thickness), study, 1, -1024.0, folder, FileNamer(rng)
+    )
     return big.shape
 
 
@@ -59,13 +70,31 @@ def main() -> None:
         root = Path(tmp)
         shape = write_big_series(args.source, root / "dicom" / PATIENT, args.slices, root / "source")
         (root / "patients.tsv").write_text(f"patient_id\tlabel\tdicom_dir\n{PATIENT}\t\tdicom/{PATIENT}\n")
-        run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "1", "--directory", str(root / "run"),
-                              "--config", f"samples={root / 'patients.tsv'}", "mode=predict", f"predict={{'model': '{args.model.resolve()}'}}"],
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-s",
+                str(REPO / "Snakefile"),
+                "--cores",
+                "1",
+                "--directory",
+                str(root / "run"),
+                "--config",
+                f"samples={root / 'patients.tsv'}",
+                "mode=predict",
+                f"predict={{'model': '{args.model.resolve()}'}}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if run.returncode != 0:
             sys.exit(f"workflow failed:\n{run.stderr[-3000:]}")
         declared = {}
-        for rule, resources in re.findall(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):.*?^\s*resources: ([^\n]*)", run.stderr, re.MULTILINE | re.DOTALL):
+        for rule, resources in re.findall(
+            r"^\s*(?:local)?(?:rule|checkpoint) (\w+):.*?^\s*resources: ([^\n]*)", run.stderr, re.MULTILINE | re.DOTALL
+        ):
             found = re.search(r"\bmem_mb=(\d+)", resources)
             if found:
                 declared[rule] = int(found.group(1))
@@ -74,7 +103,10 @@ def main() -> None:
         for path in sorted((root / "run" / "logs").glob(f"*/{PATIENT}.log")):
             peak = float(path.read_text().splitlines()[-1].removeprefix(PEAK_MEMORY))
             limit = declared.get(path.parent.name)
-            print(f"{path.parent.name:>16s}  {peak:13.0f}  {limit if limit else '-':>7}  {'yes' if limit and peak <= limit else 'NO' if limit else '-'}")
+            print(
+                f"{path.parent.name:>16s}  {peak:13.0f}  {limit if limit else '-':>7}  "
+                f"{'yes' if limit and peak <= limit else 'NO' if limit else '-'}"
+            )
 
 
 if __name__ == "__main__":

@@ -41,16 +41,24 @@ def synthetic_bank(folder: Path, slices: int, size: int) -> np.ndarray:
     images = np.lib.format.open_memmap(folder / IMAGES_NAME, mode="w+", dtype=np.uint8, shape=(slices, size, size))
     for start in range(0, slices, 512):
         n = min(512, slices - start)
-        images[start: start + n] = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        images[start : start + n] = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
     images.flush()
-    pd.DataFrame({"patient_id": [f"p{i // 50}" for i in range(slices)], "row": range(slices), "cache_slice": 0}).to_csv(folder / INDEX_NAME, sep="\t", index=False)
+    pd.DataFrame({"patient_id": [f"p{i // 50}" for i in range(slices)], "row": range(slices), "cache_slice": 0}).to_csv(
+        folder / INDEX_NAME, sep="\t", index=False
+    )
     return rng.integers(0, 3, slices)
 
 
 def loader_for(folder: Path, labels: np.ndarray, batch: int, workers: int, pin: bool, epoch_seed: int = 0):
     rows = np.random.default_rng(epoch_seed).permutation(len(labels))
-    batches = [rows[i: i + batch] for i in range(0, len(rows) - batch + 1, batch)]
-    return torch.utils.data.DataLoader(EpochBatches(folder, batches, labels, np.zeros_like(labels)), batch_size=None, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    batches = [rows[i : i + batch] for i in range(0, len(rows) - batch + 1, batch)]
+    return torch.utils.data.DataLoader(
+        EpochBatches(folder, batches, labels, np.zeros_like(labels)),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+    )
 
 
 class Utilisation(threading.Thread):
@@ -105,14 +113,19 @@ def main() -> int:
     parser.add_argument("--contiguous", action="store_true", help="the default memory layout instead of channels_last")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (train.amp: false)")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
     amp = bf16_autocast(not args.fp32, device)
     channels_last = not args.contiguous
     print(f"device {torch.cuda.get_device_name(0) if cuda else 'cpu'} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")
-    print(f"hu2020 width {args.width}, input {args.size}x{args.size}, batch {args.batch}, bf16 autocast: {amp}, channels_last: {channels_last}")
+    print(
+        f"hu2020 width {args.width}, input {args.size}x{args.size}, batch {args.batch}, bf16 autocast: {amp}, channels_last: "
+        f"{channels_last}"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         labels = synthetic_bank(folder, args.slices, args.size)
@@ -132,7 +145,15 @@ def main() -> int:
         if monitor:
             monitor.start()
         start = time.perf_counter()
-        seen = train_steps(model, optimizer, loader_for(folder, labels, args.batch, args.workers, cuda, epoch_seed=1), device, amp, channels_last, args.steps)
+        seen = train_steps(
+            model,
+            optimizer,
+            loader_for(folder, labels, args.batch, args.workers, cuda, epoch_seed=1),
+            device,
+            amp,
+            channels_last,
+            args.steps,
+        )
         train_rate = seen / (time.perf_counter() - start)
         busy = None
         if monitor:
@@ -145,7 +166,7 @@ def main() -> int:
             images = np.load(folder / IMAGES_NAME, mmap_mode="r")
             resident = DeviceBank(images, labels, np.zeros_like(labels), device)
             rows = np.random.default_rng(2).permutation(len(labels))
-            batches = [rows[i: i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
+            batches = [rows[i : i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
             torch.cuda.synchronize()
             start, seen = time.perf_counter(), 0
             for images_batch, _, _ in resident.batches(batches):
@@ -182,8 +203,14 @@ def main() -> int:
         print(f"GPU busy while training from the loader: {100 * busy:.0f}% (target >= 80%): {'met' if busy >= 0.8 else 'NOT met'}")
         print(f"loader-fed / compute-only throughput: {train_rate / compute_rate:.2f}")
     if resident_rate is not None:
-        print(f"\nslice bank in GPU memory (train.bank_on_gpu): batches {resident_rate:.0f} slices/s, {resident_rate / resident_train:.0f}x training")
-        print(f"training from it: {resident_train:.1f} slices/s, GPU busy {100 * resident_busy:.0f}%, {resident_train / compute_rate:.2f} of compute-only")
+        print(
+            f"\nslice bank in GPU memory (train.bank_on_gpu): batches {resident_rate:.0f} slices/s, "
+            f"{resident_rate / resident_train:.0f}x training"
+        )
+        print(
+            f"training from it: {resident_train:.1f} slices/s, GPU busy {100 * resident_busy:.0f}%, {resident_train / compute_rate:.2f} "
+            "of compute-only"
+        )
     return 0
 
 

@@ -40,9 +40,14 @@ class CacheSettings:
     antialias: bool
 
     @classmethod
-    def from_config(cls, section: dict) -> "CacheSettings":
-        return cls(tuple(map(float, section["spacing_mm"])), float(section["margin_mm"]), tuple(map(float, section["window_hu"])), bool(section["mask_outside_lungs"]),
-                   bool(section["antialias"]))
+    def from_config(cls, section: dict) -> CacheSettings:
+        return cls(
+            tuple(map(float, section["spacing_mm"])),
+            float(section["margin_mm"]),
+            tuple(map(float, section["window_hu"])),
+            bool(section["mask_outside_lungs"]),
+            bool(section["antialias"]),
+        )
 
 
 @dataclass
@@ -60,7 +65,7 @@ class CacheTransform:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path | str) -> "CacheTransform":
+    def load(cls, path: Path | str) -> CacheTransform:
         return cls(**json.loads(Path(path).read_text()))
 
     def to_hu(self, image: np.ndarray) -> np.ndarray:
@@ -87,7 +92,9 @@ def _antialias(hu: np.ndarray, ratio: np.ndarray) -> None:
 
 def _resample(data: np.ndarray, start: np.ndarray, ratio: np.ndarray, shape: tuple, order: int, fill: float) -> np.ndarray:
     """Sample data (z, y, x) at start + ratio * index (per axis), voxel centre to voxel centre."""
-    return ndimage.affine_transform(data, np.diag(ratio), offset=start, output_shape=shape, order=order, mode="constant", cval=fill, prefilter=False)
+    return ndimage.affine_transform(
+        data, np.diag(ratio), offset=start, output_shape=shape, order=order, mode="constant", cval=fill, prefilter=False
+    )
 
 
 def build_cache(nifti_path: Path | str, lungs_path: Path | str, out_dir: Path | str, settings: CacheSettings) -> dict:
@@ -134,7 +141,11 @@ def build_cache(nifti_path: Path | str, lungs_path: Path | str, out_dir: Path | 
         np.save(out / IMAGE_NAME, image8)
         np.save(out / LUNGS_NAME, cached_lungs)
         transform.save(out / TRANSFORM_NAME)
-    return {"shape": list(shape), "lung_slices": int((cached_lungs > 0).any(axis=(1, 2)).sum()), "megabytes": round(2 * image8.nbytes / 1e6, 2)}
+    return {
+        "shape": list(shape),
+        "lung_slices": int((cached_lungs > 0).any(axis=(1, 2)).sum()),
+        "megabytes": round(2 * image8.nbytes / 1e6, 2),
+    }
 
 
 def load_cache(folder: Path | str) -> tuple[np.ndarray, np.ndarray, CacheTransform]:

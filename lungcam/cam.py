@@ -51,7 +51,6 @@ from .map_sampling import CELL, evaluations_per_axis, shift_offsets
 from .models import AttentionMIL, Hu2020Net
 from .slice_bank import resize_slices, zscore
 
-
 SCALE_CAMS = {"lungcam_mean": slice(None), "pool3": slice(0, 1), "pool4": slice(1, 2), "pool5": slice(2, 3)}
 METHODS = (*SCALE_CAMS, "joint_saliency", "gradcam", "gradcampp", "layercam", "integrated_gradients")
 JOINT_STEPS, JOINT_BASELINE = 25, -1.0  # the paper's joint saliency: Integrated Gradients settings
@@ -83,6 +82,7 @@ def _map_function(network: torch.nn.Module, method: str, steps: int, batch_size:
         def class_maps(x: torch.Tensor, target: int) -> list[torch.Tensor]:
             with torch.no_grad():
                 return [m[:, target].float() for m in network.maps(x)[scales]]
+
         yield class_maps
     elif method == "joint_saliency":
         from captum.attr import IntegratedGradients
@@ -93,15 +93,22 @@ def _map_function(network: torch.nn.Module, method: str, steps: int, batch_size:
         attributions = [IntegratedGradients(scale_logit(scale)) for scale in range(len(SCALE_LAYERS))]
 
         def scale_gradients(x: torch.Tensor, target: int) -> list[torch.Tensor]:
-            return [a.attribute(x, baselines=JOINT_BASELINE, target=target, n_steps=JOINT_STEPS, internal_batch_size=batch_size)[:, 0].detach().float()
-                    for a in attributions]
+            return [
+                a.attribute(x, baselines=JOINT_BASELINE, target=target, n_steps=JOINT_STEPS, internal_batch_size=batch_size)[:, 0]
+                .detach()
+                .float()
+                for a in attributions
+            ]
+
         yield scale_gradients
     elif method in TORCHCAM_METHODS:
         import torchcam.methods
 
         with getattr(torchcam.methods, TORCHCAM_METHODS[method])(network, SCALE_LAYERS) as extractor:
+
             def gradient_cam(x: torch.Tensor, target: int) -> list[torch.Tensor]:
                 return [m.float() for m in extractor(target, network(x), normalized=False)]
+
             yield gradient_cam
     elif method == "integrated_gradients":
         from captum.attr import IntegratedGradients
@@ -111,6 +118,7 @@ def _map_function(network: torch.nn.Module, method: str, steps: int, batch_size:
         def integrated_gradients(x: torch.Tensor, target: int) -> list[torch.Tensor]:
             found = attribution.attribute(x, baselines=0.0, target=target, n_steps=steps, internal_batch_size=batch_size)
             return [found[:, 0].detach().float().clamp_min(0)]
+
         yield integrated_gradients
     else:
         raise ValueError(f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
@@ -133,12 +141,16 @@ def _shift_averaged(maps_of: MapFunction, shifts: int) -> MapFunction:
         for dy in offsets:
             for dx in offsets:
                 # The window's pixel (i, j) is the input's (i + dy, j + dx): its map goes back there.
-                window = padded[..., margin + dy: margin + dy + size[0], margin + dx: margin + dx + size[1]]
+                window = padded[..., margin + dy : margin + dy + size[0], margin + dx : margin + dx + size[1]]
                 back = (margin + dx, margin - dx, margin + dy, margin - dy)
-                maps = [F.pad(F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0], back) for m in maps_of(window, target)]
+                maps = [
+                    F.pad(F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0], back)
+                    for m in maps_of(window, target)
+                ]
                 sums = maps if not sums else [total + m for total, m in zip(sums, maps)]
                 seen += F.pad(torch.ones(size, device=x.device), back)
-        return [(total / seen)[:, margin: margin + size[0], margin: margin + size[1]] for total in sums]
+        return [(total / seen)[:, margin : margin + size[0], margin : margin + size[1]] for total in sums]
+
     return averaged
 
 
@@ -152,8 +164,17 @@ def _joint_saliency(layers: list[np.ndarray]) -> np.ndarray:
     return np.clip(product - 8.0, 0.0, None)
 
 
-def slice_cams(model: torch.nn.Module, slices: np.ndarray, target: int, input_size: int, device: torch.device,
-               method: str = "lungcam_mean", steps: int = 32, batch_size: int = 32, shifts: int = 1) -> np.ndarray:
+def slice_cams(
+    model: torch.nn.Module,
+    slices: np.ndarray,
+    target: int,
+    input_size: int,
+    device: torch.device,
+    method: str = "lungcam_mean",
+    steps: int = 32,
+    batch_size: int = 32,
+    shifts: int = 1,
+) -> np.ndarray:
     """Maps (n, h, w) of uint8 cache slices (n, h, w) for class `target` by `method`: each
     layer's map upsampled to the cache slice, then averaged over the layers (the paper's fusion);
     with `shifts` > 1 each layer's map is first evaluated densely (module docstring), except for
@@ -171,14 +192,14 @@ def slice_cams(model: torch.nn.Module, slices: np.ndarray, target: int, input_si
     with _map_function(network, method, steps, batch_size) as class_maps:
         maps_of = _shift_averaged(class_maps, evaluations_per_axis(method, shifts))
         for start in range(0, len(slices), batch_size):
-            batch = resize_slices(np.asarray(slices[start: start + batch_size]), input_size)
+            batch = resize_slices(np.asarray(slices[start : start + batch_size]), input_size)
             maps = maps_of(zscore(torch.from_numpy(batch).to(device)), target)
             if not layers:
                 layers = [np.zeros(slices.shape, dtype=np.float32) for _ in maps]
             for layer, found in zip(layers, maps):
                 upsampled = F.interpolate(found[:, None], size=(height, width), mode="bilinear", align_corners=False)
                 upsampled = upsampled[:, 0] if method == "joint_saliency" else upsampled[:, 0].clamp_min(0)
-                layer[start: start + len(batch)] = upsampled.cpu().numpy()
+                layer[start : start + len(batch)] = upsampled.cpu().numpy()
     if not layers:
         return np.zeros(slices.shape, dtype=np.float32)
     return _joint_saliency(layers) if method == "joint_saliency" else np.mean(layers, axis=0, dtype=np.float32)
@@ -193,8 +214,16 @@ def slice_attention(model: AttentionMIL, slices: np.ndarray, input_size: int, de
     return attention / max(float(attention.max()), 1e-12)
 
 
-def cache_cam(model: torch.nn.Module, metadata: dict, cache_dir: Path | str, target: int, device: torch.device,
-              method: str = "lungcam_mean", steps: int = 32, shifts: int = 1) -> tuple[np.ndarray, CacheTransform]:
+def cache_cam(
+    model: torch.nn.Module,
+    metadata: dict,
+    cache_dir: Path | str,
+    target: int,
+    device: torch.device,
+    method: str = "lungcam_mean",
+    steps: int = 32,
+    shifts: int = 1,
+) -> tuple[np.ndarray, CacheTransform]:
     """The patient's CAM on the cache grid (z, y, x) in the method's units, 0 outside the lungs."""
     image, lungs, transform = load_cache(cache_dir)
     lungs = np.asarray(lungs) > 0
@@ -260,9 +289,21 @@ def target_class(row: dict, classes: list[str], target: str) -> str:
     return row["predicted"]
 
 
-def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir: Path | str, lungs_path: Path | str, out_path: Path | str,
-                      device: torch.device | str = "cpu", volume_path: Path | str | None = None, figure_path: Path | str | None = None,
-                      method: str = "lungcam_mean", steps: int = 32, shifts: int = 1, smooth_mm: float = 0.0) -> dict:
+def write_patient_cam(
+    model_path: Path | str,
+    row: dict,
+    target: str,
+    cache_dir: Path | str,
+    lungs_path: Path | str,
+    out_path: Path | str,
+    device: torch.device | str = "cpu",
+    volume_path: Path | str | None = None,
+    figure_path: Path | str | None = None,
+    method: str = "lungcam_mean",
+    steps: int = 32,
+    shifts: int = 1,
+    smooth_mm: float = 0.0,
+) -> dict:
     """Write cam/{patient_id}.nii.gz for one patient by `method` (METHODS), evaluated at `shifts`
     x `shifts` input offsets and smoothed within the lungs by `smooth_mm`, and with the scan's
     `volume_path` the key slices figure at `figure_path`; returns what was mapped, for the log."""
@@ -283,7 +324,14 @@ def write_patient_cam(model_path: Path | str, row: dict, target: str, cache_dir:
     image.header["descrip"] = f"lungcam {method} {mapped}".encode()[:79]
     with atomic_path(out_path) as tmp:
         nib.save(image, tmp)
-    summary = {"method": method, "shifts": evaluations_per_axis(method, shifts), "smooth_mm": smooth_mm, "class": mapped, "model": str(model_path), "peak": round(float(cam.max()), 4)}
+    summary = {
+        "method": method,
+        "shifts": evaluations_per_axis(method, shifts),
+        "smooth_mm": smooth_mm,
+        "class": mapped,
+        "model": str(model_path),
+        "peak": round(float(cam.max()), 4),
+    }
     if volume_path is not None and figure_path is not None:
         hu, view = load_hu_lps(volume_path)
         title = f"{row.get('patient_id', '')} {method} map of {mapped} (predicted {row['predicted']})"

@@ -80,10 +80,19 @@ IDENTIFYING_KEYWORDS = (
     "OperatorsName",
 )
 # Person names (Family^Given^Middle): each part of three or more letters is scrubbed on its own.
-PERSON_NAME_KEYWORDS = frozenset({
-    "PatientName", "OtherPatientNames", "PatientMotherBirthName", "ReferringPhysicianName", "PerformingPhysicianName",
-    "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "RequestingPhysician", "OperatorsName",
-})
+PERSON_NAME_KEYWORDS = frozenset(
+    {
+        "PatientName",
+        "OtherPatientNames",
+        "PatientMotherBirthName",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "NameOfPhysiciansReadingStudy",
+        "PhysiciansOfRecord",
+        "RequestingPhysician",
+        "OperatorsName",
+    }
+)
 REDACTED = "[removed]"
 
 
@@ -160,7 +169,7 @@ class Scrubber:
 class _HeldFilter(logging.Filter):
     """One handler's filter: holds records until the scrubber is known, then redacts them."""
 
-    def __init__(self, owner: "LogScrubber", handler: logging.Handler):
+    def __init__(self, owner: LogScrubber, handler: logging.Handler):
         super().__init__()
         self.owner, self.handler, self.held = owner, handler, []
 
@@ -200,7 +209,7 @@ class LogScrubber:
         for held in self.filters:
             held.release()
 
-    def __enter__(self) -> "LogScrubber":
+    def __enter__(self) -> LogScrubber:
         for held in self.filters:
             held.handler.addFilter(held)
         return self

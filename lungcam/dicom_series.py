@@ -317,8 +317,14 @@ def read_study(folder: Path) -> Study:
         else:
             seen_sops.add(item.sop_uid)
             files.append(item)
-    return Study(files=files, skipped=dict(skipped), identifiers=frozenset(identifiers), total_files=len(paths),
-                 duplicates=duplicates, skipped_files=skipped_files)
+    return Study(
+        files=files,
+        skipped=dict(skipped),
+        identifiers=frozenset(identifiers),
+        total_files=len(paths),
+        duplicates=duplicates,
+        skipped_files=skipped_files,
+    )
 
 
 def _orientation_key(orientation: tuple[float, ...] | None) -> tuple[float, ...] | None:
@@ -336,7 +342,10 @@ def group_stacks(files: list[DicomFile]) -> list[ImageStack]:
     """
     groups: dict[tuple, list[DicomFile]] = defaultdict(list)
     for f in files:
-        series = f.series_uid or f"number:{f.series_number}|{f.technical.get('series_description', '')}|{f.technical.get('kernel', '')}|{f.slice_thickness}"
+        series = (
+            f.series_uid
+            or f"number:{f.series_number}|{f.technical.get('series_description', '')}|{f.technical.get('kernel', '')}|{f.slice_thickness}"
+        )
         groups[(f.study_uid, series, _orientation_key(f.orientation), f.rows, f.columns)].append(f)
     # Studies numbered by date and time (undated ones last), then UID: study 1 is the earliest.
     studies = sorted({(f.study_datetime or "~", f.study_uid) for f in files})

@@ -27,8 +27,15 @@ def labelled(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     return predictions[predictions["label"].isin(classes)]
 
 
-def classification_metrics(predictions: pd.DataFrame, classes: list[str], seed: int, repeats: int, sites: dict[str, str],
-                           models: dict[str, Path | str] | None = None, bank_dir: Path | str | None = None) -> dict:
+def classification_metrics(
+    predictions: pd.DataFrame,
+    classes: list[str],
+    seed: int,
+    repeats: int,
+    sites: dict[str, str],
+    models: dict[str, Path | str] | None = None,
+    bank_dir: Path | str | None = None,
+) -> dict:
     """The classification part of metrics.json. `models` (fold -> model file) and `bank_dir`
     enable the slice-level metrics when the models are hu2020."""
     document: dict = {"classes": classes, "bootstrap": repeats, "seed": seed, "classification": None, "slice_level": None}
@@ -58,11 +65,19 @@ def metrics_document(classification: dict, localisation: dict | None) -> dict:
     return classification | {"localisation": localisation or None}
 
 
-def classification_figures(predictions: pd.DataFrame, classes: list[str], roc_pr: Path | str, confusion: Path | str, reliability: Path | str) -> None:
+def classification_figures(
+    predictions: pd.DataFrame, classes: list[str], roc_pr: Path | str, confusion: Path | str, reliability: Path | str
+) -> None:
     """ROC/PR curves, confusion matrix and reliability diagram of the labelled patients."""
     known = labelled(predictions, classes)
     truth = known["label"].map(classes.index).to_numpy()
     probabilities = known[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
     roc_pr_figure(truth, probabilities, classes, roc_pr)
-    confusion_figure(point_metrics(truth, probabilities, classes)["confusion_matrix"] if len(known) else np.zeros((len(classes),) * 2, dtype=int).tolist(), classes, confusion)
+    confusion_figure(
+        point_metrics(truth, probabilities, classes)["confusion_matrix"]
+        if len(known)
+        else np.zeros((len(classes),) * 2, dtype=int).tolist(),
+        classes,
+        confusion,
+    )
     reliability_figure(truth, probabilities, reliability)

@@ -22,6 +22,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 
+
 def _save(fig, path: Path | str) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -53,7 +54,9 @@ def confusion_figure(matrix: list[list[int]], classes: list[str], path: Path | s
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes, xlabel="predicted", ylabel="true")
+    ax.set(
+        xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes, xlabel="predicted", ylabel="true"
+    )
     _save(fig, path)
 
 
@@ -101,4 +104,4 @@ def qc_strip_svg(table: pd.DataFrame, measures: dict[str, str], classes: list[st
         fig.savefig(out, format="svg", metadata={"Date": None})
     plt.close(fig)
     text = out.getvalue()
-    return text[text.index("<svg"):]  # inline: without the XML declaration and doctype
+    return text[text.index("<svg") :]  # inline: without the XML declaration and doctype

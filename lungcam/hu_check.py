@@ -113,10 +113,7 @@ def verify_hu(volume: nib.Nifti1Image, original: nib.Nifti1Image | None, referen
     problems = []
     low, high = AIR_RANGE_HU
     if not low <= statistics["air_hu"] <= high:
-        problems.append(
-            f"air reads {statistics['air_hu']:.0f} HU instead of about -1000 "
-            "(rescale slope/intercept missing or wrong?)"
-        )
+        problems.append(f"air reads {statistics['air_hu']:.0f} HU instead of about -1000 (rescale slope/intercept missing or wrong?)")
     statistics["dicom_crosscheck"] = "not run"
     if original is not None and reference is not None:
         try:

@@ -49,8 +49,9 @@ def load_plain(path: Path | str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(f"{path} was refused: it holds more than weights and plain values, so loading it could "
-                              f"run code ({str(exc).splitlines()[0]})") from exc
+        raise UnsafeFileError(
+            f"{path} was refused: it holds more than weights and plain values, so loading it could run code ({str(exc).splitlines()[0]})"
+        ) from exc
 
 
 def _read_payload(path: Path | str) -> dict:
@@ -71,7 +72,9 @@ def read_model_metadata(path: Path | str) -> dict:
 
 def check_preprocessing(model_preprocessing: dict, bank_preprocessing: dict) -> None:
     """Refuse to apply a model to slices prepared differently from those it was trained on."""
-    differ = sorted(k for k in set(model_preprocessing) | set(bank_preprocessing) if model_preprocessing.get(k) != bank_preprocessing.get(k))
+    differ = sorted(
+        k for k in set(model_preprocessing) | set(bank_preprocessing) if model_preprocessing.get(k) != bank_preprocessing.get(k)
+    )
     if differ:
         details = "; ".join(f"{k}: model {model_preprocessing.get(k)!r}, slices {bank_preprocessing.get(k)!r}" for k in differ)
         raise ValueError(f"the slices were not prepared as the model's training slices were ({details})")
@@ -89,7 +92,7 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[to
 
 def _top_mean(values: np.ndarray, k: int) -> np.ndarray:
     """Mean of the k largest values of each column."""
-    return np.sort(values, axis=0)[-min(k, len(values)):].mean(axis=0)
+    return np.sort(values, axis=0)[-min(k, len(values)) :].mean(axis=0)
 
 
 def aggregate_slices(probabilities: np.ndarray, method: str, top_k: int, classes: list[str]) -> np.ndarray:
@@ -138,12 +141,14 @@ def bf16_autocast(amp: bool, device: torch.device) -> bool:
 
 
 @torch.no_grad()
-def slice_probabilities(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 64, amp: bool = False) -> np.ndarray:
+def slice_probabilities(
+    model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 64, amp: bool = False
+) -> np.ndarray:
     """Softmax probabilities (slices, classes) of a Hu2020Net for uint8 slices (n, h, w)."""
     out = []
     bf16 = bf16_autocast(amp, device)
     for start in range(0, len(images), batch_size):
-        batch = zscore(torch.from_numpy(np.asarray(images[start: start + batch_size])).to(device))
+        batch = zscore(torch.from_numpy(np.asarray(images[start : start + batch_size])).to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch)
         out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
@@ -159,7 +164,9 @@ def bag_probabilities(model: torch.nn.Module, images: np.ndarray, device: torch.
     return torch.softmax(scale_logits.float().mean(dim=0), dim=-1).cpu().numpy(), attention.float().cpu().numpy()
 
 
-def predict_patients(model: torch.nn.Module, metadata: dict, bank: SliceBank, patients: list[str], device: torch.device, amp: bool = False) -> pd.DataFrame:
+def predict_patients(
+    model: torch.nn.Module, metadata: dict, bank: SliceBank, patients: list[str], device: torch.device, amp: bool = False
+) -> pd.DataFrame:
     """Class probabilities per patient: columns patient_id and prob_<class> for every class."""
     model.eval()
     settings = metadata["settings"]
@@ -170,8 +177,9 @@ def predict_patients(model: torch.nn.Module, metadata: dict, bank: SliceBank, pa
         if metadata["model"] == "mil":
             probabilities, _ = bag_probabilities(model, images, device, amp)
         else:
-            probabilities = aggregate_slices(slice_probabilities(model, images, device, amp=amp), settings["aggregation"], settings["top_k"],
-                                             metadata["classes"])
+            probabilities = aggregate_slices(
+                slice_probabilities(model, images, device, amp=amp), settings["aggregation"], settings["top_k"], metadata["classes"]
+            )
         records.append({"patient_id": patient, **{f"prob_{c}": float(p) for c, p in zip(metadata["classes"], probabilities)}})
     return pd.DataFrame(records)
 
@@ -203,7 +211,9 @@ def slice_predictions(model: torch.nn.Module, metadata: dict, bank: SliceBank, p
     return pd.concat(tables, ignore_index=True)
 
 
-def out_of_fold_slice_predictions(predictions: pd.DataFrame, models: dict[str, Path | str], bank: SliceBank, device: torch.device) -> pd.DataFrame:
+def out_of_fold_slice_predictions(
+    predictions: pd.DataFrame, models: dict[str, Path | str], bank: SliceBank, device: torch.device
+) -> pd.DataFrame:
     """Slice probabilities of the patients of `predictions` (patient_id, label, fold), each
     scored by the model that classified the patient: `models` maps a fold ("0", ..., or
     "predict") to its hu2020 model file. Adds the patient's `label` to every slice."""

@@ -51,7 +51,7 @@ class IngestSettings:
     series: SeriesPolicy
 
     @classmethod
-    def from_config(cls, section: dict) -> "IngestSettings":
+    def from_config(cls, section: dict) -> IngestSettings:
         return cls(
             min_slices=int(section["min_slices"]),
             max_slice_gap_mm=float(section["max_slice_gap_mm"]),
@@ -236,15 +236,21 @@ def ingest_patient(patient_id: str, dicom_dir: Path | str, stage_dir: Path | str
 
 def _file_figures(study: Study, dicom_dir: Path) -> tuple[dict, list[str]]:
     """The record's `files` section and the warnings about ignored or duplicate files."""
-    figures = {"found": study.total_files, "dicom_images": len(study.files), "skipped": study.skipped,
-               "duplicates_dropped": study.duplicates, "sha256": folder_digest(dicom_dir)}
+    figures = {
+        "found": study.total_files,
+        "dicom_images": len(study.files),
+        "skipped": study.skipped,
+        "duplicates_dropped": study.duplicates,
+        "sha256": folder_digest(dicom_dir),
+    }
     warnings = []
     if study.skipped:
         count = sum(study.skipped.values())
         warnings.append(f"{count} file(s) ignored: " + ", ".join(f"{k} ({v})" for k, v in sorted(study.skipped.items())))
     if study.duplicates:
-        warnings.append(f"{study.duplicates} duplicate file(s) dropped: the same file reached twice, or a second copy of an "
-                        "image (same SOPInstanceUID)")
+        warnings.append(
+            f"{study.duplicates} duplicate file(s) dropped: the same file reached twice, or a second copy of an image (same SOPInstanceUID)"
+        )
     return figures, warnings
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import nibabel as nib
 
-
 DATA_URI = re.compile(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)")
 
 
@@ -24,7 +23,9 @@ def searchable_bytes(path: Path) -> bytes:
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         img = nib.load(path)
-        extensions = b"".join(ext.get_content() if isinstance(ext.get_content(), bytes) else str(ext.get_content()).encode() for ext in img.header.extensions)
+        extensions = b"".join(
+            ext.get_content() if isinstance(ext.get_content(), bytes) else str(ext.get_content()).encode() for ext in img.header.extensions
+        )
         return img.header.binaryblock + extensions
     data = path.read_bytes()
     if name.endswith((".html", ".htm")):

@@ -34,7 +34,7 @@ class LesionSettings:
     min_volume_ml: float
 
     @classmethod
-    def from_config(cls, section: dict) -> "LesionSettings":
+    def from_config(cls, section: dict) -> LesionSettings:
         return cls(section["threshold"], float(section["absolute"]), float(section["relative"]), float(section["min_volume_ml"]))
 
 
@@ -68,7 +68,18 @@ def find_lesions(cam: np.ndarray, lungs: np.ndarray, affine: np.ndarray, setting
         side = SIDES.get(int(np.bincount(sides, minlength=3)[1:].argmax()) + 1)
         centre = np.argwhere(member).mean(axis=0) + [s.start for s in box]
         x, y, z = RAS_TO_LPS @ (affine[:3, :3] @ centre + affine[:3, 3])
-        rows.append([0, round(volume, 3), side, round(float(scores.max()), 4), round(float(scores.mean()), 4), round(x, 1), round(y, 1), round(z, 1)])
+        rows.append(
+            [
+                0,
+                round(volume, 3),
+                side,
+                round(float(scores.max()), 4),
+                round(float(scores.mean()), 4),
+                round(x, 1),
+                round(y, 1),
+                round(z, 1),
+            ]
+        )
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values("volume_ml", ascending=False, ignore_index=True)
     table["lesion"] = np.arange(1, len(table) + 1)
     burden = {}

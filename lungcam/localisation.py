@@ -45,7 +45,9 @@ def mask_on_grid(mask_image, reference):
 
     turned = mask_image.as_reoriented(ornt_transform(io_orientation(mask_image.affine), io_orientation(reference.affine)))
     if turned.shape[:3] == reference.shape[:3]:
-        corners = np.array([[i, j, k, 1.0] for i in (0, reference.shape[0] - 1) for j in (0, reference.shape[1] - 1) for k in (0, reference.shape[2] - 1)])
+        corners = np.array(
+            [[i, j, k, 1.0] for i in (0, reference.shape[0] - 1) for j in (0, reference.shape[1] - 1) for k in (0, reference.shape[2] - 1)]
+        )
         moved = corners @ (np.linalg.inv(reference.affine) @ turned.affine).T
         if np.abs(moved - corners).max() < GRID_TOLERANCE_VOXELS:
             return np.asarray(turned.dataobj)
@@ -67,7 +69,9 @@ def slice_scores(cam: np.ndarray, lesion: np.ndarray, lungs: np.ndarray, axis: i
     others = tuple(a for a in range(3) if a != axis)
     with_lung = (lungs > 0).any(axis=others)
     index = np.flatnonzero(with_lung)
-    return pd.DataFrame({"slice_index": index, "score": cam.max(axis=others)[index], "infection": lesion.any(axis=others)[index].astype(int)})
+    return pd.DataFrame(
+        {"slice_index": index, "score": cam.max(axis=others)[index], "infection": lesion.any(axis=others)[index].astype(int)}
+    )
 
 
 def patient_localisation(cam: np.ndarray, lesion: np.ndarray, lungs: np.ndarray, affine: np.ndarray, settings: LesionSettings) -> dict:
@@ -77,7 +81,16 @@ def patient_localisation(cam: np.ndarray, lesion: np.ndarray, lungs: np.ndarray,
     slices = slice_scores(cam, lesion, lungs, axial_axis(affine))
     result["slice_auc"] = slice_auc(slices)
     if not lesion.any():
-        return result | {"pointing_game": float("nan"), "peak_distance_mm": float("nan"), "lesion_in_lungs": float("nan"), "hit": float("nan"), "dice": float("nan"), "iou": float("nan"), "best_dice": float("nan"), "best_threshold": float("nan")}
+        return result | {
+            "pointing_game": float("nan"),
+            "peak_distance_mm": float("nan"),
+            "lesion_in_lungs": float("nan"),
+            "hit": float("nan"),
+            "dice": float("nan"),
+            "iou": float("nan"),
+            "best_dice": float("nan"),
+            "best_threshold": float("nan"),
+        }
     result["lesion_in_lungs"] = round(float((lungs[lesion] > 0).mean()), 4)
     box = ndimage.find_objects((lungs > 0).astype(np.uint8))
     box = box[0] if box else tuple(slice(0, n) for n in lungs.shape)  # the lungs' bounding box
@@ -139,12 +152,23 @@ def labelled_slice_scores(cam_lps: np.ndarray, lungs_lps: np.ndarray, labels: pd
     keep = (z >= 0) & (z < count)
     z, chosen = z[keep], labels[keep]
     with_lung = (lungs_lps > 0).any(axis=(1, 2))[z]
-    return pd.DataFrame({"slice_index": chosen["slice_index"].to_numpy()[with_lung], "score": cam_lps.max(axis=(1, 2))[z][with_lung],
-                         "infection": chosen["infection"].to_numpy()[with_lung].astype(int)})
+    return pd.DataFrame(
+        {
+            "slice_index": chosen["slice_index"].to_numpy()[with_lung],
+            "score": cam_lps.max(axis=(1, 2))[z][with_lung],
+            "infection": chosen["infection"].to_numpy()[with_lung].astype(int),
+        }
+    )
 
 
-def localise_cohort(cams: list[Path | str], lungs: list[Path | str], masks: dict[str, str], slice_labels: pd.DataFrame | None,
-                    settings: LesionSettings, seed: int) -> tuple[pd.DataFrame, dict]:
+def localise_cohort(
+    cams: list[Path | str],
+    lungs: list[Path | str],
+    masks: dict[str, str],
+    slice_labels: pd.DataFrame | None,
+    settings: LesionSettings,
+    seed: int,
+) -> tuple[pd.DataFrame, dict]:
     """Per-patient localisation figures of the maps `cam/{patient_id}.nii.gz` (with their lung
     masks), against `masks` (patient -> lesion mask, brought onto the map's grid by `mask_on_grid`)
     and the slice labels; and the cohort summary over the patients with a lesion mask, plus the
@@ -176,6 +200,10 @@ def localise_cohort(cams: list[Path | str], lungs: list[Path | str], masks: dict
     if labelled:
         pooled = pd.concat(labelled, ignore_index=True)
         per_patient = table.dropna(subset=["slice_label_auc"])
-        summary["slice_labels"] = {"patients": len(labelled), "slices": len(pooled), "auc_pooled": slice_auc(pooled),
-                                   "auc_per_patient": dict(zip(per_patient["patient_id"], per_patient["slice_label_auc"]))}
+        summary["slice_labels"] = {
+            "patients": len(labelled),
+            "slices": len(pooled),
+            "auc_pooled": slice_auc(pooled),
+            "auc_per_patient": dict(zip(per_patient["patient_id"], per_patient["slice_label_auc"])),
+        }
     return table, summary

@@ -47,7 +47,7 @@ class Limit:
     exclude: tuple[float, float] | float
 
     @classmethod
-    def from_config(cls, section: dict) -> "Limit":
+    def from_config(cls, section: dict) -> Limit:
         def value(v):
             return (float(v[0]), float(v[1])) if isinstance(v, (list, tuple)) else float(v)
 
@@ -81,7 +81,7 @@ class LungQCSettings:
     enclosed_tissue_ml: Limit
 
     @classmethod
-    def from_config(cls, section: dict) -> "LungQCSettings":
+    def from_config(cls, section: dict) -> LungQCSettings:
         return cls(**{k: Limit.from_config(v) if isinstance(v, dict) else float(v) for k, v in section.items()})
 
 
@@ -93,8 +93,11 @@ def _working_grid(hu: np.ndarray, labels: np.ndarray, spacing) -> tuple[np.ndarr
     checks smooth the image by 1-2 mm, which takes the sampling noise away."""
     factor = max(1, int(round(WORKING_MM / spacing[1])))
     start = factor // 2
-    return (hu[:, start::factor, start::factor].astype(np.float32), labels[:, start::factor, start::factor],
-            (spacing[0], spacing[1] * factor, spacing[2] * factor))
+    return (
+        hu[:, start::factor, start::factor].astype(np.float32),
+        labels[:, start::factor, start::factor],
+        (spacing[0], spacing[1] * factor, spacing[2] * factor),
+    )
 
 
 def _shape_figures(labels: np.ndarray, spacing) -> dict:
@@ -110,7 +113,7 @@ def _shape_figures(labels: np.ndarray, spacing) -> dict:
         if not z.size:
             continue
         bases[side] = float(np.searchsorted(np.cumsum(area) / area.sum(), BASE_QUANTILE)) * spacing[0]
-        run = area[z[0]: z[-1] + 1]
+        run = area[z[0] : z[-1] + 1]
         below = np.concatenate([[run[0] if z[0] == 0 else 0.0], run[:-1]])  # no judgement at the scan's edge
         figures[f"{name}_abrupt_end"] = round(float((run - below).max() / run.max()), 3)
         figures[f"{name}_reaches_scan_end"] = [end for end, hit in (("lowest", z[0] == 0), ("highest", z[-1] == len(area) - 1)) if hit]
@@ -209,23 +212,68 @@ def lung_checks(figures: dict, qc: LungQCSettings) -> tuple[list[str], list[str]
         elif figures[f"{name}_components"] > 3:
             warnings.append(f"{name} lung mask in {figures[f'{name}_components']} pieces")
     if not reasons and figures["total_ml"] < qc.min_total_ml:
-        reasons.append(f"lung volume {figures['total_ml']:.0f} mL below lungs.qc.min_total_ml {qc.min_total_ml:g} (not a chest CT, or the lungs are cut off)")
+        reasons.append(
+            f"lung volume {figures['total_ml']:.0f} mL below lungs.qc.min_total_ml {qc.min_total_ml:g} (not a chest CT, or the lungs "
+            "are cut off)"
+        )
     if figures["total_ml"] > qc.max_total_ml:
-        reasons.append(f"lung volume {figures['total_ml']:.0f} mL above lungs.qc.max_total_ml {qc.max_total_ml:g} (segmentation leaked outside the lungs)")
+        reasons.append(
+            f"lung volume {figures['total_ml']:.0f} mL above lungs.qc.max_total_ml {qc.max_total_ml:g} (segmentation leaked outside the "
+            "lungs)"
+        )
     if reasons:  # no pair of lungs: the comparisons below mean nothing
         return reasons, warnings
     ratio, offset = figures["left_right_ratio"], figures["base_offset_mm"]
-    _check(qc.left_right_ratio, ratio, f"left/right lung volume ratio {ratio}: a lobe may be cut off or a consolidation left out", reasons, warnings)
+    _check(
+        qc.left_right_ratio,
+        ratio,
+        f"left/right lung volume ratio {ratio}: a lobe may be cut off or a consolidation left out",
+        reasons,
+        warnings,
+    )
     higher = "left" if (offset or 0) > 0 else "right"
-    _check(qc.base_offset_mm, offset, f"the {higher} lung's base lies {abs(offset or 0):.0f} mm above the other's (left minus right {offset} mm): "
-           "a lower lobe may be cut off, or one mask reaches below the diaphragm", reasons, warnings)
+    _check(
+        qc.base_offset_mm,
+        offset,
+        f"the {higher} lung's base lies {abs(offset or 0):.0f} mm above the other's (left minus right {offset} mm): "
+        "a lower lobe may be cut off, or one mask reaches below the diaphragm",
+        reasons,
+        warnings,
+    )
     for _, name in SIDES:
-        _check(qc.abrupt_end, figures[f"{name}_abrupt_end"], f"the {name} lung mask ends abruptly (a slice-to-slice loss of {100 * figures[f'{name}_abrupt_end']:.0f}% of its largest slice): part of it may be cut off", reasons, warnings)
-        _check(qc.base_gas_ml, figures[f"{name}_base_gas_ml"], f"{figures[f'{name}_base_gas_ml']:.0f} mL of gas-density mask in the {name} lung's base: bowel or stomach gas below the diaphragm may be taken as lung", reasons, warnings)
-        _check(qc.enclosed_tissue_ml, figures[f"{name}_enclosed_tissue_ml"], f"{figures[f'{name}_enclosed_tissue_ml']:.0f} mL of soft tissue along the chest wall lies between {name} lung above and below it, outside the mask: a consolidation may be left out", reasons, warnings)
+        _check(
+            qc.abrupt_end,
+            figures[f"{name}_abrupt_end"],
+            f"the {name} lung mask ends abruptly (a slice-to-slice loss of {100 * figures[f'{name}_abrupt_end']:.0f}% of its largest "
+            "slice): part of it may be cut off",
+            reasons,
+            warnings,
+        )
+        _check(
+            qc.base_gas_ml,
+            figures[f"{name}_base_gas_ml"],
+            f"{figures[f'{name}_base_gas_ml']:.0f} mL of gas-density mask in the {name} lung's base: bowel or stomach gas below the "
+            "diaphragm may be taken as lung",
+            reasons,
+            warnings,
+        )
+        _check(
+            qc.enclosed_tissue_ml,
+            figures[f"{name}_enclosed_tissue_ml"],
+            f"{figures[f'{name}_enclosed_tissue_ml']:.0f} mL of soft tissue along the chest wall lies between {name} lung above and "
+            "below it, outside the mask: a consolidation may be left out",
+            reasons,
+            warnings,
+        )
         for end in figures[f"{name}_reaches_scan_end"]:
             part = "base" if end == "lowest" else "apex"
             warnings.append(f"the {name} lung reaches the scan's {end} slice: its {part} may lie outside the scan")
     edge = figures["fov_edge_fraction"]
-    _check(qc.fov_edge_share, edge, f"lungs touch the edge of the field of view ({100 * edge:.1f}% of lung voxels): part of a lung may be outside the image", reasons, warnings)
+    _check(
+        qc.fov_edge_share,
+        edge,
+        f"lungs touch the edge of the field of view ({100 * edge:.1f}% of lung voxels): part of a lung may be outside the image",
+        reasons,
+        warnings,
+    )
     return reasons, warnings

@@ -49,7 +49,7 @@ class LungmaskSettings:
     force_cpu: bool
 
     @classmethod
-    def from_config(cls, section: dict) -> "LungmaskSettings":
+    def from_config(cls, section: dict) -> LungmaskSettings:
         return cls(
             model=section["model"],
             weights=section["weights"],
@@ -71,7 +71,9 @@ def torch_hub_checkpoint(url: str) -> Path:
     return Path(torch_home) / "hub" / "checkpoints" / Path(url).name
 
 
-def weights_path(settings: LungmaskSettings, model: str | None = None, configured: str | None = None, resources: Path = RESOURCE_DIR) -> Path:
+def weights_path(
+    settings: LungmaskSettings, model: str | None = None, configured: str | None = None, resources: Path = RESOURCE_DIR
+) -> Path:
     """The weights file the workflow will use for `model` (it may not exist yet).
 
     A configured path wins; otherwise an existing torch hub checkpoint; otherwise the file the
@@ -117,7 +119,9 @@ def download_weights(url: str, target: Path | str) -> Path:
     return target
 
 
-def segment_lungmask(hu_lps: np.ndarray, settings: LungmaskSettings, weights: Path, fill_weights: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def segment_lungmask(
+    hu_lps: np.ndarray, settings: LungmaskSettings, weights: Path, fill_weights: Path | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(lung labels 0/1/2, lobe labels 0-5 or None) of an LPS (z, y, x) HU volume.
 
     Runs on the GPU when torch sees one (unless force_cpu).

@@ -35,7 +35,7 @@ class LungSettings:
     qc: LungQCSettings
 
     @classmethod
-    def from_config(cls, section: dict) -> "LungSettings":
+    def from_config(cls, section: dict) -> LungSettings:
         if section["method"] not in METHODS:
             raise ValueError(f"lungs.method must be one of {METHODS}")
         return cls(
@@ -46,15 +46,23 @@ class LungSettings:
         )
 
 
-def segment(hu_lps: np.ndarray, spacing, settings: LungSettings, weights: Path | None = None, fill_weights: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def segment(
+    hu_lps: np.ndarray, spacing, settings: LungSettings, weights: Path | None = None, fill_weights: Path | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(lung labels, lobe labels or None) with the configured method."""
     if settings.method == "threshold":
         return segment_lungs(hu_lps, spacing, settings.threshold), None
     return segment_lungmask(hu_lps, settings.lungmask, weights, fill_weights)
 
 
-def run_lungs(patient_id: str, nifti_path: Path | str, outputs: dict[str, Path | str], settings: LungSettings,
-              weights: Path | None = None, fill_weights: Path | None = None) -> dict:
+def run_lungs(
+    patient_id: str,
+    nifti_path: Path | str,
+    outputs: dict[str, Path | str],
+    settings: LungSettings,
+    weights: Path | None = None,
+    fill_weights: Path | None = None,
+) -> dict:
     """Segment one patient; writes outputs['labels'], ['montage'], ['record'] (and ['lobes'])."""
     hu, view = load_hu_lps(nifti_path)
     spacing = view.spacing
@@ -73,7 +81,9 @@ def run_lungs(patient_id: str, nifti_path: Path | str, outputs: dict[str, Path |
         "method": settings.method if settings.method == "threshold" else f"lungmask {settings.lungmask.model}",
         **figures,
     }
-    lung_montage(hu, labels, spacing, outputs["montage"], f"{patient_id}: right {figures['right_ml']:.0f} mL, left {figures['left_ml']:.0f} mL")
+    lung_montage(
+        hu, labels, spacing, outputs["montage"], f"{patient_id}: right {figures['right_ml']:.0f} mL, left {figures['left_ml']:.0f} mL"
+    )
     write_record(outputs["record"], record)
     if reasons:
         log.warning("patient %s excluded at lungs: %s", patient_id, "; ".join(reasons))

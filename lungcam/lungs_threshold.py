@@ -68,7 +68,7 @@ class ThresholdSettings:
     consolidation_ml: float = 5.0  # or a uniform dense region this large inside the cautious one
 
     @classmethod
-    def from_config(cls, section: dict) -> "ThresholdSettings":
+    def from_config(cls, section: dict) -> ThresholdSettings:
         return cls(**{k: float(v) for k, v in section.items()})
 
 
@@ -172,7 +172,11 @@ def split_lungs(lungs: np.ndarray, body_center_x: float) -> np.ndarray:
     for _ in range(10):
         eroded = ndimage.binary_erosion(eroded, structure=np.ones((1, 3, 3), bool))
         cores = _largest_components(eroded, 2)
-        if len(cores) == 2 and not _spans_midline(cores[0], body_center_x) and _side(cores[0], body_center_x) != _side(cores[1], body_center_x):
+        if (
+            len(cores) == 2
+            and not _spans_midline(cores[0], body_center_x)
+            and _side(cores[0], body_center_x) != _side(cores[1], body_center_x)
+        ):
             marker = np.zeros(lungs.shape, np.uint8)
             for core in cores:
                 marker[core] = _side(core, body_center_x)
@@ -196,12 +200,13 @@ def _fill_nan_nearest(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _paraboloid(radius_px: tuple[int, int], curvature: tuple[float, float]) -> np.ndarray:
     """A non-flat structuring element -c*d^2 (mm), matching the curvature of a dome."""
     ry, rx = radius_px
-    yy, xx = np.mgrid[-ry: ry + 1, -rx: rx + 1]
-    return -(curvature[0] * yy ** 2 + curvature[1] * xx ** 2)
+    yy, xx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
+    return -(curvature[0] * yy**2 + curvature[1] * xx**2)
 
 
-def _cage_limits(aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spacing: tuple[float, float, float],
-                 slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cage_limits(
+    aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spacing: tuple[float, float, float], slices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per slice, whether each pixel lies inside the rib cage seen from `center` (y, x pixels).
 
     Rays every 2.5 degrees in every slice: the cage radius on a ray is the first bone beyond the
@@ -307,7 +312,7 @@ def _ringed(contact: np.ndarray) -> np.ndarray:
     """Cells of a (slice, angle) map enclosed by `contact` cells; angles wrap around."""
     n = contact.shape[1]
     tiled = np.concatenate([contact] * 3, axis=1)
-    return (ndimage.binary_fill_holes(tiled) & ~tiled)[:, n: 2 * n]
+    return (ndimage.binary_fill_holes(tiled) & ~tiled)[:, n : 2 * n]
 
 
 def _lateral(width: int, side: int, mid_x: float) -> np.ndarray:
@@ -354,7 +359,7 @@ def _smooth_surface(surface: np.ndarray, spacing, operation) -> np.ndarray:
     coarse = surface[::step, ::step]
     pixel = spacing[1] * step
     radius = max(1, int(60.0 / pixel))
-    smoothed = operation(coarse, structure=_paraboloid((radius, radius), (DOME_CURVATURE * pixel ** 2,) * 2))
+    smoothed = operation(coarse, structure=_paraboloid((radius, radius), (DOME_CURVATURE * pixel**2,) * 2))
     if step == 1:
         return smoothed
     zoom = (surface.shape[0] / coarse.shape[0], surface.shape[1] / coarse.shape[1])
@@ -474,8 +479,9 @@ def _density_band(smooth: np.ndarray, region: np.ndarray) -> tuple[float, float]
     return level, max(3.0 * 1.4826 * float(np.median(np.abs(values - level))), WALL_BAND_HU)
 
 
-def _consolidation_density(smooth: np.ndarray, bronchograms: np.ndarray, found: np.ndarray, bold: np.ndarray,
-                           spacing, settings: ThresholdSettings) -> tuple[float, float] | None:
+def _consolidation_density(
+    smooth: np.ndarray, bronchograms: np.ndarray, found: np.ndarray, bold: np.ndarray, spacing, settings: ThresholdSettings
+) -> tuple[float, float] | None:
     """Density band of a consolidation, or None when there is no evidence of one.
 
     Evidence is either air bronchograms (at least `bronchogram_ml`; the band is read off their
@@ -501,8 +507,16 @@ def _consolidation_density(smooth: np.ndarray, bronchograms: np.ndarray, found: 
     return None
 
 
-def _grow_consolidation(smooth: np.ndarray, bronchograms: np.ndarray, aerated: np.ndarray, found: np.ndarray,
-                        bold: np.ndarray, opening: np.ndarray, spacing, settings: ThresholdSettings) -> np.ndarray:
+def _grow_consolidation(
+    smooth: np.ndarray,
+    bronchograms: np.ndarray,
+    aerated: np.ndarray,
+    found: np.ndarray,
+    bold: np.ndarray,
+    opening: np.ndarray,
+    spacing,
+    settings: ThresholdSettings,
+) -> np.ndarray:
     """The consolidation inside the bold envelope (dense voxels `bold`) connected to the aerated
     lung or the dense lung `found` so far, or nothing when the lung shows none.
 

@@ -72,8 +72,13 @@ def point_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list[st
     per_class = {}
     for k, name in enumerate(classes):
         per_class[name] = {
-            "sensitivity": _ratio(tp[k], tp[k] + fn[k]), "specificity": _ratio(tn[k], tn[k] + fp[k]), "ppv": _ratio(tp[k], tp[k] + fp[k]),
-            "npv": _ratio(tn[k], tn[k] + fn[k]), "f1": _ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]), "roc_auc": roc_auc[k], "pr_auc": pr_auc[k],
+            "sensitivity": _ratio(tp[k], tp[k] + fn[k]),
+            "specificity": _ratio(tn[k], tn[k] + fp[k]),
+            "ppv": _ratio(tp[k], tp[k] + fp[k]),
+            "npv": _ratio(tn[k], tn[k] + fn[k]),
+            "f1": _ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]),
+            "roc_auc": roc_auc[k],
+            "pr_auc": pr_auc[k],
         }
     present = [per_class[c]["sensitivity"] for k, c in enumerate(classes) if tp[k] + fn[k] > 0]
     aucs = [per_class[c]["roc_auc"] for c in classes]
@@ -95,8 +100,9 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return flat
 
 
-def bootstrap_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], seed: int, repeats: int = 1000,
-                      groups: np.ndarray | None = None) -> dict:
+def bootstrap_metrics(
+    truth: np.ndarray, probabilities: np.ndarray, classes: list[str], seed: int, repeats: int = 1000, groups: np.ndarray | None = None
+) -> dict:
     """`point_metrics` with every scalar as {"value", "ci95": [low, high]}; draws resample
     `groups` (default: each row its own group)."""
     estimate = point_metrics(truth, probabilities, classes)
@@ -114,7 +120,7 @@ def bootstrap_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: lis
     def with_ci(name: str, value: float) -> dict:
         values = np.asarray(draws[name], dtype=float)
         values = values[np.isfinite(values)]
-        low, high = (np.percentile(values, [2.5, 97.5]) if values.size else (np.nan, np.nan))
+        low, high = np.percentile(values, [2.5, 97.5]) if values.size else (np.nan, np.nan)
         return {"value": value, "ci95": [float(low), float(high)]}
 
     out = {k: with_ci(k, v) if isinstance(v, float) else v for k, v in estimate.items() if k != "per_class"}
@@ -123,13 +129,19 @@ def bootstrap_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: lis
     return out
 
 
-def cohort_metrics(predictions: pd.DataFrame, classes: list[str], seed: int, repeats: int = 1000, sites: dict[str, str] | None = None) -> dict:
+def cohort_metrics(
+    predictions: pd.DataFrame, classes: list[str], seed: int, repeats: int = 1000, sites: dict[str, str] | None = None
+) -> dict:
     """Patient-level metrics of out-of-fold `predictions` (patient_id, label, fold, prob_<class>):
     overall, per fold and per site (where `sites` gives one), each with CIs."""
     labelled = predictions[predictions["label"].isin(classes)]
     truth = labelled["label"].map(classes.index).to_numpy()
     probabilities = labelled[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
-    result = {"classes": classes, "patients": int(len(labelled)), "overall": bootstrap_metrics(truth, probabilities, classes, seed, repeats)}
+    result = {
+        "classes": classes,
+        "patients": int(len(labelled)),
+        "overall": bootstrap_metrics(truth, probabilities, classes, seed, repeats),
+    }
     for key, column in (("per_fold", labelled["fold"].astype(str)), ("per_site", labelled["patient_id"].map(sites or {}))):
         result[key] = {}
         for value in sorted(column.dropna().unique()):

@@ -27,7 +27,11 @@ SCALES = ("pool3", "pool4", "pool5")
 def _block(in_channels: int, out_channels: int, layers: int) -> nn.Sequential:
     modules = []
     for i in range(layers):
-        modules += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+        modules += [
+            nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ]
     modules.append(nn.MaxPool2d(2))
     return nn.Sequential(*modules)
 
@@ -106,7 +110,9 @@ class AttentionMIL(nn.Module):
         each slice's bag, and a bag's slices are contiguous. Batch normalisation sees all bags."""
         logits, embeddings = self._slice_outputs(slices)
         counts = torch.unique_consecutive(groups, return_counts=True)[1].tolist()
-        pooled = [torch.einsum("s,ksc->kc", self.attention(e), l) for e, l in zip(embeddings.split(counts), logits.split(counts, dim=1))]
+        pooled = [
+            torch.einsum("s,ksc->kc", self.attention(e), logit) for e, logit in zip(embeddings.split(counts), logits.split(counts, dim=1))
+        ]
         return torch.stack(pooled, dim=1)
 
     def forward(self, bag: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,9 @@ def key_slices(cam: np.ndarray, count: int = 3) -> list[int]:
     return sorted(ranked)
 
 
-def key_slices_figure(hu_lps: np.ndarray, labels: np.ndarray, cam: np.ndarray, spacing: tuple[float, float, float], path: Path | str, title: str) -> list[int]:
+def key_slices_figure(
+    hu_lps: np.ndarray, labels: np.ndarray, cam: np.ndarray, spacing: tuple[float, float, float], path: Path | str, title: str
+) -> list[int]:
     """Write the key slices of a CAM (LPS z, y, x, like the CT) over the CT in a lung window, the
     map as a heatmap scaled to its maximum where it is at least 0.1 of it, and the lung outlines;
     returns the slices shown."""

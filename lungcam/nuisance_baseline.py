@@ -45,10 +45,12 @@ def _classifier(numbers: list[str]):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    columns = ColumnTransformer([
-        ("categorical", OneHotEncoder(handle_unknown="ignore"), list(CATEGORICAL)),
-        ("numbers", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numbers),
-    ])
+    columns = ColumnTransformer(
+        [
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), list(CATEGORICAL)),
+            ("numbers", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numbers),
+        ]
+    )
     return make_pipeline(columns, LogisticRegression(max_iter=2000))
 
 

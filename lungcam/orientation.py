@@ -17,7 +17,7 @@ from nibabel import orientations
 
 from .atomic import atomic_path
 
-LPS = (("L", "P", "S"))
+LPS = ("L", "P", "S")
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LPSView:
     to_lps: np.ndarray  # nibabel orientation transform, source voxel axes -> (x=L, y=P, z=S)
 
     @classmethod
-    def of(cls, img: nib.Nifti1Image) -> "LPSView":
+    def of(cls, img: nib.Nifti1Image) -> LPSView:
         current = orientations.io_orientation(img.affine)
         return cls(img, orientations.ornt_transform(current, orientations.axcodes2ornt(LPS)))
 

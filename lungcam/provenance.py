@@ -19,8 +19,26 @@ from pathlib import Path
 from .folders import list_files
 
 # Distributions whose versions matter for the numbers (import names differ; these are pip names).
-PACKAGES = ("lungcam", "numpy", "scipy", "pandas", "pydicom", "nibabel", "SimpleITK", "dcm2niix", "scikit-image", "scikit-learn",
-            "torch", "lungmask", "torchcam", "captum", "matplotlib", "Jinja2", "jsonschema", "snakemake")
+PACKAGES = (
+    "lungcam",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pydicom",
+    "nibabel",
+    "SimpleITK",
+    "dcm2niix",
+    "scikit-image",
+    "scikit-learn",
+    "torch",
+    "lungmask",
+    "torchcam",
+    "captum",
+    "matplotlib",
+    "Jinja2",
+    "jsonschema",
+    "snakemake",
+)
 
 
 def file_digest(path: Path | str) -> str:
@@ -58,6 +76,7 @@ def software_versions() -> dict[str, str]:
 def code_version(repository: Path | str) -> dict:
     """Git commit of the workflow's repository and whether its tracked files had uncommitted
     changes; `commit` is null outside a git checkout (e.g. an unpacked release)."""
+
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(repository), *args], capture_output=True, text=True, timeout=30)
@@ -67,11 +86,21 @@ def code_version(repository: Path | str) -> dict:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if commit else None, "describe": git("describe", "--always", "--dirty") if commit else None}
+    return {
+        "commit": commit,
+        "dirty": bool(status) if commit else None,
+        "describe": git("describe", "--always", "--dirty") if commit else None,
+    }
 
 
-def provenance_document(config: dict, qc_records: list[dict], sample_sheet: Path | str, lesion_masks: dict[str, str],
-                        slice_labels: Path | str | None = None, model: Path | str | None = None) -> dict:
+def provenance_document(
+    config: dict,
+    qc_records: list[dict],
+    sample_sheet: Path | str,
+    lesion_masks: dict[str, str],
+    slice_labels: Path | str | None = None,
+    model: Path | str | None = None,
+) -> dict:
     """provenance.json: code and software versions, the resolved config and its hash, and the
     checksums of every input (DICOM folders from the QC records, the sample sheet, lesion
     masks, slice labels, the prediction model)."""
@@ -83,14 +112,29 @@ def provenance_document(config: dict, qc_records: list[dict], sample_sheet: Path
     patients = {}
     for record in sorted(qc_records, key=lambda r: r["patient_id"]):
         patient, files = record["patient_id"], record.get("ingest", {}).get("files", {})
-        patients[patient] = {"dicom_dir": given.loc[patient, "dicom_dir"] if patient in given.index else None, "files": files.get("found"),
-                             "sha256": files.get("sha256"), "status": record.get("status")}
-    software = software_versions() | {"dcm2niix binary": sorted({r["ingest"]["dcm2niix_version"] for r in qc_records if r.get("ingest", {}).get("dcm2niix_version")})}
-    inputs: dict = {"sample_sheet": {"path": str(sample_sheet), "sha256": file_digest(sample_sheet)}, "patients": patients,
-                    "lesion_masks": {p: file_digest(path) for p, path in sorted(lesion_masks.items())}}
+        patients[patient] = {
+            "dicom_dir": given.loc[patient, "dicom_dir"] if patient in given.index else None,
+            "files": files.get("found"),
+            "sha256": files.get("sha256"),
+            "status": record.get("status"),
+        }
+    software = software_versions() | {
+        "dcm2niix binary": sorted({r["ingest"]["dcm2niix_version"] for r in qc_records if r.get("ingest", {}).get("dcm2niix_version")})
+    }
+    inputs: dict = {
+        "sample_sheet": {"path": str(sample_sheet), "sha256": file_digest(sample_sheet)},
+        "patients": patients,
+        "lesion_masks": {p: file_digest(path) for p, path in sorted(lesion_masks.items())},
+    }
     if slice_labels:
         inputs["slice_labels"] = {"path": str(slice_labels), "sha256": file_digest(slice_labels)}
     if model:
         inputs["model"] = {"path": str(model), "sha256": file_digest(model)}
-    return {"lungcam": __version__, "code": code_version(Path(__file__).resolve().parents[1]), "software": software,
-            "config_hash": config_hash(config), "config": config, "inputs": inputs}
+    return {
+        "lungcam": __version__,
+        "code": code_version(Path(__file__).resolve().parents[1]),
+        "software": software,
+        "config_hash": config_hash(config),
+        "config": config,
+        "inputs": inputs,
+    }

@@ -28,16 +28,35 @@ QC_MEASURES = {
     "burden_percent": "infection burden (% of lung)",
 }
 HEADER_FIELDS = {  # ingest header summary -> label in the report
-    "manufacturer": "manufacturer", "model": "scanner model", "kernel": "reconstruction kernel", "slice_thickness_mm": "slice thickness (mm)",
-    "slice_spacing_mm": "slice spacing (mm)", "pixel_spacing_mm": "pixel spacing (mm)", "slices": "slices", "kvp": "kVp",
-    "tube_current_ma": "tube current (mA)", "patient_position": "patient position", "body_part": "body part", "gantry_tilt_deg": "gantry tilt (deg)",
+    "manufacturer": "manufacturer",
+    "model": "scanner model",
+    "kernel": "reconstruction kernel",
+    "slice_thickness_mm": "slice thickness (mm)",
+    "slice_spacing_mm": "slice spacing (mm)",
+    "pixel_spacing_mm": "pixel spacing (mm)",
+    "slices": "slices",
+    "kvp": "kVp",
+    "tube_current_ma": "tube current (mA)",
+    "patient_position": "patient position",
+    "body_part": "body part",
+    "gantry_tilt_deg": "gantry tilt (deg)",
 }
-LUNG_FIELDS = {"right_ml": "right lung (mL)", "left_ml": "left lung (mL)", "total_ml": "total (mL)", "left_right_ratio": "left/right ratio",
-               "right_components": "right components", "left_components": "left components", "fov_edge_fraction": "fraction at the field-of-view edge",
-               "base_offset_mm": "left base minus right base (mm)", "right_abrupt_end": "right: largest slice-to-slice area loss",
-               "left_abrupt_end": "left: largest slice-to-slice area loss", "right_base_gas_ml": "right: gas in the base (mL)",
-               "left_base_gas_ml": "left: gas in the base (mL)", "right_enclosed_tissue_ml": "right: tissue left out along the chest wall (mL)",
-               "left_enclosed_tissue_ml": "left: tissue left out along the chest wall (mL)"}
+LUNG_FIELDS = {
+    "right_ml": "right lung (mL)",
+    "left_ml": "left lung (mL)",
+    "total_ml": "total (mL)",
+    "left_right_ratio": "left/right ratio",
+    "right_components": "right components",
+    "left_components": "left components",
+    "fov_edge_fraction": "fraction at the field-of-view edge",
+    "base_offset_mm": "left base minus right base (mm)",
+    "right_abrupt_end": "right: largest slice-to-slice area loss",
+    "left_abrupt_end": "left: largest slice-to-slice area loss",
+    "right_base_gas_ml": "right: gas in the base (mL)",
+    "left_base_gas_ml": "left: gas in the base (mL)",
+    "right_enclosed_tissue_ml": "right: tissue left out along the chest wall (mL)",
+    "left_enclosed_tissue_ml": "left: tissue left out along the chest wall (mL)",
+}
 
 
 def data_uri(path: Path | str | None) -> str | None:
@@ -48,8 +67,13 @@ def data_uri(path: Path | str | None) -> str | None:
 
 
 def _environment() -> Environment:
-    environment = Environment(loader=PackageLoader("lungcam", "templates"), autoescape=select_autoescape(["html", "j2"]),
-                              undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment = Environment(
+        loader=PackageLoader("lungcam", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     environment.filters["fmt"] = _number_text
     environment.filters["ci"] = _estimate_text
     return environment
@@ -84,7 +108,14 @@ def run_times(benchmarks: Path | str, patient: str) -> list[dict]:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if rows:
             row = rows[-1]
-            times.append({"rule": path.parent.name, "seconds": float(row["s"]), "cpu_seconds": _number(row.get("cpu_time")), "max_rss_mb": _number(row.get("max_rss"))})
+            times.append(
+                {
+                    "rule": path.parent.name,
+                    "seconds": float(row["s"]),
+                    "cpu_seconds": _number(row.get("cpu_time")),
+                    "max_rss_mb": _number(row.get("max_rss")),
+                }
+            )
     return times
 
 
@@ -100,8 +131,20 @@ def _is_true(value) -> bool:
     return value is True or str(value).lower() == "true"
 
 
-def patient_context(qc: dict, provenance: dict, label: str, prediction: dict | None, classes: list[str], lesions: pd.DataFrame | None, burden: dict | None,
-                    key_slices: Path | None, lung_montage: Path | None, times: list[dict], model_file: str | None, summary_link: str) -> dict:
+def patient_context(
+    qc: dict,
+    provenance: dict,
+    label: str,
+    prediction: dict | None,
+    classes: list[str],
+    lesions: pd.DataFrame | None,
+    burden: dict | None,
+    key_slices: Path | None,
+    lung_montage: Path | None,
+    times: list[dict],
+    model_file: str | None,
+    summary_link: str,
+) -> dict:
     """Everything the patient report shows. `label` is the sample sheet's; `prediction` the
     patient's predictions.tsv row (None when the patient was excluded before classification)."""
     ingest, lungs = qc.get("ingest", {}), qc.get("lungs", {})
@@ -112,10 +155,16 @@ def patient_context(qc: dict, provenance: dict, label: str, prediction: dict | N
     probabilities = [{"class": c, "probability": float(prediction[f"prob_{c}"])} for c in classes] if prediction else []
     warnings = list(qc.get("warnings", []))
     if prediction and _is_true(prediction.get("trained_on")):
-        warnings.insert(0, "the model file lists this patient among those it was trained on: its prediction and map are not an independent test")
+        warnings.insert(
+            0, "the model file lists this patient among those it was trained on: its prediction and map are not an independent test"
+        )
     burden_note = None
     if burden and prediction and prediction.get("predicted") == NO_PNEUMONIA:
-        burden, lesions, burden_note = None, None, f"Predicted {NO_PNEUMONIA}: no infection burden or lesion candidates are given for a scan judged free of pneumonia."
+        burden, lesions, burden_note = (
+            None,
+            None,
+            f"Predicted {NO_PNEUMONIA}: no infection burden or lesion candidates are given for a scan judged free of pneumonia.",
+        )
     return {
         "patient_id": qc["patient_id"],
         "status": qc.get("status", "unknown"),
@@ -135,7 +184,12 @@ def patient_context(qc: dict, provenance: dict, label: str, prediction: dict | N
         "lung_method": lungs.get("method"),
         "warnings": warnings,
         "errors": errors,
-        "provenance": {"code": provenance["code"], "config_hash": provenance["config_hash"], "model_file": model_file, "lungcam": provenance["software"].get("lungcam")},
+        "provenance": {
+            "code": provenance["code"],
+            "config_hash": provenance["config_hash"],
+            "model_file": model_file,
+            "lungcam": provenance["software"].get("lungcam"),
+        },
         "times": times,
         "summary_link": summary_link,
     }
@@ -146,7 +200,9 @@ def render(template: str, context: dict, path: Path | str) -> None:
     write_text(path, _environment().get_template(template).render(**context))
 
 
-def qc_table(qc_records: list[dict], predictions: pd.DataFrame | None, burdens: dict[str, dict], labels: dict[str, str], sites: dict[str, str]) -> pd.DataFrame:
+def qc_table(
+    qc_records: list[dict], predictions: pd.DataFrame | None, burdens: dict[str, dict], labels: dict[str, str], sites: dict[str, str]
+) -> pd.DataFrame:
     """One row per patient of the cohort: status, label, prediction and the QC measures of the
     strip plots (QC_MEASURES)."""
     rows = []
@@ -154,16 +210,28 @@ def qc_table(qc_records: list[dict], predictions: pd.DataFrame | None, burdens: 
     for qc in qc_records:
         patient = qc["patient_id"]
         ingest, lungs = qc.get("ingest", {}), qc.get("lungs", {})
-        row = {"patient_id": patient, "label": labels.get(patient, ""), "site": sites.get(patient, ""), "status": qc.get("status", "unknown"),
-               "stage": _failed_stage(qc.get("stages", {})), "reasons": "; ".join(qc.get("reasons", [])),
-               "lung_warnings": "; ".join(w.removeprefix("lungs: ") for w in qc.get("warnings", []) if w.startswith("lungs: ")),
-               "lung_volume_ml": lungs.get("total_ml"), "slice_thickness_mm": ingest.get("header", {}).get("slice_thickness_mm"),
-               "noise_hu": ingest.get("hu", {}).get("noise_hu"), "burden_percent": burdens.get(patient, {}).get("total_percent"),
-               "lesions": burdens.get(patient, {}).get("candidates")}
+        row = {
+            "patient_id": patient,
+            "label": labels.get(patient, ""),
+            "site": sites.get(patient, ""),
+            "status": qc.get("status", "unknown"),
+            "stage": _failed_stage(qc.get("stages", {})),
+            "reasons": "; ".join(qc.get("reasons", [])),
+            "lung_warnings": "; ".join(w.removeprefix("lungs: ") for w in qc.get("warnings", []) if w.startswith("lungs: ")),
+            "lung_volume_ml": lungs.get("total_ml"),
+            "slice_thickness_mm": ingest.get("header", {}).get("slice_thickness_mm"),
+            "noise_hu": ingest.get("hu", {}).get("noise_hu"),
+            "burden_percent": burdens.get(patient, {}).get("total_percent"),
+            "lesions": burdens.get(patient, {}).get("candidates"),
+        }
         if indexed is not None and patient in indexed.index:
             found = indexed.loc[patient]
-            row |= {"predicted": found["predicted"], "confidence": float(found[f"prob_{found['predicted']}"]), "fold": str(found["fold"]),
-                    "trained_on": _is_true(found.get("trained_on"))}
+            row |= {
+                "predicted": found["predicted"],
+                "confidence": float(found[f"prob_{found['predicted']}"]),
+                "fold": str(found["fold"]),
+                "trained_on": _is_true(found.get("trained_on")),
+            }
             if found["predicted"] == NO_PNEUMONIA:
                 row["burden_percent"] = row["lesions"] = None
         rows.append(row)
@@ -181,10 +249,17 @@ def _failed_stage(stages: dict[str, str]) -> str:
 
 def _kept_model_text(train: dict) -> str:
     """Which weights the classifier kept, in words."""
-    weights = f"an exponential moving average of the weights over about {train['ema_epochs']:g} epochs" if train["ema_epochs"] > 0 else "the weights"
+    weights = (
+        f"an exponential moving average of the weights over about {train['ema_epochs']:g} epochs"
+        if train["ema_epochs"] > 0
+        else "the weights"
+    )
     if train["validation_fraction"] > 0:
-        return (f"{weights} of the epoch with the lowest loss on {train['validation_fraction']:.0%} of the training patients held out were kept "
-                f"(at most {train['max_epochs']} epochs, stopping after {train['patience']} without improvement)")
+        return (
+            f"{weights} of the epoch with the lowest loss on {train['validation_fraction']:.0%} of the training patients held out were "
+            "kept "
+            f"(at most {train['max_epochs']} epochs, stopping after {train['patience']} without improvement)"
+        )
     return f"every training patient trained for {train['max_epochs']} epochs, and {weights} of the last were kept"
 
 
@@ -200,44 +275,92 @@ def _lesion_threshold_text(lesions: dict) -> str:
 def methods_paragraph(config: dict, classes: list[str], patients: int, excluded: int) -> str:
     """A methods paragraph generated from the resolved config, citing the methods used."""
     train, cam, lungs, cache = config["train"], config["cam"], config["lungs"], config["cache"]
-    lung_text = ("lungmask (Hofmanninger et al., Eur Radiol Exp 2020), model " + lungs["lungmask"]["model"]
-                 if lungs["method"] == "lungmask" else "a classical threshold method (air threshold, border and airway removal, hole filling and pleural consolidation recovery)")
-    aggregation = {"presence": f"the {train['top_k']} most lesion-like slices for pneumonia and the {train['top_k']} highest per lesion class for its kind",
-                   "topk_mean": f"the mean of the {train['top_k']} highest per class", "mean": "their mean over all slices", "max": "their maximum over all slices"}[train["aggregation"]]
-    model_text = ("the multi-scale weakly supervised network of Hu et al. (IEEE Access 2020), every slice inheriting its patient's label, "
-                  f"slice probabilities aggregated per patient by {aggregation}" if train["model"] == "hu2020"
-                  else "the multi-scale network of Hu et al. (IEEE Access 2020) with gated attention pooling over each patient's slices (Ilse et al., ICML 2018), trained with the patient label only")
-    cam_text = {"lungcam_mean": "lungcam's mean of the network's three class activation maps (pool3, pool4 and pool5 of Hu et al.'s network, upsampled and averaged; not the paper's own map)",
-                "pool3": "the finest of the paper's class activation maps (pool3, upsampled)",
-                "pool4": "the paper's middle-scale class activation map (pool4, upsampled)",
-                "pool5": "the paper's coarsest class activation map (pool5, upsampled)",
-                "joint_saliency": "the paper's joint saliency (the product of the three scales' Integrated Gradients maps)",
-                "gradcam": "Grad-CAM (Selvaraju et al., ICCV 2017)", "gradcampp": "Grad-CAM++ (Chattopadhay et al., WACV 2018)",
-                "layercam": "LayerCAM (Jiang et al., IEEE TIP 2021)", "integrated_gradients": "Integrated Gradients (Sundararajan et al., ICML 2017)"}[cam["method"]]
+    lung_text = (
+        "lungmask (Hofmanninger et al., Eur Radiol Exp 2020), model " + lungs["lungmask"]["model"]
+        if lungs["method"] == "lungmask"
+        else "a classical threshold method (air threshold, border and airway removal, hole filling and pleural consolidation recovery)"
+    )
+    aggregation = {
+        "presence": f"the {train['top_k']} most lesion-like slices for pneumonia "
+        f"and the {train['top_k']} highest per lesion class for its kind",
+        "topk_mean": f"the mean of the {train['top_k']} highest per class",
+        "mean": "their mean over all slices",
+        "max": "their maximum over all slices",
+    }[train["aggregation"]]
+    model_text = (
+        "the multi-scale weakly supervised network of Hu et al. (IEEE Access 2020), every slice inheriting its patient's label, "
+        f"slice probabilities aggregated per patient by {aggregation}"
+        if train["model"] == "hu2020"
+        else "the multi-scale network of Hu et al. (IEEE Access 2020) with gated attention pooling over each patient's slices "
+        "(Ilse et al., ICML 2018), trained with the patient label only"
+    )
+    cam_text = {
+        "lungcam_mean": "lungcam's mean of the network's three class activation maps "
+        "(pool3, pool4 and pool5 of Hu et al.'s network, upsampled and averaged; not the paper's own map)",
+        "pool3": "the finest of the paper's class activation maps (pool3, upsampled)",
+        "pool4": "the paper's middle-scale class activation map (pool4, upsampled)",
+        "pool5": "the paper's coarsest class activation map (pool5, upsampled)",
+        "joint_saliency": "the paper's joint saliency (the product of the three scales' Integrated Gradients maps)",
+        "gradcam": "Grad-CAM (Selvaraju et al., ICCV 2017)",
+        "gradcampp": "Grad-CAM++ (Chattopadhay et al., WACV 2018)",
+        "layercam": "LayerCAM (Jiang et al., IEEE TIP 2021)",
+        "integrated_gradients": "Integrated Gradients (Sundararajan et al., ICML 2017)",
+    }[cam["method"]]
     shifts = evaluations_per_axis(cam["method"], cam["shifts"])
     if shifts > 1:
-        cam_text += f", evaluated densely (the input shifted to {shifts} x {shifts} offsets within a pool3 cell and the maps averaged back in place)"
+        cam_text += (
+            f", evaluated densely (the input shifted to {shifts} x {shifts} offsets within a pool3 cell "
+            "and the maps averaged back in place)"
+        )
     smoothing = f", there smoothed within the lungs (Gaussian, sigma {cam['smooth_mm']:g} mm)" if cam["smooth_mm"] else ""
-    evaluation = (f"Patients were split into {train['folds']} stratified folds (no patient in two folds); every patient was classified by the model that did not train on it."
-                  if config["mode"] == "train" else "A trained model was applied to this cohort (prediction mode).")
-    return (f"{patients} chest CT scans were converted from DICOM with dcm2niix, choosing one series per patient; {excluded} were excluded by quality control. "
-            f"Lungs were segmented with {lung_text}. Scans were resampled to {cache['spacing_mm']} mm"
-            f"{' (each voxel averaging its extent)' if cache['antialias'] else ''}, cropped to the lungs and windowed to "
-            f"[{cache['window_hu'][0]}, {cache['window_hu'][1]}] HU; lung slices were resized to {train['input_size']} px. "
-            f"The classifier ({', '.join(classes)}) is {model_text}, trained with a class-weighted focal cross-entropy and Adam (learning rate {train['learning_rate']}); "
-            f"{_kept_model_text(train)}. "
-            f"{evaluation} Infection maps are {cam_text}, restricted to the lungs and mapped back onto each scan{smoothing}; lesion candidates are connected components above "
-            f"{_lesion_threshold_text(cam['lesions'])}. "
-            "Confidence intervals are 95% percentile bootstrap intervals over patients.")
+    evaluation = (
+        f"Patients were split into {train['folds']} stratified folds (no patient in two folds); every patient was classified by the "
+        "model that did not train on it."
+        if config["mode"] == "train"
+        else "A trained model was applied to this cohort (prediction mode)."
+    )
+    return (
+        f"{patients} chest CT scans were converted from DICOM with dcm2niix, choosing one series per patient; {excluded} were excluded "
+        "by quality control. "
+        f"Lungs were segmented with {lung_text}. Scans were resampled to {cache['spacing_mm']} mm"
+        f"{' (each voxel averaging its extent)' if cache['antialias'] else ''}, cropped to the lungs and windowed to "
+        f"[{cache['window_hu'][0]}, {cache['window_hu'][1]}] HU; lung slices were resized to {train['input_size']} px. "
+        f"The classifier ({', '.join(classes)}) is {model_text}, trained with a class-weighted focal cross-entropy and Adam (learning "
+        f"rate {train['learning_rate']}); "
+        f"{_kept_model_text(train)}. "
+        f"{evaluation} Infection maps are {cam_text}, restricted to the lungs and mapped back onto each scan{smoothing}; lesion "
+        "candidates are connected components above "
+        f"{_lesion_threshold_text(cam['lesions'])}. "
+        "Confidence intervals are 95% percentile bootstrap intervals over patients."
+    )
 
 
-SUMMARY_COLUMNS = [("patient", "text"), ("label", "text"), ("site", "text"), ("status", "text"), ("predicted", "text"), ("confidence", "number"),
-                   ("fold", "text"), ("lung volume (mL)", "number"), ("slice thickness (mm)", "number"), ("noise (HU)", "number"),
-                   ("burden (%)", "number"), ("lesions", "number")]
+SUMMARY_COLUMNS = [
+    ("patient", "text"),
+    ("label", "text"),
+    ("site", "text"),
+    ("status", "text"),
+    ("predicted", "text"),
+    ("confidence", "number"),
+    ("fold", "text"),
+    ("lung volume (mL)", "number"),
+    ("slice thickness (mm)", "number"),
+    ("noise (HU)", "number"),
+    ("burden (%)", "number"),
+    ("lesions", "number"),
+]
 
 
-def summary_context(table: pd.DataFrame, metrics: dict, provenance: dict, config: dict, classes: list[str], figures: list[tuple[str, Path]],
-                    qc_strip: str, report_link: str = "reports/{}.html") -> dict:
+def summary_context(
+    table: pd.DataFrame,
+    metrics: dict,
+    provenance: dict,
+    config: dict,
+    classes: list[str],
+    figures: list[tuple[str, Path]],
+    qc_strip: str,
+    report_link: str = "reports/{}.html",
+) -> dict:
     """Everything the cohort summary shows; `table` is `qc_table`'s, `figures` (title, PNG)."""
     records = table.astype(object).where(table.notna(), None).to_dict("records")
     for row in records:

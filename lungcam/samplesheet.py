@@ -107,15 +107,16 @@ def shared_folder_problems(folders: list[tuple[str, str, str]]) -> list[str]:
             problems.append(f"{where}: dicom_dir is also patient '{owner[real]}''s DICOM folder; one scan must belong to one patient")
         else:
             owner[real] = pid
-    for real, pid, where in folders:
+    for real, _, where in folders:
         holder = next((owner[parent] for parent in _ancestors(real) if parent in owner), None)
         if holder is not None:
             problems.append(f"{where}: dicom_dir lies inside patient '{holder}''s DICOM folder; one scan must belong to one patient")
     return problems
 
 
-def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool = True,
-                      output_dirs: Iterable[Path | str] = ()) -> pd.DataFrame:
+def load_sample_sheet(
+    path: Path | str, classes: list[str], require_labels: bool = True, output_dirs: Iterable[Path | str] = ()
+) -> pd.DataFrame:
     """Return the checked sheet indexed by patient_id, with absolute `dicom_dir`/`lesion_mask`.
 
     `output_dirs` are the run's output folders (results/, work/, logs/): an input inside one of
@@ -130,9 +131,7 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
         raise SampleSheetError(f"sample sheet {path}: missing column(s) {', '.join(missing)}")
     unknown = [c for c in table.columns if c not in COLUMNS]
     if unknown:
-        raise SampleSheetError(
-            f"sample sheet {path}: unknown column(s) {', '.join(unknown)}; allowed: {', '.join(COLUMNS)}"
-        )
+        raise SampleSheetError(f"sample sheet {path}: unknown column(s) {', '.join(unknown)}; allowed: {', '.join(COLUMNS)}")
     if table.empty:
         raise SampleSheetError(f"sample sheet {path}: no patients")
     check_row = row_checker()
@@ -164,8 +163,10 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
                 real = os.path.realpath(folder)
                 overlapped = next((name for out, name in outputs if _overlaps(real, out)), None)
                 if overlapped:
-                    problems.append(f"{where}: dicom_dir '{record['dicom_dir']}' overlaps the run's output folder {overlapped}/; "
-                                    "keep inputs outside results/, work/ and logs/")
+                    problems.append(
+                        f"{where}: dicom_dir '{record['dicom_dir']}' overlaps the run's output folder {overlapped}/; "
+                        "keep inputs outside results/, work/ and logs/"
+                    )
                 folders.append((real, pid, where))
             record["dicom_dir"] = str(folder)
         if record.get("lesion_mask"):
@@ -173,7 +174,9 @@ def load_sample_sheet(path: Path | str, classes: list[str], require_labels: bool
             if not mask.is_file():
                 problems.append(f"{where}: lesion_mask '{record['lesion_mask']}' does not exist")
             elif any(_inside(os.path.realpath(mask), out) for out, _ in outputs):
-                problems.append(f"{where}: lesion_mask '{record['lesion_mask']}' is inside the run's output folders; keep inputs outside them")
+                problems.append(
+                    f"{where}: lesion_mask '{record['lesion_mask']}' is inside the run's output folders; keep inputs outside them"
+                )
             record["lesion_mask"] = str(mask)
         rows.append(record)
     problems += shared_folder_problems(folders)

@@ -87,5 +87,6 @@ def shared_scan_problems(folders: dict[str, Path | str], cache_path: Path | str 
     return [
         f"patients {', '.join(repr(p) for p in patients)} hold the same scan (same StudyInstanceUID or SeriesInstanceUID "
         "in their DICOM folders); one scan must belong to one patient"
-        for patients in owners.values() if len(patients) > 1
+        for patients in owners.values()
+        if len(patients) > 1
     ]

@@ -34,7 +34,7 @@ class SeriesPolicy:
     multiple_studies: str = "exclude"
 
     @classmethod
-    def from_config(cls, section: dict) -> "SeriesPolicy":
+    def from_config(cls, section: dict) -> SeriesPolicy:
         unknown = [k for k in section["rank_by"] if k not in RANK_KEYS]
         if unknown:
             raise ValueError(f"ingest.series.rank_by: unknown key(s) {unknown}; use {list(RANK_KEYS)}")
@@ -100,8 +100,7 @@ def rejection_reasons(stack: ImageStack, policy: SeriesPolicy) -> list[str]:
             reasons.append("a single image, not a volume")
         elif geometry is not None and geometry.obliquity_deg > policy.max_obliquity_deg:
             reasons.append(
-                f"not axial (slice normal {geometry.obliquity_deg:.0f} deg from the body axis, "
-                f"limit {policy.max_obliquity_deg:g})"
+                f"not axial (slice normal {geometry.obliquity_deg:.0f} deg from the body axis, limit {policy.max_obliquity_deg:g})"
             )
     damaged = [f.pixel_problem for f in stack.files if f.pixel_problem]
     if damaged:
@@ -152,16 +151,28 @@ def _one_study(candidates: list[ImageStack], rejected: list, policy: SeriesPolic
     if len(studies) > 1:
         listing = "; ".join(f"study {n}: {_series_list([s for s in candidates if s.study == n])}" for n in studies)
         if policy.multiple_studies != "earliest":
-            return [], (f"the folder holds {len(studies)} studies (StudyInstanceUID differs; {listing}); give the sample sheet's "
-                        "study_uid, or set ingest.series.multiple_studies: earliest"), []
+            return (
+                [],
+                (
+                    f"the folder holds {len(studies)} studies (StudyInstanceUID differs; {listing}); give the sample sheet's "
+                    "study_uid, or set ingest.series.multiple_studies: earliest"
+                ),
+                [],
+            )
         later = [s for s in candidates if s.study != studies[0]]
         rejected += [(s, ["a later study (ingest.series.multiple_studies: earliest)"]) for s in later]
         candidates = [s for s in candidates if s.study == studies[0]]
         warnings.append(f"the folder holds {len(studies)} studies; the earliest was kept ({listing})")
     patients = {s.first.patient_ref for s in candidates if s.first.patient_ref}
     if len(patients) > 1:
-        return [], (f"the folder holds series of {len(patients)} different patients (PatientID differs: "
-                    f"{_series_list(candidates)}); give each patient a folder of its own"), warnings
+        return (
+            [],
+            (
+                f"the folder holds series of {len(patients)} different patients (PatientID differs: "
+                f"{_series_list(candidates)}); give each patient a folder of its own"
+            ),
+            warnings,
+        )
     return candidates, "", warnings
 
 

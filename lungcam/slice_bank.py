@@ -12,10 +12,9 @@ device, batch by batch (`zscore`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import json
 
 import numpy as np
 import pandas as pd
@@ -46,10 +45,17 @@ def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
 
 def bank_preprocessing(size: int, min_lung_fraction: float, cache: dict) -> dict:
     """Everything that turns a CT into the model's input, as recorded in banks and model files."""
-    return {"input_size": int(size), "min_lung_fraction": float(min_lung_fraction), "zscore": "per slice", "cache": dict(sorted(cache.items()))}
+    return {
+        "input_size": int(size),
+        "min_lung_fraction": float(min_lung_fraction),
+        "zscore": "per slice",
+        "cache": dict(sorted(cache.items())),
+    }
 
 
-def build_slice_bank(cache_dirs: dict[str, Path | str], out_dir: Path | str, size: int, min_lung_fraction: float, cache: dict) -> pd.DataFrame:
+def build_slice_bank(
+    cache_dirs: dict[str, Path | str], out_dir: Path | str, size: int, min_lung_fraction: float, cache: dict
+) -> pd.DataFrame:
     """Write images.npy, index.tsv and bank.json for the patients in `cache_dirs` (in that order);
     `cache` is the config's cache section the caches were made with."""
     from .cache import load_cache  # nibabel is needed to build a bank, not to train from one
@@ -65,7 +71,7 @@ def build_slice_bank(cache_dirs: dict[str, Path | str], out_dir: Path | str, siz
         rows, start = [], 0
         for patient, indices in selected.items():
             image, _, _ = load_cache(cache_dirs[patient])
-            images[start: start + len(indices)] = resize_slices(np.asarray(image[indices]), size)
+            images[start : start + len(indices)] = resize_slices(np.asarray(image[indices]), size)
             rows += [{"patient_id": patient, "row": start + i, "cache_slice": int(k)} for i, k in enumerate(indices)]
             start += len(indices)
         images.flush()
@@ -83,7 +89,7 @@ class SliceBank:
     preprocessing: dict
 
     @classmethod
-    def load(cls, folder: Path | str) -> "SliceBank":
+    def load(cls, folder: Path | str) -> SliceBank:
         folder = Path(folder)
         preprocessing = json.loads((folder / PREPROCESSING_NAME).read_text())
         return cls(np.load(folder / IMAGES_NAME, mmap_mode="r"), pd.read_csv(folder / INDEX_NAME, sep="\t"), preprocessing)

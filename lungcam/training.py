@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .folds import validation_split
 from .atomic import atomic_path, write_tsv
+from .folds import validation_split
 from .inference import AGGREGATIONS, UnsafeFileError, bf16_autocast, load_plain, predict_patients, save_model, with_decisions
 from .models import build_model, focal_cross_entropy
 from .slice_bank import IMAGES_NAME, SliceBank, zscore
@@ -79,7 +79,7 @@ class TrainSettings:
     ema_epochs: float
 
     @classmethod
-    def from_config(cls, section: dict) -> "TrainSettings":
+    def from_config(cls, section: dict) -> TrainSettings:
         settings = cls(**{f.name: section[f.name] for f in fields(cls)})
         if settings.aggregation not in AGGREGATIONS:
             raise ValueError(f"train.aggregation must be one of {AGGREGATIONS}")
@@ -113,7 +113,11 @@ class EpochBatches(torch.utils.data.Dataset):
         if self.images is None:
             self.images = np.load(self.path, mmap_mode="r")
         rows = np.sort(self.batches[i])  # sorted reads are faster
-        return torch.from_numpy(np.ascontiguousarray(self.images[rows])), torch.from_numpy(self.labels[rows]), torch.from_numpy(self.patients[rows])
+        return (
+            torch.from_numpy(np.ascontiguousarray(self.images[rows])),
+            torch.from_numpy(self.labels[rows]),
+            torch.from_numpy(self.patients[rows]),
+        )
 
 
 class DeviceBank:
@@ -139,15 +143,26 @@ class DeviceBank:
             yield self.images.index_select(0, index), self.labels.index_select(0, index), self.patients.index_select(0, index)
 
 
-def batch_source(bank_dir: Path, batches: list[np.ndarray], labels: np.ndarray, patients: np.ndarray, device: torch.device,
-                 settings: "TrainSettings", resident: DeviceBank | None):
+def batch_source(
+    bank_dir: Path,
+    batches: list[np.ndarray],
+    labels: np.ndarray,
+    patients: np.ndarray,
+    device: torch.device,
+    settings: TrainSettings,
+    resident: DeviceBank | None,
+):
     """Iterable of (uint8 images, labels, patient numbers) for an epoch's batches, from GPU
     memory or the memmap."""
     if resident is not None:
         return resident.batches(batches)
     return torch.utils.data.DataLoader(
-        EpochBatches(bank_dir, batches, labels, patients), batch_size=None, shuffle=False,
-        num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False,
+        EpochBatches(bank_dir, batches, labels, patients),
+        batch_size=None,
+        shuffle=False,
+        num_workers=settings.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
     )
 
 
@@ -188,10 +203,10 @@ def _epoch_batches(settings: TrainSettings, patient_rows: dict[str, np.ndarray],
                     rows = np.sort(rng.choice(rows, settings.bag_size, replace=False))
                 bags.append(rows)
         step = settings.bags_per_step
-        return [np.concatenate(bags[i: i + step]) for i in range(0, len(bags), step)]
+        return [np.concatenate(bags[i : i + step]) for i in range(0, len(bags), step)]
     rows = np.concatenate(list(patient_rows.values()))
     order = _rng(settings.seed, fold, epoch, 1).permutation(rows)
-    return [order[i: i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    return [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
 
 
 def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -263,7 +278,7 @@ class _EpochAverage:
                 mean.copy_(now)
 
 
-def _weight_average(model: nn.Module, epochs: float) -> "tuple[torch.optim.swa_utils.AveragedModel, _EpochAverage] | tuple[None, None]":
+def _weight_average(model: nn.Module, epochs: float) -> tuple[torch.optim.swa_utils.AveragedModel, _EpochAverage] | tuple[None, None]:
     """An exponential moving average of `model`'s weights and batch-norm statistics over about
     `epochs` epochs, updated after every step, with its update rule ((None, None) for 0).
 
@@ -323,8 +338,15 @@ def write_curves(history: list[dict], tsv: Path, png: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_identity(settings: TrainSettings, classes: list[str], fold: int | str, train: pd.DataFrame, validation: pd.DataFrame,
-                 bank: SliceBank, bank_dir: Path) -> str:
+def run_identity(
+    settings: TrainSettings,
+    classes: list[str],
+    fold: int | str,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    bank: SliceBank,
+    bank_dir: Path,
+) -> str:
     """A digest of what a training run is: settings, classes, fold, its training and validation
     patients, and its slice bank (`bank`, loaded from `bank_dir`: index, preprocessing, and the
     images file's size and time).
@@ -366,8 +388,16 @@ def _saved_state(path: Path, fold: int | str) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
-def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str, patients: pd.DataFrame, fold: int | str,
-               work_dir: Path | str, outputs: dict[str, Path | str], threads: int = 1) -> pd.DataFrame:
+def train_fold(
+    settings: TrainSettings,
+    classes: list[str],
+    bank_dir: Path | str,
+    patients: pd.DataFrame,
+    fold: int | str,
+    work_dir: Path | str,
+    outputs: dict[str, Path | str],
+    threads: int = 1,
+) -> pd.DataFrame:
     """Train on the patients not in `fold` (all patients for fold "final"); returns test predictions.
 
     `patients` has patient_id, label and fold. Writes outputs['model'], ['curves'] (TSV),
@@ -419,7 +449,16 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
 
     state_path = work_dir / STATE_NAME
     identity = run_identity(settings, classes, fold, train, validation, bank, Path(bank_dir))
-    state = {"identity": identity, "epoch": -1, "best_loss": float("inf"), "best_epoch": -1, "best_state": None, "stale": 0, "history": [], "done": False}
+    state = {
+        "identity": identity,
+        "epoch": -1,
+        "best_loss": float("inf"),
+        "best_epoch": -1,
+        "best_state": None,
+        "stale": 0,
+        "history": [],
+        "done": False,
+    }
     saved = _saved_state(state_path, fold)
     if saved is not None:
         if saved.get("identity") == identity:
@@ -443,7 +482,9 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         "preprocessing": bank.preprocessing,
         "trained_on": sorted(train_val["patient_id"]),
     }
-    resident = DeviceBank(bank.images, row_labels, row_patients, device) if settings.bank_on_gpu and DeviceBank.fits(bank.images, device) else None
+    resident = (
+        DeviceBank(bank.images, row_labels, row_patients, device) if settings.bank_on_gpu and DeviceBank.fits(bank.images, device) else None
+    )
     epoch = state["epoch"] + 1
     while not state["done"] and epoch < settings.max_epochs:
         torch.manual_seed(hash((settings.seed, fold_number, epoch)) % (2**31))
@@ -482,22 +523,41 @@ def train_fold(settings: TrainSettings, classes: list[str], bank_dir: Path | str
         else:  # no validation patients: every epoch replaces the last, none stops early
             val_loss, val_accuracy = float("nan"), float("nan")
         if not len(validation) or val_loss < state["best_loss"] - 1e-6:
-            state.update(best_loss=val_loss, best_epoch=epoch, best_state={k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}, stale=0)
+            state.update(
+                best_loss=val_loss,
+                best_epoch=epoch,
+                best_state={k: v.detach().cpu().clone() for k, v in kept.state_dict().items()},
+                stale=0,
+            )
         else:
             state["stale"] += 1
-        state["history"].append({
-            "epoch": epoch, "steps": scheduler.last_epoch, "learning_rate": scheduler.get_last_lr()[0],
-            "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": val_loss,
-            "val_accuracy": val_accuracy, "seconds": seconds, "slices_per_second": seen * world / max(seconds, 1e-9),
-        })
+        state["history"].append(
+            {
+                "epoch": epoch,
+                "steps": scheduler.last_epoch,
+                "learning_rate": scheduler.get_last_lr()[0],
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "seconds": seconds,
+                "slices_per_second": seen * world / max(seconds, 1e-9),
+            }
+        )
         state["done"] = state["stale"] >= settings.patience or epoch + 1 >= settings.max_epochs
         state.update(epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         if averaged is not None:
             state["averaged"] = averaged.state_dict()
         if rank == 0:
             _save_state(state_path, state)
-        log.info("fold %s epoch %d: train loss %.4f, validation loss %.4f, accuracy %.3f, %.0f slices/s",
-                 fold, epoch, state["history"][-1]["train_loss"], val_loss, val_accuracy, state["history"][-1]["slices_per_second"])
+        log.info(
+            "fold %s epoch %d: train loss %.4f, validation loss %.4f, accuracy %.3f, %.0f slices/s",
+            fold,
+            epoch,
+            state["history"][-1]["train_loss"],
+            val_loss,
+            val_accuracy,
+            state["history"][-1]["slices_per_second"],
+        )
         epoch += 1
 
     if world > 1:

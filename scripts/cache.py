@@ -6,5 +6,7 @@ from lungcam.joblog import job_log
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
-    summary = build_cache(snakemake.input.volume, snakemake.input.lungs, snakemake.output[0], CacheSettings.from_config(snakemake.params.settings))
+    summary = build_cache(
+        snakemake.input.volume, snakemake.input.lungs, snakemake.output[0], CacheSettings.from_config(snakemake.params.settings)
+    )
     log.info("cache of %s: %s", snakemake.wildcards.patient, summary)

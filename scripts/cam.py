@@ -17,7 +17,19 @@ with job_log(snakemake.log[0]) as log:
     models = {Path(p).stem: p for p in snakemake.input.models}
     model = models[f"fold{row['fold']}"] if str(row["fold"]) != "predict" else snakemake.input.models[0]
     row["patient_id"] = patient
-    summary = write_patient_cam(model, row, snakemake.params.target, snakemake.input.cache, snakemake.input.lungs, snakemake.output.cam,
-                                pick_device(snakemake.params.device), snakemake.input.volume, snakemake.output.key_slices,
-                                snakemake.params.method, snakemake.params.steps, snakemake.params.shifts, snakemake.params.smooth_mm)
+    summary = write_patient_cam(
+        model,
+        row,
+        snakemake.params.target,
+        snakemake.input.cache,
+        snakemake.input.lungs,
+        snakemake.output.cam,
+        pick_device(snakemake.params.device),
+        snakemake.input.volume,
+        snakemake.output.key_slices,
+        snakemake.params.method,
+        snakemake.params.steps,
+        snakemake.params.shifts,
+        snakemake.params.smooth_mm,
+    )
     log.info("CAM of %s: %s", patient, summary)

@@ -11,12 +11,29 @@ snakemake = globals()["snakemake"]
 with job_log(snakemake.log[0]) as log:
     params = snakemake.params
     predictions = read_predictions(snakemake.input.predictions)
-    document = classification_metrics(predictions, params.classes, params.seed, params.repeats, params.sites,
-                                      params.models if snakemake.input.get("bank") else None, snakemake.input.get("bank"))
+    document = classification_metrics(
+        predictions,
+        params.classes,
+        params.seed,
+        params.repeats,
+        params.sites,
+        params.models if snakemake.input.get("bank") else None,
+        snakemake.input.get("bank"),
+    )
     records = {record["patient_id"]: record for record in map(read_record, snakemake.input.qc)}
     document["nuisance_baseline"] = nuisance_baseline(nuisance_features(records), predictions, params.classes, params.seed, params.repeats)
     write_record(snakemake.output[0], document)
     overall = (document["classification"] or {}).get("overall")
-    log.info("metrics of %s patients: %s", (document["classification"] or {}).get("patients", 0),
-             {k: overall[k] for k in ("accuracy", "macro_roc_auc")} if overall else document.get("classification_note"))
-    log.info("nuisance-only baseline: %s", {k: document["nuisance_baseline"].get(k) for k in ("accuracy", "chance", "above_chance", "note") if k in document["nuisance_baseline"]})
+    log.info(
+        "metrics of %s patients: %s",
+        (document["classification"] or {}).get("patients", 0),
+        {k: overall[k] for k in ("accuracy", "macro_roc_auc")} if overall else document.get("classification_note"),
+    )
+    log.info(
+        "nuisance-only baseline: %s",
+        {
+            k: document["nuisance_baseline"].get(k)
+            for k in ("accuracy", "chance", "above_chance", "note")
+            if k in document["nuisance_baseline"]
+        },
+    )

@@ -13,13 +13,15 @@ with job_log(snakemake.log[0]) as log:
     for path in snakemake.input.qc:
         record = read_record(path)
         stages = record.get("stages", {})
-        rows.append({
-            "patient_id": record["patient_id"],
-            "status": record["status"],
-            "stages": ", ".join(f"{stage} {state}" for stage, state in stages.items()),
-            "reasons": "; ".join(record.get("reasons", [])),
-            "warnings": "; ".join(record.get("warnings", [])),
-        })
+        rows.append(
+            {
+                "patient_id": record["patient_id"],
+                "status": record["status"],
+                "stages": ", ".join(f"{stage} {state}" for stage, state in stages.items()),
+                "reasons": "; ".join(record.get("reasons", [])),
+                "warnings": "; ".join(record.get("warnings", [])),
+            }
+        )
     table = pd.DataFrame(rows).sort_values("patient_id")
     write_tsv(table, snakemake.output[0])
     log.info("%d patients, %d excluded", len(table), int((table["status"] != "ok").sum()))

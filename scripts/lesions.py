@@ -16,5 +16,7 @@ with job_log(snakemake.log[0]) as log:
     lungs = np.asarray(nib.load(snakemake.input.lungs).dataobj)
     table, burden = find_lesions(np.asarray(cam.dataobj), lungs, cam.affine, LesionSettings.from_config(snakemake.params.settings))
     write_tsv(table, snakemake.output.table)
-    write_text(snakemake.output.burden, json.dumps({"patient_id": snakemake.wildcards.patient, **burden, "candidates": len(table)}, indent=1))
+    write_text(
+        snakemake.output.burden, json.dumps({"patient_id": snakemake.wildcards.patient, **burden, "candidates": len(table)}, indent=1)
+    )
     log.info("%s: %d lesion candidates, burden %s", snakemake.wildcards.patient, len(table), burden)

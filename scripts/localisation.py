@@ -14,9 +14,17 @@ snakemake = globals()["snakemake"]
 
 
 with job_log(snakemake.log[0]) as log:
-    slice_labels = pd.read_csv(snakemake.input.slice_labels, sep="\t", dtype={"patient_id": str}) if snakemake.input.get("slice_labels") else None
-    table, summary = localise_cohort(snakemake.input.cams, snakemake.input.lungs, snakemake.params.masks, slice_labels,
-                                     LesionSettings.from_config(snakemake.params.settings), snakemake.params.seed)
+    slice_labels = (
+        pd.read_csv(snakemake.input.slice_labels, sep="\t", dtype={"patient_id": str}) if snakemake.input.get("slice_labels") else None
+    )
+    table, summary = localise_cohort(
+        snakemake.input.cams,
+        snakemake.input.lungs,
+        snakemake.params.masks,
+        slice_labels,
+        LesionSettings.from_config(snakemake.params.settings),
+        snakemake.params.seed,
+    )
     if "slice_labels" in summary:
         summary["slice_labels"] = {"file": str(snakemake.input.slice_labels)} | summary["slice_labels"]
     write_tsv(table, snakemake.output.patients, float_format="%.4f")

@@ -18,7 +18,19 @@ with job_log(snakemake.log[0]) as log:
     lesions = pd.read_csv(inputs.lesions, sep="\t") if inputs.get("lesions") else None
     burden = read_record(inputs.burden) if inputs.get("burden") else None
     model = snakemake.params.models.get(str(prediction["fold"])) if prediction else None
-    context = patient_context(read_record(inputs.qc), read_record(inputs.provenance), snakemake.params.label, prediction, snakemake.params.classes, lesions, burden,
-                              inputs.get("key_slices"), inputs.get("montage"), run_times(snakemake.params.benchmarks, patient), model, "../summary.html")
+    context = patient_context(
+        read_record(inputs.qc),
+        read_record(inputs.provenance),
+        snakemake.params.label,
+        prediction,
+        snakemake.params.classes,
+        lesions,
+        burden,
+        inputs.get("key_slices"),
+        inputs.get("montage"),
+        run_times(snakemake.params.benchmarks, patient),
+        model,
+        "../summary.html",
+    )
     render("patient.html.j2", context, snakemake.output[0])
     log.info("report of %s (%s)", patient, context["status"])

@@ -21,4 +21,10 @@ with job_log(snakemake.log[0]) as log:
     # Patients the model was trained on: their prediction is no independent test (reports say so).
     table.insert(3, "trained_on", table["patient_id"].isin(metadata.get("trained_on", [])))
     write_tsv(table, snakemake.output[0], float_format="%.6f")
-    log.info("predicted %d patients with %s (%s); %d of them in its training set", len(table), snakemake.input.model, metadata["model"], int(table["trained_on"].sum()))
+    log.info(
+        "predicted %d patients with %s (%s); %d of them in its training set",
+        len(table),
+        snakemake.input.model,
+        metadata["model"],
+        int(table["trained_on"].sum()),
+    )

@@ -10,7 +10,18 @@ from lungcam.records import read_record
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
-    document = provenance_document(dict(snakemake.params.config), [read_record(p) for p in snakemake.input.qc], snakemake.input.sample_sheet,
-                                   snakemake.params.lesion_masks, snakemake.input.get("slice_labels"), snakemake.input.get("model"))
+    document = provenance_document(
+        dict(snakemake.params.config),
+        [read_record(p) for p in snakemake.input.qc],
+        snakemake.input.sample_sheet,
+        snakemake.params.lesion_masks,
+        snakemake.input.get("slice_labels"),
+        snakemake.input.get("model"),
+    )
     write_text(snakemake.output[0], json.dumps(document, indent=1, default=str))
-    log.info("provenance: code %s, config %s, %d patients", document["code"]["describe"], document["config_hash"], len(document["inputs"]["patients"]))
+    log.info(
+        "provenance: code %s, config %s, %d patients",
+        document["code"]["describe"],
+        document["config_hash"],
+        len(document["inputs"]["patients"]),
+    )

@@ -14,8 +14,12 @@ with job_log(snakemake.log[0]) as log:
     burdens = {Path(p).stem: read_record(p) for p in inputs.burdens}
     table = qc_table([read_record(p) for p in inputs.qc], read_predictions(inputs.predictions), burdens, params.labels, params.sites)
     strip = qc_strip_svg(table, QC_MEASURES, params.classes, {p: f"reports/{p}.html" for p in table["patient_id"]})
-    figures = [(title, path) for title, path in zip(("ROC and precision-recall curves", "Confusion matrix", "Reliability diagram"), inputs.figures)]
+    figures = [
+        (title, path) for title, path in zip(("ROC and precision-recall curves", "Confusion matrix", "Reliability diagram"), inputs.figures)
+    ]
     figures += [(f"Training curves, {Path(p).stem}", p) for p in inputs.curves]
-    context = summary_context(table, read_record(inputs.metrics), read_record(inputs.provenance), dict(params.config), params.classes, figures, strip)
+    context = summary_context(
+        table, read_record(inputs.metrics), read_record(inputs.provenance), dict(params.config), params.classes, figures, strip
+    )
     render("summary.html.j2", context, snakemake.output[0])
     log.info("summary of %d patients, %d excluded", len(table), len(context["exclusions"]))

@@ -19,8 +19,13 @@ from pydicom.uid import generate_uid
 # The P001 slices used for most cases: 40 slices of 2 mm through the middle of the chest, enough
 # lung for the lung QC to pass.
 MIDDLE = slice(50, 90)
-PLANTED = {"PatientID": "MRN55501234", "InstitutionName": "Quillfeather Clinic", "StationName": "QFC-CT7",
-           "OperatorsName": "Marchetti^Lucia", "ReferringPhysicianName": "Oyelaran^Kenji"}
+PLANTED = {
+    "PatientID": "MRN55501234",
+    "InstitutionName": "Quillfeather Clinic",
+    "StationName": "QFC-CT7",
+    "OperatorsName": "Marchetti^Lucia",
+    "ReferringPhysicianName": "Oyelaran^Kenji",
+}
 
 
 @dataclass
@@ -76,7 +81,9 @@ def build_corpus(data: Path, root: Path) -> list[Case]:
     study = str(pydicom.dcmread(p001[0], stop_before_pixels=True).StudyInstanceUID)
     cases: list[Case] = []
 
-    def case(patient_id: str, status: str, reason: str = "", warnings=(), make: Callable[[Path], object] | None = None, folder: str = "") -> None:
+    def case(
+        patient_id: str, status: str, reason: str = "", warnings=(), make: Callable[[Path], object] | None = None, folder: str = ""
+    ) -> None:
         where = root / (folder or patient_id)
         if make is not None:
             make(where)
@@ -87,8 +94,18 @@ def build_corpus(data: Path, root: Path) -> list[Case]:
     # The sheet names "scan#2"; its neighbour "scan" holds another scan that must not be read instead.
     rewrite(cap[40:70], root / "scan", "scan")
     case("hash", "ok", folder="scan#2", make=lambda f: rewrite(body, f, "hash"))
-    case("planted", "ok", make=lambda f: rewrite(body, f, "planted", **PLANTED, SeriesDescription="Thorax MRN55501234 Quillfeather Clinic",
-                                                  ProtocolName="Quillfeather Clinic chest"))
+    case(
+        "planted",
+        "ok",
+        make=lambda f: rewrite(
+            body,
+            f,
+            "planted",
+            **PLANTED,
+            SeriesDescription="Thorax MRN55501234 Quillfeather Clinic",
+            ProtocolName="Quillfeather Clinic chest",
+        ),
+    )
 
     def twice(folder: Path) -> None:
         rewrite(body, folder / "export1", "twice")
@@ -97,14 +114,21 @@ def build_corpus(data: Path, root: Path) -> list[Case]:
 
     case("twice", "ok", warnings=["40 duplicate file(s) dropped"], make=twice)
     missing = body[:20] + body[21:]
-    case("missing-slice", "ok", warnings=[f"missing slice(s) at z = {slice_z(body[20]):g} mm"], make=lambda f: rewrite(missing, f, "missing"))
+    case(
+        "missing-slice", "ok", warnings=[f"missing slice(s) at z = {slice_z(body[20]):g} mm"], make=lambda f: rewrite(missing, f, "missing")
+    )
 
     def cut_header(folder: Path) -> None:
         rewrite(body, folder, "cut-header")
         victim = folder / body[10].name
         victim.write_bytes(victim.read_bytes()[:1200])
 
-    case("cut-header", "ok", warnings=["damaged file (ends inside its header)", f"missing slice(s) at z = {slice_z(body[10]):g} mm"], make=cut_header)
+    case(
+        "cut-header",
+        "ok",
+        warnings=["damaged file (ends inside its header)", f"missing slice(s) at z = {slice_z(body[10]):g} mm"],
+        make=cut_header,
+    )
 
     def cut_pixels(folder: Path) -> None:
         rewrite(body, folder, "cut-pixels")
@@ -131,10 +155,30 @@ def build_corpus(data: Path, root: Path) -> list[Case]:
         rewrite(cap[60:80], folder, "blank", SeriesInstanceUID="", SeriesNumber=2)
 
     case("blank-series-uid", "excluded", "the folder holds 2 studies", make=blank_uids)
-    case("scout", "excluded", "only localizer (scout) images", make=lambda f: rewrite(body[:3], f, "scout", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]))
-    case("mr", "excluded", "not a CT study (modality MR)", make=lambda f: rewrite(body[:20], f, "mr", Modality="MR", SOPClassUID="1.2.840.10008.5.1.4.1.1.4"))
-    case("derived", "excluded", "no usable axial CT series", make=lambda f: rewrite(body, f, "derived", ImageType=["DERIVED", "SECONDARY", "AXIAL"]))
-    case("htj2k", "excluded", "no usable axial CT series", make=lambda f: rewrite(body[:20], f, "htj2k", TransferSyntaxUID="1.2.840.10008.1.2.4.201"))
+    case(
+        "scout",
+        "excluded",
+        "only localizer (scout) images",
+        make=lambda f: rewrite(body[:3], f, "scout", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]),
+    )
+    case(
+        "mr",
+        "excluded",
+        "not a CT study (modality MR)",
+        make=lambda f: rewrite(body[:20], f, "mr", Modality="MR", SOPClassUID="1.2.840.10008.5.1.4.1.1.4"),
+    )
+    case(
+        "derived",
+        "excluded",
+        "no usable axial CT series",
+        make=lambda f: rewrite(body, f, "derived", ImageType=["DERIVED", "SECONDARY", "AXIAL"]),
+    )
+    case(
+        "htj2k",
+        "excluded",
+        "no usable axial CT series",
+        make=lambda f: rewrite(body[:20], f, "htj2k", TransferSyntaxUID="1.2.840.10008.1.2.4.201"),
+    )
     case("few", "excluded", "too few slices (8 < ingest.min_slices 16)", make=lambda f: rewrite(body[:8], f, "few"))
     case("no-rescale", "excluded", "HU check failed: air reads", make=lambda f: rewrite(body, f, "no-rescale", RescaleIntercept=0))
     case("empty", "excluded", "the DICOM folder is empty", make=lambda f: f.mkdir(parents=True))

@@ -79,8 +79,13 @@ REAL_CASES = {"P001": 148, "cap001": 168, "normal001": 154}
 # The smallest demo that still trains: 3 patients per class (and the demo's scout-only patient,
 # excluded at ingest), 3 folds, one short epoch each; fewer bootstrap draws.
 TRAINING_DEMO = {
-    "demo": {"patients_per_class": 3, "matrix": 128, "localizer": False, "thick_series": False,
-             "train": {"input_size": 32, "width": 0.25, "max_epochs": 1, "bag_size": 8, "workers": 0}},
+    "demo": {
+        "patients_per_class": 3,
+        "matrix": 128,
+        "localizer": False,
+        "thick_series": False,
+        "train": {"input_size": 32, "width": 0.25, "max_epochs": 1, "bag_size": 8, "workers": 0},
+    },
     "train": {"folds": 3, "final_model": True},
     "report": {"bootstrap": 200},
 }
@@ -235,5 +240,10 @@ def cached(request, tmp_path_factory, config):
     volume = root / "stage" / VOLUME_NAME
     truth = resample_from_to(nib.load(root / "truth.nii.gz"), nib.load(volume), order=0)
     nib.save(nib.Nifti1Image(np.asarray(truth.dataobj).astype(np.uint8), truth.affine), root / "lungs.nii.gz")
-    summary = build_cache(volume, root / "lungs.nii.gz", root / "cache", CacheSettings(spacing_mm=(2.5, 1.25, 1.25), margin_mm=10.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False, antialias=True))
+    summary = build_cache(
+        volume,
+        root / "lungs.nii.gz",
+        root / "cache",
+        CacheSettings(spacing_mm=(2.5, 1.25, 1.25), margin_mm=10.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False, antialias=True),
+    )
     return root, volume, summary, request.param

@@ -67,4 +67,3 @@ def write_weights(folder: Path, stem: str = "unet_r231", **classifier) -> Path:
     target = folder / f"{stem}-{digest}.pth"
     scratch.rename(target)
     return target
-

@@ -20,7 +20,6 @@ from lungcam.cache import CacheSettings, build_cache
 
 from .conftest import REPO, snakemake, write_config
 
-
 SETTINGS = CacheSettings(spacing_mm=(5.0, 2.0, 2.0), margin_mm=10.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False, antialias=True)
 
 
@@ -83,8 +82,20 @@ def test_a_run_killed_during_the_lung_masks_recovers_with_unlock_and_rerun(tmp_p
     being written, `--unlock` and a rerun with `--rerun-incomplete` finish the cohort with
     complete outputs."""
     config = write_config(tmp_path, {"demo": {"patients_per_class": 1, "matrix": 128, "localizer": False, "thick_series": False}})
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
-               "prepare", "--configfile", str(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "prepare",
+        "--configfile",
+        str(config),
+    ]
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not any((tmp_path / "results" / "lungs").glob("*.nii.gz")):

@@ -64,7 +64,9 @@ def test_a_thin_series_is_cached_as_a_reconstruction_at_the_cache_spacing(tmp_pa
     nib.save(nib.Nifti1Image(lungs, affine), tmp_path / "lungs.nii.gz")
 
     def cached_noise(spacing_mm: tuple, antialias: bool = True) -> np.ndarray:
-        settings = CacheSettings(spacing_mm=spacing_mm, margin_mm=0.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False, antialias=antialias)
+        settings = CacheSettings(
+            spacing_mm=spacing_mm, margin_mm=0.0, window_hu=(-1150.0, 350.0), mask_outside_lungs=False, antialias=antialias
+        )
         out = tmp_path / f"cache-{spacing_mm[0]}-{antialias}"
         build_cache(tmp_path / "scan.nii.gz", tmp_path / "lungs.nii.gz", out, settings)
         image, cached_lungs, transform = load_cache(out)

@@ -48,13 +48,15 @@ def test_a_cam_peak_in_model_space_lands_on_its_physical_point(cached, smooth_mm
         # The resize to the model input keeps pixel centres: model = (cache + 0.5) * INPUT / size - 0.5
         model = PeakMaps((y + 0.5) * INPUT / height - 0.5, (x + 0.5) * INPUT / width - 0.5)
         maps = np.zeros(image.shape, dtype=np.float32)
-        maps[z] = slice_cams(model, np.asarray(image[z: z + 1]), 1, INPUT, torch.device("cpu"))[0]
+        maps[z] = slice_cams(model, np.asarray(image[z : z + 1]), 1, INPUT, torch.device("cpu"))[0]
         mapped = scan_cam(maps / maps.max(), transform, np.ones(nib.load(volume).shape), smooth_mm)
         found = np.unravel_index(np.argmax(mapped), mapped.shape)
         assert np.all(np.abs(np.array(found) - expected) <= 1.0), (position, found, expected)
 
 
-@pytest.mark.parametrize("kind, method", [("hu2020", "lungcam_mean"), ("mil", "lungcam_mean"), ("hu2020", "gradcampp"), ("mil", "integrated_gradients")])
+@pytest.mark.parametrize(
+    "kind, method", [("hu2020", "lungcam_mean"), ("mil", "lungcam_mean"), ("hu2020", "gradcampp"), ("mil", "integrated_gradients")]
+)
 def test_patient_cam_keeps_the_model_units_and_is_zero_outside_the_lungs(cached, tmp_path, kind, method):
     """Maps are not scaled per scan: the cache map is the method's own output on the lung slices
     (hu2020, lungcam_mean: the class maps' mean, whose maximum per slice is near the logit), and
@@ -62,8 +64,12 @@ def test_patient_cam_keeps_the_model_units_and_is_zero_outside_the_lungs(cached,
     root, volume, _, _ = cached
     torch.manual_seed(0)
     model = build_model(kind, 3, 0.25, 0.5).eval()
-    metadata = {"model": kind, "classes": ["COVID-19", "CAP", "NP"], "settings": {"width": 0.25, "dropout": 0.5},
-                "preprocessing": bank_preprocessing(INPUT, 0.25, {})}
+    metadata = {
+        "model": kind,
+        "classes": ["COVID-19", "CAP", "NP"],
+        "settings": {"width": 0.25, "dropout": 0.5},
+        "preprocessing": bank_preprocessing(INPUT, 0.25, {}),
+    }
     cam, transform = cache_cam(model, metadata, root / "cache", 0, torch.device("cpu"), method, steps=4)
     _, lungs, _ = load_cache(root / "cache")
     assert cam.max() > 0 and cam.min() >= 0 and not cam[np.asarray(lungs) == 0].any()
@@ -141,7 +147,9 @@ def test_lesion_candidates_volume_side_centroid_and_burden():
     assert list(table["volume_ml"]) == [0.72, 0.054, 0.003] and list(table["lesion"]) == [1, 2, 3]
     assert list(table["side"]) == ["right", "left", "left"] and table["peak_score"].iloc[0] == 1.0
     centre_ras = affine[:3, :3] @ np.array([12.5, 14.5, 11.5]) + affine[:3, 3]
-    assert table.iloc[0][["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].tolist() == pytest.approx([-centre_ras[0], -centre_ras[1], centre_ras[2]], abs=0.05)
+    assert table.iloc[0][["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].tolist() == pytest.approx(
+        [-centre_ras[0], -centre_ras[1], centre_ras[2]], abs=0.05
+    )
     assert burden["right_percent"] == pytest.approx(100 * 240 / lungs[lungs == 1].size, abs=1e-3)
     big_only, burden_big = find_lesions(cam, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.5))
     assert len(big_only) == 1 and burden_big["left_percent"] == 0  # dropped components are not burden
@@ -181,7 +189,9 @@ def test_localisation_figures_of_a_map_that_finds_its_lesion():
     assert result["pointing_game"] == 1.0 and result["hit"] == 1.0 and result["slice_auc"] == 1.0
     assert result["dice"] == pytest.approx(2 * 240 / (240 + 18 + 1 + 240))
     assert result["best_dice"] == 1.0 and result["best_threshold"] > 0.85  # above the speck (0.9) and the small blob
-    elsewhere = patient_localisation(np.where(lesion, 0.0, cam).astype(np.float32), lesion, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.0))
+    elsewhere = patient_localisation(
+        np.where(lesion, 0.0, cam).astype(np.float32), lesion, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.0)
+    )
     assert elsewhere["pointing_game"] == 0.0 and elsewhere["hit"] == 0.0 and elsewhere["dice"] == 0.0
     assert result["peak_distance_mm"] == 0.0 and result["lesion_in_lungs"] == 1.0
     outside = lesion.copy()
@@ -215,7 +225,9 @@ def test_a_lesion_mask_reaches_the_map_grid_as_resampling_would_bring_it():
 
     ras, feet_first = turned(("R", "A", "S")), turned(("R", "A", "I"))  # as dcm2niix may write them
     assert nib.aff2axcodes(affine) == ("L", "P", "S") and nib.aff2axcodes(feet_first.affine) == ("R", "A", "I")
-    shifted = nib.Nifti1Image(np.zeros(ras.shape, np.float32), ras.affine @ np.array([[1, 0, 0, 0.3], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
+    shifted = nib.Nifti1Image(
+        np.zeros(ras.shape, np.float32), ras.affine @ np.array([[1, 0, 0, 0.3], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    )
     coarser = nib.Nifti1Image(np.zeros((15, 13, 12), np.float32), affine @ np.diag([2.0, 2.0, 1.0, 1.0]))
     for reference in (same_grid, ras, feet_first, shifted, coarser):
         expected = np.asarray(resample_from_to(mask, reference, order=0).dataobj)
@@ -294,10 +306,20 @@ def blob_network():
 # Integrated Gradients attributes to single pixels, a speckle over the disc and the noise around
 # it, so its pixel AUC is lower than the smooth maps' (0.90 on an AMD EPYC, whose float kernels
 # train the network a little differently; the others 0.96-0.98 there).
-@pytest.mark.parametrize(("method", "shifts", "within_px", "share", "auc"), [
-    ("lungcam_mean", 1, 6, 0.5, 0.9), ("pool3", 1, 5 + 4 * np.sqrt(2), 1.0, 0.9), ("gradcampp", 1, 6, 0.5, 0.9), ("layercam", 1, 6, 0.5, 0.9),
-    ("integrated_gradients", 1, 6, 0.5, 0.85), ("lungcam_mean", 4, 6, 1.0, 0.9), ("layercam", 4, 6, 1.0, 0.9),
-    ("pool4", 1, 5 + 8 * np.sqrt(2), 0.5, 0.85), ("joint_saliency", 1, 6, 0.5, 0.85)])
+@pytest.mark.parametrize(
+    ("method", "shifts", "within_px", "share", "auc"),
+    [
+        ("lungcam_mean", 1, 6, 0.5, 0.9),
+        ("pool3", 1, 5 + 4 * np.sqrt(2), 1.0, 0.9),
+        ("gradcampp", 1, 6, 0.5, 0.9),
+        ("layercam", 1, 6, 0.5, 0.9),
+        ("integrated_gradients", 1, 6, 0.5, 0.85),
+        ("lungcam_mean", 4, 6, 1.0, 0.9),
+        ("layercam", 4, 6, 1.0, 0.9),
+        ("pool4", 1, 5 + 8 * np.sqrt(2), 0.5, 0.85),
+        ("joint_saliency", 1, 6, 0.5, 0.85),
+    ],
+)
 def test_each_map_method_finds_the_disc_the_network_learned(blob_network, method, shifts, within_px, share, auc):
     """The network decides by the disc, so each method's map must score disc pixels above the
     rest (pixel AUC above `auc`) and peak on or near the disc (at least `share` of the peaks
@@ -323,9 +345,17 @@ def test_grad_cam_is_the_gradient_weighted_features_of_the_three_scales(blob_net
     features, _ = blob_network.features_and_maps(x)
     logits = blob_network.pool([head(f) for head, f in zip(blob_network.heads, features)]).mean(dim=0)
     gradients = torch.autograd.grad(logits[:, 0].sum(), features)
-    expected = torch.stack([
-        nn.functional.interpolate(torch.relu((g.mean(dim=(2, 3), keepdim=True) * f).sum(dim=1, keepdim=True)), size=(BLOB, BLOB), mode="bilinear", align_corners=False)
-        for g, f in zip(gradients, features)]).mean(dim=0)[:, 0]
+    expected = torch.stack(
+        [
+            nn.functional.interpolate(
+                torch.relu((g.mean(dim=(2, 3), keepdim=True) * f).sum(dim=1, keepdim=True)),
+                size=(BLOB, BLOB),
+                mode="bilinear",
+                align_corners=False,
+            )
+            for g, f in zip(gradients, features)
+        ]
+    ).mean(dim=0)[:, 0]
     assert maps == pytest.approx(expected.detach().numpy(), rel=1e-4, abs=1e-6)
 
 
@@ -334,8 +364,10 @@ def test_scale_maps_are_the_papers_and_lungcam_mean_averages_them(blob_network):
     them; `lungcam_mean` averages the three upsampled the same way."""
     slices = blob_slices(4, seed=11)[0]
     with torch.no_grad():
-        scales = [nn.functional.interpolate(m[:, :1], size=(BLOB, BLOB), mode="bilinear", align_corners=False)[:, 0].clamp_min(0).numpy()
-                  for m in blob_network.maps(zscore(torch.from_numpy(slices).float()))]
+        scales = [
+            nn.functional.interpolate(m[:, :1], size=(BLOB, BLOB), mode="bilinear", align_corners=False)[:, 0].clamp_min(0).numpy()
+            for m in blob_network.maps(zscore(torch.from_numpy(slices).float()))
+        ]
     for method, expected in zip(("pool3", "pool4", "pool5"), scales):
         assert slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method=method) == pytest.approx(expected, abs=1e-6)
     fused = slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="lungcam_mean")
@@ -399,11 +431,14 @@ def test_dense_evaluation_puts_a_coarse_map_peak_on_its_point():
 def test_integrated_gradients_is_evaluated_once_whatever_the_shifts(blob_network):
     """Its attributions are per input pixel already: dense evaluation would only multiply its cost."""
     slices = blob_slices(2, seed=13)[0]
-    once, asked_dense = (slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="integrated_gradients", steps=8, shifts=shifts)
-                         for shifts in (1, 4))
+    once, asked_dense = (
+        slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="integrated_gradients", steps=8, shifts=shifts)
+        for shifts in (1, 4)
+    )
     assert np.array_equal(once, asked_dense)
     assert slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="layercam", shifts=4) != pytest.approx(
-        slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="layercam"), abs=1e-3)
+        slice_cams(blob_network, slices, 0, BLOB, torch.device("cpu"), method="layercam"), abs=1e-3
+    )
 
 
 @pytest.mark.parametrize("shifts", [0, 3, 8])

@@ -13,11 +13,30 @@ import yaml
 from .conftest import REPO
 
 # Import name -> conda-forge package name, where they differ.
-CONDA_NAMES = {"yaml": "pyyaml", "skimage": "scikit-image", "sklearn": "scikit-learn", "torch": "pytorch", "SimpleITK": "simpleitk",
-               "matplotlib": "matplotlib-base", "isal": "python-isal", "fill_voids": "fill-voids", "PIL": "pillow", "jinja2": "jinja2"}
+CONDA_NAMES = {
+    "yaml": "pyyaml",
+    "skimage": "scikit-image",
+    "sklearn": "scikit-learn",
+    "torch": "pytorch",
+    "SimpleITK": "simpleitk",
+    "matplotlib": "matplotlib-base",
+    "isal": "python-isal",
+    "fill_voids": "fill-voids",
+    "PIL": "pillow",
+    "jinja2": "jinja2",
+}
 # requirements.txt name -> conda-forge package name, where they differ.
-REQUIREMENT_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base", "isal": "python-isal", "pyyaml": "pyyaml", "fill_voids": "fill-voids",
-                     "jinja2": "jinja2", "scikit-image": "scikit-image", "scikit-learn": "scikit-learn", "simpleitk": "simpleitk"}
+REQUIREMENT_NAMES = {
+    "torch": "pytorch",
+    "matplotlib": "matplotlib-base",
+    "isal": "python-isal",
+    "pyyaml": "pyyaml",
+    "fill_voids": "fill-voids",
+    "jinja2": "jinja2",
+    "scikit-image": "scikit-image",
+    "scikit-learn": "scikit-learn",
+    "simpleitk": "simpleitk",
+}
 RULE = re.compile(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", re.MULTILINE)
 
 

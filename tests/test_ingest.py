@@ -18,6 +18,7 @@ from lungcam.ingest import RECORD_NAME, SIDECAR_NAME, VOLUME_NAME, ingest_patien
 from .bad_inputs import rewrite, slice_z, sorted_series
 from .conftest import REAL_CASES, copy_files, tree_digest
 
+
 @pytest.mark.parametrize("pid", sorted(REAL_CASES))
 def test_covid_ct_md_cases_convert_with_hu(real_ingest, pid):
     out, records, _, _ = real_ingest
@@ -186,8 +187,10 @@ def test_missing_slices_beyond_gap(p001_files, tmp_path, ingest_settings):
     record = ingest_patient("X8", copy_files(kept, tmp_path / "gap"), tmp_path / "out", ingest_settings)
     assert record["status"] == "excluded"
     where = ", ".join(f"{slice_z(p):g}" for p in sorted(p001_files[20:26], key=slice_z))
-    assert record["reasons"] == ["slices missing: a gap of 14.0 mm between neighbouring slices exceeds "
-                                 f"ingest.max_slice_gap_mm (10); missing slice(s) at z = {where} mm"]
+    assert record["reasons"] == [
+        "slices missing: a gap of 14.0 mm between neighbouring slices exceeds "
+        f"ingest.max_slice_gap_mm (10); missing slice(s) at z = {where} mm"
+    ]
 
 
 def test_one_missing_slice_is_named_with_its_position(p001_files, tmp_path, ingest_settings):
@@ -198,7 +201,10 @@ def test_one_missing_slice_is_named_with_its_position(p001_files, tmp_path, inge
     assert record["status"] == "ok", record["reasons"]
     assert record["volume"]["variant"] == "equalized"
     assert record["header"]["missing_slices_z_mm"] == [slice_z(p001_files[20])]
-    assert f"missing slice(s) at z = {slice_z(p001_files[20]):g} mm: filled by interpolation between the neighbouring slices" in record["warnings"]
+    assert (
+        f"missing slice(s) at z = {slice_z(p001_files[20]):g} mm: filled by interpolation between the neighbouring slices"
+        in record["warnings"]
+    )
     assert not any("uneven slice spacing" in w for w in record["warnings"])  # explained by the missing slice
 
 
@@ -211,7 +217,10 @@ def test_a_file_cut_inside_its_header_is_a_damaged_file(p001_files, tmp_path, in
     record = ingest_patient("X14", folder, tmp_path / "out", ingest_settings)
     assert record["status"] == "ok", record["reasons"]
     assert "1 file(s) ignored: damaged file (ends inside its header) (1)" in record["warnings"]
-    assert f"missing slice(s) at z = {slice_z(p001_files[10]):g} mm: filled by interpolation between the neighbouring slices" in record["warnings"]
+    assert (
+        f"missing slice(s) at z = {slice_z(p001_files[10]):g} mm: filled by interpolation between the neighbouring slices"
+        in record["warnings"]
+    )
     assert not any("structured report" in w for w in record["warnings"])
 
 
@@ -261,8 +270,14 @@ def cap001_files(data) -> list[Path]:
 def test_a_pseudonym_in_the_dicom_header_is_never_scrubbed(p001_files, tmp_path, ingest_settings):
     """A cohort pseudonymised before sharing carries the sheet's id in PatientID (and a name built
     from it): the id stays the record's patient_id; the real identifiers are still scrubbed."""
-    folder = rewrite(p001_files[:20], tmp_path / "pseudo", PatientID="P0042", PatientName="STUDY^X^P0042",
-                     InstitutionName="Quillfeather Clinic", SeriesDescription="Thorax P0042 Quillfeather Clinic")
+    folder = rewrite(
+        p001_files[:20],
+        tmp_path / "pseudo",
+        PatientID="P0042",
+        PatientName="STUDY^X^P0042",
+        InstitutionName="Quillfeather Clinic",
+        SeriesDescription="Thorax P0042 Quillfeather Clinic",
+    )
     record = ingest_patient("P0042", folder, tmp_path / "out", ingest_settings)
     assert record["patient_id"] == "P0042" and record["status"] == "ok", record["reasons"]
     assert "[removed" not in json.dumps({k: v for k, v in record.items() if k != "series"})
@@ -282,7 +297,9 @@ def test_a_folder_with_two_studies_excludes_the_patient_unless_one_is_chosen(p00
     picked = ingest_patient("X15", folder, tmp_path / "picked", ingest_settings, study_uid=p001_study)
     assert picked["status"] == "ok" and picked["header"]["images"] == 20
     assert any("not the study given by the sample sheet's study_uid" in r for s in picked["series"]["rejected"] for r in s["reasons"])
-    earliest = ingest_patient("X15", folder, tmp_path / "earliest", replace(ingest_settings, series=replace(ingest_settings.series, multiple_studies="earliest")))
+    earliest = ingest_patient(
+        "X15", folder, tmp_path / "earliest", replace(ingest_settings, series=replace(ingest_settings.series, multiple_studies="earliest"))
+    )
     assert earliest["status"] == "ok" and earliest["header"]["images"] == 30  # cap001 was scanned in 2019, P001 in 2020
     assert any(w.startswith("the folder holds 2 studies; the earliest was kept") for w in earliest["warnings"])
     assert p001_study not in json.dumps(earliest)
@@ -331,9 +348,16 @@ def test_the_job_log_and_sidecar_carry_no_identifiers(p001_files, tmp_path, inge
     planted PatientID, institution or operator are blanked."""
     from lungcam.joblog import job_log
 
-    folder = rewrite(p001_files[:20], tmp_path / "planted", PatientID="MRN55501234", InstitutionName="Quillfeather Clinic",
-                     StationName="QFC-CT7", OperatorsName="Marchetti^Lucia",
-                     SeriesDescription="Thorax MRN55501234 Quillfeather Clinic", ProtocolName="Quillfeather Clinic chest")
+    folder = rewrite(
+        p001_files[:20],
+        tmp_path / "planted",
+        PatientID="MRN55501234",
+        InstitutionName="Quillfeather Clinic",
+        StationName="QFC-CT7",
+        OperatorsName="Marchetti^Lucia",
+        SeriesDescription="Thorax MRN55501234 Quillfeather Clinic",
+        ProtocolName="Quillfeather Clinic chest",
+    )
     (folder / "MRN55501234_notes.txt").write_text("not an image")
     log_path = tmp_path / "logs" / "ingest.log"
     with job_log(log_path):

@@ -68,20 +68,36 @@ def test_the_real_cap_mask_that_takes_bowel_gas_is_flagged(real_masks, qc):
 
 
 def test_limits_warn_then_exclude(qc):
-    base = {"right_ml": 2500.0, "left_ml": 2200.0, "total_ml": 4700.0, "left_right_ratio": 0.88, "base_offset_mm": -12.0,
-            "right_components": 1, "left_components": 1, "fov_edge_fraction": 0.0, "right_reaches_scan_end": [], "left_reaches_scan_end": [],
-            **{f"{side}_{key}": 0.0 for side in ("right", "left") for key in ("abrupt_end", "base_gas_ml", "enclosed_tissue_ml")}}
+    base = {
+        "right_ml": 2500.0,
+        "left_ml": 2200.0,
+        "total_ml": 4700.0,
+        "left_right_ratio": 0.88,
+        "base_offset_mm": -12.0,
+        "right_components": 1,
+        "left_components": 1,
+        "fov_edge_fraction": 0.0,
+        "right_reaches_scan_end": [],
+        "left_reaches_scan_end": [],
+        **{f"{side}_{key}": 0.0 for side in ("right", "left") for key in ("abrupt_end", "base_gas_ml", "enclosed_tissue_ml")},
+    }
     assert lung_checks(base, qc) == ([], [])
-    assert lung_checks({**base, "left_ml": 20.0, "total_ml": 2520.0}, qc)[0] == ["left lung missing or tiny (20 mL < lungs.qc.min_side_ml 150)"]
+    assert lung_checks({**base, "left_ml": 20.0, "total_ml": 2520.0}, qc)[0] == [
+        "left lung missing or tiny (20 mL < lungs.qc.min_side_ml 150)"
+    ]
     assert "below lungs.qc.min_total_ml" in lung_checks({**base, "right_ml": 400.0, "left_ml": 300.0, "total_ml": 700.0}, qc)[0][0]
     assert "above lungs.qc.max_total_ml" in lung_checks({**base, "right_ml": 6500.0, "left_ml": 6000.0, "total_ml": 12500.0}, qc)[0][0]
     reasons, warnings = lung_checks({**base, "left_right_ratio": 0.5}, qc)
-    assert not reasons and warnings == ["left/right lung volume ratio 0.5: a lobe may be cut off or a consolidation left out (outside 0.65 to 1.2)"]
+    assert not reasons and warnings == [
+        "left/right lung volume ratio 0.5: a lobe may be cut off or a consolidation left out (outside 0.65 to 1.2)"
+    ]
     reasons, warnings = lung_checks({**base, "left_right_ratio": 0.3}, qc)
     assert not warnings and reasons[0].endswith("(outside 0.35 to 2: lungs.qc exclusion limit)")
     assert "edge of the field of view" in lung_checks({**base, "fov_edge_fraction": 0.01}, qc)[1][0]
     assert "edge of the field of view" in lung_checks({**base, "fov_edge_fraction": 0.1}, qc)[0][0]
-    assert lung_checks({**base, "left_reaches_scan_end": ["lowest"]}, qc)[1] == ["the left lung reaches the scan's lowest slice: its base may lie outside the scan"]
+    assert lung_checks({**base, "left_reaches_scan_end": ["lowest"]}, qc)[1] == [
+        "the left lung reaches the scan's lowest slice: its base may lie outside the scan"
+    ]
     assert Limit(warn=(-40.0, 15.0), exclude=(-100.0, 60.0)).level(30.0) == "warn"
     assert Limit(warn=10.0, exclude=200.0).level(250.0) == "exclude"
 

@@ -28,7 +28,12 @@ def lung_settings(config) -> LungSettings:
 
 
 def run(pid: str, volume: Path, out: Path, settings: LungSettings, **kwargs) -> tuple[dict, np.ndarray]:
-    outputs = {"labels": out / f"{pid}.nii.gz", "montage": out / f"{pid}.png", "record": out / f"{pid}.json", "lobes": out / f"{pid}_lobes.nii.gz"}
+    outputs = {
+        "labels": out / f"{pid}.nii.gz",
+        "montage": out / f"{pid}.png",
+        "record": out / f"{pid}.json",
+        "lobes": out / f"{pid}_lobes.nii.gz",
+    }
     record = run_lungs(pid, volume, outputs, settings, **kwargs)
     assert outputs["montage"].stat().st_size > 10_000
     return record, np.asarray(nib.load(outputs["labels"]).dataobj)
@@ -85,7 +90,9 @@ FOUND_ON = {
 @pytest.mark.parametrize(("pid", "per_class"), [("demo015", None), ("demo016", None), ("demo029", None), ("demo185", 67)])
 def test_consolidation_that_hides_the_lung_boundary_is_lung(pid, per_class, config, tmp_path, ingest_settings, lung_settings):
     demo = config["demo"]
-    plan = next(p for p in plan_cohort(per_class or demo["patients_per_class"], demo["seed"], tuple(config["classes"])) if p.patient_id == pid)
+    plan = next(
+        p for p in plan_cohort(per_class or demo["patients_per_class"], demo["seed"], tuple(config["classes"])) if p.patient_id == pid
+    )
     plan = replace(plan, nuisance=replace(plan.nuisance, **FOUND_ON.get(pid, {})))
     assert plan.label == "CAP"
     paths = cohort_layout(tmp_path, pid)
@@ -166,7 +173,9 @@ def test_bold_envelope_stays_shut_on_real_scans(real_lungs, pid):
 def test_slices_labelled_infected_contain_lung(real_lungs, data, pid):
     _, labels = real_lungs[pid]
     with open(data / "covid-ct-md" / "slice_labels.tsv") as handle:
-        infected = [int(r["slice_index"]) for r in csv.DictReader(handle, delimiter="\t") if r["patient_id"] == pid and r["infection"] == "1"]
+        infected = [
+            int(r["slice_index"]) for r in csv.DictReader(handle, delimiter="\t") if r["patient_id"] == pid and r["infection"] == "1"
+        ]
     assert infected
     has_lung = (labels > 0).any(axis=(0, 1))  # NIfTI k: 0 is the lowest slice (LAS)
     top_down = has_lung[::-1]  # slice_index counts from the top down

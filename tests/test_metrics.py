@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from lungcam.metrics import bootstrap_metrics, cohort_metrics, expected_calibration_error, point_metrics, slice_metrics
 
@@ -15,11 +23,22 @@ CLASSES = ["COVID-19", "CAP", "NP"]
 def known_predictions() -> tuple[np.ndarray, np.ndarray]:
     """12 patients, 4 per class, with a few mistakes and uneven confidence."""
     truth = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
-    probabilities = np.array([
-        [0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.4, 0.5, 0.1], [0.7, 0.2, 0.1],
-        [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.3, 0.2], [0.3, 0.6, 0.1],
-        [0.1, 0.1, 0.8], [0.2, 0.2, 0.6], [0.1, 0.5, 0.4], [0.05, 0.05, 0.9],
-    ])
+    probabilities = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.6, 0.3, 0.1],
+            [0.4, 0.5, 0.1],
+            [0.7, 0.2, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.5, 0.3, 0.2],
+            [0.3, 0.6, 0.1],
+            [0.1, 0.1, 0.8],
+            [0.2, 0.2, 0.6],
+            [0.1, 0.5, 0.4],
+            [0.05, 0.05, 0.9],
+        ]
+    )
     return truth, probabilities
 
 
@@ -76,7 +95,9 @@ def test_slice_metrics_draw_whole_patients():
     """Slices of one patient are drawn together: with every patient's slices identical, the
     slice-level CI equals the patient-level one."""
     truth, probabilities = known_predictions()
-    slices = pd.DataFrame({"patient_id": np.repeat([f"p{i:02d}" for i in range(12)], 5), "label": np.repeat([CLASSES[t] for t in truth], 5)})
+    slices = pd.DataFrame(
+        {"patient_id": np.repeat([f"p{i:02d}" for i in range(12)], 5), "label": np.repeat([CLASSES[t] for t in truth], 5)}
+    )
     for k, name in enumerate(CLASSES):
         slices[f"prob_{name}"] = np.repeat(probabilities[:, k], 5)
     by_slice = slice_metrics(slices, CLASSES, seed=1, repeats=200)
@@ -110,11 +131,30 @@ def plan_records(plans, kernel_of=None) -> dict[str, dict]:
         n = plan.nuisance
         kernel = kernel_of[plan.label] if kernel_of else n.kernel
         z_extent = round(300.0 * n.body_scale, 1)
-        header = {"manufacturer": n.manufacturer, "model": n.model, "kernel": kernel, "patient_position": n.patient_position,
-                  "slice_thickness_mm": n.slice_thickness_mm, "slice_spacing_mm": n.slice_thickness_mm, "kvp": n.kvp, "tube_current_ma": n.tube_current_ma,
-                  "rows": 256, "columns": 256, "slices": int(z_extent / n.slice_thickness_mm), "z_extent_mm": z_extent, "pixel_spacing_mm": [n.fov_mm / 256] * 2}
-        hu = {"noise_hu": round(n.noise_hu * KERNELS[kernel]["noise_factor"], 1), "air_hu": -1024.0 if n.rescale_intercept else -1000.0,
-              "min": -1024.0, "p01": -1000.0, "p50": -850.0 + 100 * n.body_scale, "p99": 400.0, "max": 1500.0}
+        header = {
+            "manufacturer": n.manufacturer,
+            "model": n.model,
+            "kernel": kernel,
+            "patient_position": n.patient_position,
+            "slice_thickness_mm": n.slice_thickness_mm,
+            "slice_spacing_mm": n.slice_thickness_mm,
+            "kvp": n.kvp,
+            "tube_current_ma": n.tube_current_ma,
+            "rows": 256,
+            "columns": 256,
+            "slices": int(z_extent / n.slice_thickness_mm),
+            "z_extent_mm": z_extent,
+            "pixel_spacing_mm": [n.fov_mm / 256] * 2,
+        }
+        hu = {
+            "noise_hu": round(n.noise_hu * KERNELS[kernel]["noise_factor"], 1),
+            "air_hu": -1024.0 if n.rescale_intercept else -1000.0,
+            "min": -1024.0,
+            "p01": -1000.0,
+            "p50": -850.0 + 100 * n.body_scale,
+            "p99": 400.0,
+            "max": 1500.0,
+        }
         records[plan.patient_id] = {"patient_id": plan.patient_id, "ingest": {"header": header, "hu": hu}}
     return records
 

@@ -18,7 +18,6 @@ from lungcam.phantom.cohort import KERNELS, SLICE_THICKNESSES_MM
 from lungcam.phantom.generate import PhantomOptions, generate_patient, render_synthetic
 
 
-
 def headers(folder: Path) -> dict[int, list[pydicom.Dataset]]:
     """DICOM headers of a study folder, grouped by series number."""
     series = defaultdict(list)
@@ -54,7 +53,9 @@ def test_scout_only_patients_follow_the_cohort_with_a_localizer_alone(tmp_path):
     assert plans[:4] == plan_cohort(1, seed=3, scout_only=1)  # nor does a second one change the first
     assert [p.scout_only for p in plans] == [False, False, False, True, True]
     paths = cohort_layout(tmp_path, plans[3].patient_id)
-    generate_patient(plans[3], PhantomOptions(matrix=128, localizer=False, thick_series=True), paths["dicom"], paths["lungs"], paths["lesions"])
+    generate_patient(
+        plans[3], PhantomOptions(matrix=128, localizer=False, thick_series=True), paths["dicom"], paths["lungs"], paths["lesions"]
+    )
     files = list(paths["dicom"].iterdir())
     assert len(files) == 1 and list(pydicom.dcmread(files[0]).ImageType)[2] == "LOCALIZER"
 
@@ -63,7 +64,11 @@ def test_drawn_demo_cohort_has_every_nuisance_factor_balanced_across_classes(con
     """Each class of the demo cohort holds exactly the same values of every nuisance factor, so no
     factor (kernel, slice thickness, noise, scanner...) can stand in for the diagnosis."""
     demo = config["demo"]
-    plans = [p for p in plan_cohort(demo["patients_per_class"], demo["seed"], tuple(config["classes"]), scout_only=demo["scout_only"]) if not p.scout_only]
+    plans = [
+        p
+        for p in plan_cohort(demo["patients_per_class"], demo["seed"], tuple(config["classes"]), scout_only=demo["scout_only"])
+        if not p.scout_only
+    ]
     by_class = defaultdict(list)
     for plan in plans:
         by_class[plan.label].append(plan.nuisance.as_dict())
@@ -89,7 +94,7 @@ def test_nuisance_factors_vary_and_are_combined_freely():
 
 def test_anatomy_is_plausible(renders):
     for plan, scan, _ in renders:
-        voxel_ml = scan.pixel_mm ** 2 * scan.thickness_mm / 1000
+        voxel_ml = scan.pixel_mm**2 * scan.thickness_mm / 1000
         right, left = (scan.lungs == RIGHT).sum() * voxel_ml, (scan.lungs == LEFT).sum() * voxel_ml
         assert 1200 < right < 4500 and 1000 < left < 4000, plan.patient_id
         assert right > 0.9 * left  # the right lung is the larger one
@@ -101,7 +106,7 @@ def test_anatomy_is_plausible(renders):
         top = scan.hu[-3]
         body = top > -500
         trachea = ndimage.binary_fill_holes(body) & ~body
-        assert trachea.sum() * scan.pixel_mm ** 2 > 100  # an air-filled trachea (mm^2) in the neck
+        assert trachea.sum() * scan.pixel_mm**2 > 100  # an air-filled trachea (mm^2) in the neck
 
 
 def test_covid_lesions_are_peripheral_ground_glass(renders):
@@ -205,7 +210,10 @@ def test_real_background_receives_lesions(data, tmp_path):
     from lungcam.phantom.background import RealBackground
 
     background = RealBackground.load(data / "covid-ct-md" / "normal001")
-    voxel_ml = float(np.prod([background.xs[1] - background.xs[0], background.ys[1] - background.ys[0], background.zs[1] - background.zs[0]])) / 1000
+    voxel_ml = (
+        float(np.prod([background.xs[1] - background.xs[0], background.ys[1] - background.ys[0], background.zs[1] - background.zs[0]]))
+        / 1000
+    )
     assert 2500 < (background.lungs > 0).sum() * voxel_ml < 8000
     plan = next(p for p in plan_cohort(1, seed=3) if p.label == "CAP")
     paths = cohort_layout(tmp_path, plan.patient_id)
@@ -221,7 +229,12 @@ def test_command_line_writes_a_cohort(tmp_path):
     from lungcam.cli import main
     from lungcam.samplesheet import load_sample_sheet
 
-    assert main(["phantom", str(tmp_path / "c"), "--patients-per-class", "1", "--matrix", "128", "--seed", "4", "--no-localizer", "--jobs", "2"]) == 0
+    assert (
+        main(
+            ["phantom", str(tmp_path / "c"), "--patients-per-class", "1", "--matrix", "128", "--seed", "4", "--no-localizer", "--jobs", "2"]
+        )
+        == 0
+    )
     sheet = load_sample_sheet(tmp_path / "c" / "samples.tsv", ["COVID-19", "CAP", "NP"])
     assert sorted(sheet["label"]) == ["CAP", "COVID-19", "NP"]
     assert all(Path(p).is_file() for p in sheet["lesion_mask"])

@@ -41,8 +41,10 @@ def test_an_empty_cohort_gives_an_empty_status_table(tmp_path):
 
 def test_the_passed_patients_are_read_from_the_cohort_table_in_its_order(tmp_path):
     table = tmp_path / "cohort_qc.tsv"
-    table.write_text("patient_id\tstatus\tstages\treasons\twarnings\n"
-                     "b\tok\tingest ok, lungs ok\t\t\n"
-                     "a\texcluded\tingest excluded\tingest: the DICOM folder is empty\t\n"
-                     "007\tok\tingest ok, lungs ok\t\tgantry tilt 18.5 degrees\n")
+    table.write_text(
+        "patient_id\tstatus\tstages\treasons\twarnings\n"
+        "b\tok\tingest ok, lungs ok\t\t\n"
+        "a\texcluded\tingest excluded\tingest: the DICOM folder is empty\t\n"
+        "007\tok\tingest ok, lungs ok\t\tgantry tilt 18.5 degrees\n"
+    )
     assert read_passed_patients(table) == ["b", "007"]  # ids stay text

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 
 from lungcam.config import load_config, load_schema
+from lungcam.figures import qc_strip_svg
 from lungcam.leak_scan import find_leaks
 from lungcam.provenance import folder_digest
-from lungcam.figures import qc_strip_svg
 from lungcam.reports import QC_MEASURES, methods_paragraph, patient_context, qc_table
 
 from .conftest import snakemake
@@ -61,8 +61,10 @@ def test_job_log_ends_with_the_peak_memory_of_the_job_and_its_children(tmp_path)
     from lungcam.joblog import PEAK_MEMORY
 
     child = "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"
-    job = (f"import subprocess, sys\nfrom lungcam.joblog import job_log\nwith job_log({str(tmp_path / 'job.log')!r}) as log:\n"
-           f"    log.info('working')\n    subprocess.run([sys.executable, '-c', {child!r}], check=True)\n")
+    job = (
+        f"import subprocess, sys\nfrom lungcam.joblog import job_log\nwith job_log({str(tmp_path / 'job.log')!r}) as log:\n"
+        f"    log.info('working')\n    subprocess.run([sys.executable, '-c', {child!r}], check=True)\n"
+    )
     starter = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {job!r}], check=True)"
     subprocess.run([sys.executable, "-c", starter], check=True)
     lines = (tmp_path / "job.log").read_text().splitlines()
@@ -72,12 +74,20 @@ def test_job_log_ends_with_the_peak_memory_of_the_job_and_its_children(tmp_path)
 
 def test_cohort_table_names_the_stage_that_excluded_a_patient():
     records = [
-        {"patient_id": "a", "status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"},
-         "warnings": ["ingest: uneven slice spacing", "lungs: the left lung mask ends abruptly"],
-         "ingest": {"header": {"slice_thickness_mm": 1.0}, "hu": {"noise_hu": 12.0}}, "lungs": {"total_ml": 4200.0}},
+        {
+            "patient_id": "a",
+            "status": "ok",
+            "reasons": [],
+            "stages": {"ingest": "ok", "lungs": "ok"},
+            "warnings": ["ingest: uneven slice spacing", "lungs: the left lung mask ends abruptly"],
+            "ingest": {"header": {"slice_thickness_mm": 1.0}, "hu": {"noise_hu": 12.0}},
+            "lungs": {"total_ml": 4200.0},
+        },
         {"patient_id": "b", "status": "excluded", "reasons": ["lungs: one lung missing"], "stages": {"ingest": "ok", "lungs": "excluded"}},
     ]
-    predictions = pd.DataFrame({"patient_id": ["a"], "label": ["CAP"], "fold": ["0"], "prob_CAP": [0.7], "prob_NP": [0.3], "predicted": ["CAP"]})
+    predictions = pd.DataFrame(
+        {"patient_id": ["a"], "label": ["CAP"], "fold": ["0"], "prob_CAP": [0.7], "prob_NP": [0.3], "predicted": ["CAP"]}
+    )
     table = qc_table(records, predictions, {"a": {"total_percent": 3.5, "candidates": 2}}, {"a": "CAP", "b": "NP"}, {})
     a, b = table.set_index("patient_id").loc["a"], table.set_index("patient_id").loc["b"]
     assert (a["status"], a["predicted"], a["confidence"], a["lung_volume_ml"], a["burden_percent"]) == ("ok", "CAP", 0.7, 4200.0, 3.5)
@@ -95,7 +105,15 @@ def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
     lesions = pd.DataFrame({"lesion": [1], "volume_ml": [5.0]})
     classes = ["CAP", "NP"]
     for predicted, trained_on in (("NP", "True"), ("CAP", "False")):
-        prediction = {"patient_id": "a", "label": "NP", "fold": "predict", "trained_on": trained_on, "prob_CAP": 0.4, "prob_NP": 0.6, "predicted": predicted}
+        prediction = {
+            "patient_id": "a",
+            "label": "NP",
+            "fold": "predict",
+            "trained_on": trained_on,
+            "prob_CAP": 0.4,
+            "prob_NP": 0.6,
+            "predicted": predicted,
+        }
         context = patient_context(qc, provenance, "NP", prediction, classes, lesions, burden, None, None, [], "model.pt", "../summary.html")
         assert (context["burden"] is None) == (predicted == "NP") and bool(context["burden_note"]) == (predicted == "NP")
         assert (context["lesions"] == []) == (predicted == "NP")
@@ -106,13 +124,21 @@ def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
 
 
 def test_qc_strip_points_link_to_reports_and_the_figure_is_reproducible():
-    table = pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "label": ["CAP", "NP", "", "CAP"], "lung_volume_ml": [4000.0, 5200.0, 3100.0, None],
-                          "noise_hu": [10.0, 12.0, None, 9.0]})
+    table = pd.DataFrame(
+        {
+            "patient_id": ["a", "b", "c", "d"],
+            "label": ["CAP", "NP", "", "CAP"],
+            "lung_volume_ml": [4000.0, 5200.0, 3100.0, None],
+            "noise_hu": [10.0, 12.0, None, 9.0],
+        }
+    )
     links = {p: f"reports/{p}.html" for p in table["patient_id"]}
     svg = qc_strip_svg(table, QC_MEASURES, ["COVID-19", "CAP", "NP"], links)
     assert svg.startswith("<svg") and svg == qc_strip_svg(table, QC_MEASURES, ["COVID-19", "CAP", "NP"], links)
     anchors = re.findall(r'<a xlink:href="(reports/\w+\.html)"', svg)
-    assert sorted(anchors) == sorted(["reports/a.html", "reports/b.html", "reports/c.html", "reports/a.html", "reports/b.html", "reports/d.html"])
+    assert sorted(anchors) == sorted(
+        ["reports/a.html", "reports/b.html", "reports/c.html", "reports/a.html", "reports/b.html", "reports/d.html"]
+    )
     assert "lung volume (mL)" in svg and "unlabelled" in svg and "slice thickness" not in svg  # measures without values are left out
 
 
@@ -120,7 +146,12 @@ def test_methods_paragraph_follows_the_config():
     config = load_config()
     text = methods_paragraph(config, ["COVID-19", "CAP", "NP"], 10, 1)
     assert "Hu et al. (IEEE Access 2020)" in text and "5 stratified folds" in text and "1 were excluded" in text
-    assert "lungcam's mean of the network's three class activation maps" in text and "not the paper's own map" in text and "2 x 2 offsets" in text and "smoothed within the lungs (Gaussian, sigma 4 mm)" in text
+    assert (
+        "lungcam's mean of the network's three class activation maps" in text
+        and "not the paper's own map" in text
+        and "2 x 2 offsets" in text
+        and "smoothed within the lungs (Gaussian, sigma 4 mm)" in text
+    )
     config["cam"]["method"], config["cam"]["shifts"], config["cam"]["smooth_mm"], config["train"]["model"] = "layercam", 1, 0.0, "mil"
     text = methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
     assert "LayerCAM" in text and "attention pooling" in text and "offsets" not in text and "smoothed" not in text
@@ -130,10 +161,15 @@ def test_methods_paragraph_follows_the_config():
         config["cam"]["method"] = method
         assert "Infection maps are " in methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
     config["train"]["model"] = "hu2020"
-    for aggregation in load_schema("config.schema.yaml")["properties"]["train"]["properties"]["aggregation"]["enum"]:  # and every aggregation
+    for aggregation in load_schema("config.schema.yaml")["properties"]["train"]["properties"]["aggregation"][
+        "enum"
+    ]:  # and every aggregation
         config["train"]["aggregation"] = aggregation
         assert "aggregated per patient by " in methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
-    assert "every training patient trained for 50 epochs, and an exponential moving average of the weights over about 8 epochs of the last" in text
+    assert (
+        "every training patient trained for 50 epochs, and an exponential moving average of the weights over about 8 epochs of the last"
+        in text
+    )
     assert "a map value of 0.5, fixed before evaluation" in text
     config["train"].update(validation_fraction=0.15, ema_epochs=0.0)  # the paper's way
     config["cam"]["lesions"]["threshold"] = "relative"
@@ -174,7 +210,8 @@ def browser():
 
 
 PAGE_FACTS = """
-const links = Array.from(document.querySelectorAll("a")).map(a => a.getAttribute("href") || a.getAttributeNS("http://www.w3.org/1999/xlink", "href"));
+const links = Array.from(document.querySelectorAll("a"))
+  .map(a => a.getAttribute("href") || a.getAttributeNS("http://www.w3.org/1999/xlink", "href"));
 const images = Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0]);
 const ids = Array.from(document.querySelectorAll("[id]")).map(e => e.id);
 return [links, images, ids];
@@ -223,7 +260,9 @@ def test_summary_and_reports_in_headless_chromium(training_demo):
         assert patient_column == sorted(patient_column)
         driver.find_element(By.CSS_SELECTOR, "#cohort th.sortable").click()
         driver.find_element(By.CSS_SELECTOR, "#cohort th.sortable").click()  # second click: descending
-        assert [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#cohort tbody td:first-child")] == sorted(patient_column, reverse=True)
+        assert [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#cohort tbody td:first-child")] == sorted(
+            patient_column, reverse=True
+        )
         _, shown = check_page(driver, results / "reports" / "demo001.html", SCREENSHOTS / "report_demo001.png")
         assert shown == 2  # key slices and lung montage
         scout = sorted(reports)[-1]

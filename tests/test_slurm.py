@@ -63,8 +63,20 @@ def submissions(finished: Path, env: dict, records: Path, profile: Path, *args: 
     workdir = records.parent / f"run{len(list(records.parent.glob('run*')))}"
     shutil.copytree(finished, workdir, symlinks=True)
     (records / "sbatch.log").unlink(missing_ok=True)
-    snakemake(workdir, "--profile", str(profile), "--retries", "0", "--latency-wait", "1", "--slurm-init-seconds-before-status-checks", "1",
-              *args, check=False, env=env)
+    snakemake(
+        workdir,
+        "--profile",
+        str(profile),
+        "--retries",
+        "0",
+        "--latency-wait",
+        "1",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        *args,
+        check=False,
+        env=env,
+    )
     log = records / "sbatch.log"
     return log.read_text().splitlines() if log.is_file() else []
 
@@ -99,4 +111,8 @@ def test_sbatch_calls_of_the_gpu_training_and_the_grouped_per_patient_jobs(train
     call = prepare[0]
     assert "logs/slurm/group_prepare" in call and option(call, r"-p '?(\w+)'?") == "cpu" and "--gpus" not in call
     # Two at a time within the job (this test's --cores 2; the profile's 8 on a cluster): five rounds of 10 minutes.
-    assert option(call, r"--mem (\d+)") == "4000" and option(call, r"-t '?(\d+)'?") == str(5 * 10) and option(call, r"--cpus-per-task[= ](\d+)") == "2"
+    assert (
+        option(call, r"--mem (\d+)") == "4000"
+        and option(call, r"-t '?(\d+)'?") == str(5 * 10)
+        and option(call, r"--cpus-per-task[= ](\d+)") == "2"
+    )

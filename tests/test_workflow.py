@@ -90,11 +90,16 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
         assert qc["status"] == "ok", qc["reasons"]
         assert (tmp_path / "results" / "nifti" / f"{plan.patient_id}.nii.gz").is_file()
         assert qc["ingest"]["files"]["sha256"] == folder_digest(tmp_path / "demo" / "dicom" / plan.patient_id)
-    assert read_record(tmp_path / "results" / "qc" / f"{scout.patient_id}.json")["reasons"] == ["ingest: only localizer (scout) images, no axial CT series"]
+    assert read_record(tmp_path / "results" / "qc" / f"{scout.patient_id}.json")["reasons"] == [
+        "ingest: only localizer (scout) images, no axial CT series"
+    ]
     assert (tmp_path / "demo" / "samples.tsv").is_file()
     # Pseudonymised patients (DICOM PatientID = their sheet id) go through every stage too.
-    pseudonymised = [p.patient_id for p in included
-                     if pydicom.dcmread(next((tmp_path / "demo" / "dicom" / p.patient_id).iterdir()), stop_before_pixels=True).PatientID == p.patient_id]
+    pseudonymised = [
+        p.patient_id
+        for p in included
+        if pydicom.dcmread(next((tmp_path / "demo" / "dicom" / p.patient_id).iterdir()), stop_before_pixels=True).PatientID == p.patient_id
+    ]
     assert pseudonymised and all((tmp_path / "results" / "cam" / f"{p}.nii.gz").is_file() for p in pseudonymised)
     predictions = pd.read_csv(tmp_path / "results" / "predictions.tsv", sep="\t")
     assert sorted(predictions["patient_id"]) == sorted(p.patient_id for p in included)
@@ -115,21 +120,32 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     assert localisation["patients"] == 9 and localisation["lesion_positive"] == 6 and localisation["pointing_game"]["n"] == 6
     metrics = json.loads((tmp_path / "results" / "metrics.json").read_text())
     assert metrics["classification"]["patients"] == 9 and set(metrics["classification"]["per_fold"]) == {"0", "1", "2"}
-    assert metrics["classification"]["overall"]["accuracy"]["value"] == pytest.approx((predictions["label"] == predictions["predicted"]).mean(), abs=1e-4)
-    assert metrics["slice_level"]["n"] == 9 and metrics["localisation"]["pointing_game"]["mean"] == pytest.approx(localisation["pointing_game"]["mean"], abs=1e-4)
+    assert metrics["classification"]["overall"]["accuracy"]["value"] == pytest.approx(
+        (predictions["label"] == predictions["predicted"]).mean(), abs=1e-4
+    )
+    assert metrics["slice_level"]["n"] == 9 and metrics["localisation"]["pointing_game"]["mean"] == pytest.approx(
+        localisation["pointing_game"]["mean"], abs=1e-4
+    )
     assert metrics["nuisance_baseline"]["patients"] == 9 and 0 <= metrics["nuisance_baseline"]["accuracy"]["value"] <= 1
     provenance = json.loads((tmp_path / "results" / "provenance.json").read_text())
     assert provenance["config_hash"] == config_hash(provenance["config"]) and provenance["config"]["train"]["folds"] == 3
     files = read_record(tmp_path / "results" / "qc" / "demo001.json")["ingest"]["files"]["found"]
-    assert provenance["inputs"]["patients"]["demo001"] == {"dicom_dir": "dicom/demo001", "files": files, "sha256": folder_digest(tmp_path / "demo" / "dicom" / "demo001"), "status": "ok"}
+    assert provenance["inputs"]["patients"]["demo001"] == {
+        "dicom_dir": "dicom/demo001",
+        "files": files,
+        "sha256": folder_digest(tmp_path / "demo" / "dicom" / "demo001"),
+        "status": "ok",
+    }
     assert sorted(p.name for p in (tmp_path / "results" / "reports").iterdir()) == sorted(f"{p.patient_id}.html" for p in plans)
     scout_report = (tmp_path / "results" / "reports" / f"{scout.patient_id}.html").read_text()
     assert 'id="errors"' in scout_report and "only localizer (scout) images" in scout_report
     summary = (tmp_path / "results" / "summary.html").read_text()
-    exclusions = summary[summary.index('id="exclusions"'): summary.index('id="metrics"')]
+    exclusions = summary[summary.index('id="exclusions"') : summary.index('id="metrics"')]
     assert f'href="reports/{scout.patient_id}.html"' in exclusions and "only localizer (scout) images" in exclusions
-    assert "Nuisance-only baseline" in summary[summary.index('id="metrics"'):]
-    planted = [v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY), plan.patient_id).planted_values()]
+    assert "Nuisance-only baseline" in summary[summary.index('id="metrics"') :]
+    planted = [
+        v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY), plan.patient_id).planted_values()
+    ]
     header = pydicom.dcmread(next((tmp_path / "demo" / "dicom" / plans[0].patient_id).iterdir()), stop_before_pixels=True)
     assert str(header.PatientName) in planted  # the planted values are really in the input...
     assert find_leaks(tmp_path / "results", planted) == []  # ...and nowhere in the outputs
@@ -137,7 +153,10 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     assert find_leaks(tmp_path / "results", machine_paths) == []  # nor any absolute path of this machine
     again = snakemake(tmp_path, "--configfile", str(config), "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
-    retrain = write_config(tmp_path / "retrain", {**TRAINING_DEMO, "demo": {**TRAINING_DEMO["demo"], "train": {**TRAINING_DEMO["demo"]["train"], "max_epochs": 2}}})
+    retrain = write_config(
+        tmp_path / "retrain",
+        {**TRAINING_DEMO, "demo": {**TRAINING_DEMO["demo"], "train": {**TRAINING_DEMO["demo"]["train"], "max_epochs": 2}}},
+    )
     planned = planned_jobs(snakemake(tmp_path, "--configfile", str(retrain), "-n").stdout)
     assert planned["train_fold"] == 3 and "phantom" not in planned and "ingest" not in planned  # retrains only
 
@@ -146,7 +165,9 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     # so the predictions equal the model applied to the training run's own slices.
     model_file = tmp_path / "results" / "model" / "final.pt"
     predict_dir = tmp_path / "predict"
-    snakemake(predict_dir, "--config", f"samples={tmp_path / 'demo' / 'samples.tsv'}", "mode=predict", f"predict={{'model': '{model_file}'}}")
+    snakemake(
+        predict_dir, "--config", f"samples={tmp_path / 'demo' / 'samples.tsv'}", "mode=predict", f"predict={{'model': '{model_file}'}}"
+    )
     predicted = pd.read_csv(predict_dir / "results" / "predictions.tsv", sep="\t").set_index("patient_id")
     model, metadata = load_model(model_file)
     bank = SliceBank.load(tmp_path / "work" / "train" / "bank")
@@ -282,12 +303,28 @@ def test_lungmask_method_with_weights_from_the_download_rule(tmp_path):
     weights = write_weights(tmp_path / "release")
     sheet = tmp_path / "in" / "patients.tsv"
     sheet.write_text(f"patient_id\tlabel\tdicom_dir\nP1\tNP\t{tmp_path / 'in' / 'dicom'}\n")
-    config = write_config(tmp_path / "run", {
-        "samples": str(sheet),
-        "lungs": {"method": "lungmask", "lungmask": {"weights_url": weights.as_uri(), "force_cpu": True}},
-    })
+    config = write_config(
+        tmp_path / "run",
+        {
+            "samples": str(sheet),
+            "lungs": {"method": "lungmask", "lungmask": {"weights_url": weights.as_uri(), "force_cpu": True}},
+        },
+    )
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}  # no torch hub cache to fall back on
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"), "--cores", "2", "prepare", "--configfile", str(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path / "run"),
+        "--cores",
+        "2",
+        "prepare",
+        "--configfile",
+        str(config),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "run" / "resources" / "lungmask" / weights.name).read_bytes() == weights.read_bytes()
@@ -313,15 +350,30 @@ def test_prediction_mode_on_the_real_covid_ct_md_cases(data, tmp_path):
 
     torch.manual_seed(0)
     model_file = tmp_path / "model.pt"
-    save_model(model_file, build_model("hu2020", 3, 0.25, 0.5), {
-        "model": "hu2020", "classes": ["COVID-19", "CAP", "NP"], "settings": {"width": 0.25, "dropout": 0.5, "aggregation": "topk_mean", "top_k": 5},
-        "preprocessing": bank_preprocessing(32, 0.25, load_config()["cache"] | {"spacing_mm": [5.0, 2.0, 2.0]}),
-    })
+    save_model(
+        model_file,
+        build_model("hu2020", 3, 0.25, 0.5),
+        {
+            "model": "hu2020",
+            "classes": ["COVID-19", "CAP", "NP"],
+            "settings": {"width": 0.25, "dropout": 0.5, "aggregation": "topk_mean", "top_k": 5},
+            "preprocessing": bank_preprocessing(32, 0.25, load_config()["cache"] | {"spacing_mm": [5.0, 2.0, 2.0]}),
+        },
+    )
     cases = {"P001": "COVID-19", "cap001": "CAP", "normal001": "NP"}
     sheet = tmp_path / "patients.tsv"
-    sheet.write_text("patient_id\tlabel\tdicom_dir\n" + "".join(f"{p}\t{label}\t{data / 'covid-ct-md' / p}\n" for p, label in cases.items()))
-    config = write_config(tmp_path / "run", {"samples": str(sheet), "mode": "predict", "predict": {"model": str(model_file)},
-                                             "cam": {"slice_labels": str(data / "covid-ct-md" / "slice_labels.tsv")}})
+    sheet.write_text(
+        "patient_id\tlabel\tdicom_dir\n" + "".join(f"{p}\t{label}\t{data / 'covid-ct-md' / p}\n" for p, label in cases.items())
+    )
+    config = write_config(
+        tmp_path / "run",
+        {
+            "samples": str(sheet),
+            "mode": "predict",
+            "predict": {"model": str(model_file)},
+            "cam": {"slice_labels": str(data / "covid-ct-md" / "slice_labels.tsv")},
+        },
+    )
     snakemake(tmp_path / "run", "--configfile", str(config))
     results = tmp_path / "run" / "results"
     predictions = pd.read_csv(results / "predictions.tsv", sep="\t")

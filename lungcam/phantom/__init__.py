@@ -34,19 +34,23 @@ def sample_rows(plans: list[PatientPlan], root: Path | str, relative_to: Path | 
         paths = cohort_layout(root, plan.patient_id)
         if relative_to is not None:
             paths = {k: Path(p).relative_to(relative_to) for k, p in paths.items()}
-        rows.append({
-            "patient_id": plan.patient_id,
-            "label": plan.label,
-            "dicom_dir": str(paths["dicom"]),
-            "lesion_mask": str(paths["lesions"]),
-            "site": SITES[plan.nuisance.manufacturer],
-        })
+        rows.append(
+            {
+                "patient_id": plan.patient_id,
+                "label": plan.label,
+                "dicom_dir": str(paths["dicom"]),
+                "lesion_mask": str(paths["lesions"]),
+                "site": SITES[plan.nuisance.manufacturer],
+            }
+        )
     return rows
 
 
 def write_sample_sheet(rows: list[dict], path: Path | str) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["patient_id", "label", "dicom_dir", "lesion_mask", "site"], delimiter="\t", lineterminator="\n")
+        writer = csv.DictWriter(
+            handle, fieldnames=["patient_id", "label", "dicom_dir", "lesion_mask", "site"], delimiter="\t", lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(rows)
 

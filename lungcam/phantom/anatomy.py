@@ -34,8 +34,9 @@ def smoothstep(edge: np.ndarray | float, width: float) -> np.ndarray:
     return np.clip(0.5 + np.asarray(edge) / width, 0.0, 1.0)
 
 
-def grow_tree(points: np.ndarray, root: np.ndarray, radius: float, rng: np.random.Generator,
-              min_points: int, max_depth: int, min_radius: float) -> list[Tube]:
+def grow_tree(
+    points: np.ndarray, root: np.ndarray, radius: float, rng: np.random.Generator, min_points: int, max_depth: int, min_radius: float
+) -> list[Tube]:
     """Grow a branching tree from `root` that fills the cloud `points`.
 
     Each branch heads 60% of the way to the centroid of its points, then splits the points across
@@ -61,8 +62,7 @@ def grow_tree(points: np.ndarray, root: np.ndarray, radius: float, rng: np.rando
     return tubes
 
 
-def rasterize_tubes(tubes: list[Tube], xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, soft_mm: float,
-                    grow_mm: float = 0.0) -> np.ndarray:
+def rasterize_tubes(tubes: list[Tube], xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, soft_mm: float, grow_mm: float = 0.0) -> np.ndarray:
     """Partial-volume occupancy (0..1) of the tubes on the grid xs x ys x zs (regular axes).
 
     Only each tube's bounding box is computed, so thousands of small branches stay cheap.
@@ -79,15 +79,15 @@ def rasterize_tubes(tubes: list[Tube], xs: np.ndarray, ys: np.ndarray, zs: np.nd
         iz = np.nonzero((zs >= lo[2] - abs(dz)) & (zs <= hi[2] + abs(dz)))[0]
         if not (ix.size and iy.size and iz.size):
             continue
-        px = xs[ix[0]: ix[-1] + 1][None, None, :] - tube.p0[0]
-        py = ys[iy[0]: iy[-1] + 1][None, :, None] - tube.p0[1]
-        pz = zs[iz[0]: iz[-1] + 1][:, None, None] - tube.p0[2]
+        px = xs[ix[0] : ix[-1] + 1][None, None, :] - tube.p0[0]
+        py = ys[iy[0] : iy[-1] + 1][None, :, None] - tube.p0[1]
+        pz = zs[iz[0] : iz[-1] + 1][:, None, None] - tube.p0[2]
         v = tube.p1 - tube.p0
         length2 = float(v @ v) or 1e-9
         t = np.clip((px * v[0] + py * v[1] + pz * v[2]) / length2, 0.0, 1.0)
         dist = np.sqrt((px - t * v[0]) ** 2 + (py - t * v[1]) ** 2 + (pz - t * v[2]) ** 2)
         occupancy = smoothstep(tube.r0 + t * (tube.r1 - tube.r0) + grow_mm - dist, soft_mm)
-        view = out[iz[0]: iz[-1] + 1, iy[0]: iy[-1] + 1, ix[0]: ix[-1] + 1]
+        view = out[iz[0] : iz[-1] + 1, iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
         np.maximum(view, occupancy, out=view)
     return out
 
@@ -153,11 +153,13 @@ class ChestModel:
         # Apex: the cross-section narrows to a point at the top, around a posterior-lateral axis.
         taper = np.sqrt(np.clip(1.0 - np.clip((t - 0.45) / 0.55, 0.0, None) ** 2, 0.0, 1.0))
         cx = self.lung_center_x(side) * (0.85 + 0.15 * taper)
-        apex = ((x - cx) / (0.62 * self.cavity_a * taper + 1e-6)) ** 2 + ((y - 0.1 * self.cavity_b) / (1.02 * self.cavity_b * taper + 1e-6)) ** 2
+        apex = ((x - cx) / (0.62 * self.cavity_a * taper + 1e-6)) ** 2 + (
+            (y - 0.1 * self.cavity_b) / (1.02 * self.cavity_b * taper + 1e-6)
+        ) ** 2
         inside &= apex < 1.0
         inside &= z > self.dome(x, y, side)
         inside &= self.heart(x, y, z) > 1.12
-        inside &= x ** 2 + (y - self.spine_y) ** 2 > (30.0 * s) ** 2
+        inside &= x**2 + (y - self.spine_y) ** 2 > (30.0 * s) ** 2
         return inside
 
     def lung_labels(self, x, y, z) -> np.ndarray:
@@ -197,7 +199,9 @@ class ChestModel:
         texture = np.zeros((zs.size, ys.size, xs.size), dtype=np.complex64)
         for kx, ky, kz, phase, amp in self.texture_waves:
             ez = (amp * np.exp(1j * (kz * zs + phase))).astype(np.complex64)[:, None, None]
-            texture += ez * np.exp(1j * ky * ys).astype(np.complex64)[None, :, None] * np.exp(1j * kx * xs).astype(np.complex64)[None, None, :]
+            texture += (
+                ez * np.exp(1j * ky * ys).astype(np.complex64)[None, :, None] * np.exp(1j * kx * xs).astype(np.complex64)[None, None, :]
+            )
         return (-875.0 + gradient[None, :, None] + texture.real).astype(np.float32)
 
     def ribs(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
@@ -244,11 +248,11 @@ class ChestModel:
         hu = np.where(cavity, inner, hu)
         hu = np.where(self.heart(x, y, z) < 1.0, 40.0, hu)
         # Spine: vertebral body (discs every ~27 mm), canal, posterior elements.
-        vertebra = x ** 2 + (y - self.spine_y) ** 2
+        vertebra = x**2 + (y - self.spine_y) ** 2
         disc = np.abs(((z / (27 * s)) % 1.0) - 0.5) < 0.1
         hu = np.where(vertebra < (17 * s) ** 2, np.where(disc, 80.0, 260.0), hu)
         hu = np.where((vertebra > (14.5 * s) ** 2) & (vertebra < (17 * s) ** 2) & ~disc, 700.0, hu)
-        canal = x ** 2 + (y - self.spine_y - 24 * s) ** 2 < (8 * s) ** 2
+        canal = x**2 + (y - self.spine_y - 24 * s) ** 2 < (8 * s) ** 2
         lamina = (np.abs(x) < 6 * s) & (y > self.spine_y + 30 * s) & (y < self.spine_y + 58 * s)
         hu = np.where(np.broadcast_to(lamina, shape), 450.0, hu)
         hu = np.where(np.broadcast_to(canal, shape), 25.0, hu)
@@ -290,11 +294,13 @@ def draw_chest(rng: np.random.Generator, scale: float) -> ChestModel:
         dome_left=rng.uniform(10.0, 25.0) * s,
         heart_center=np.array([16.0 * s, -26.0 * s, 0.2 * height + 12 * s]),
         heart_axes=np.array([54.0, 42.0, 50.0]) * s * rng.uniform(0.92, 1.08),
-        texture_waves=np.column_stack([
-            rng.normal(0, 2 * np.pi / 25.0, (6, 3)),
-            rng.uniform(0, 2 * np.pi, 6),
-            rng.uniform(3.0, 7.0, 6),
-        ]),
+        texture_waves=np.column_stack(
+            [
+                rng.normal(0, 2 * np.pi / 25.0, (6, 3)),
+                rng.uniform(0, 2 * np.pi, 6),
+                rng.uniform(3.0, 7.0, 6),
+            ]
+        ),
     )
     _add_mediastinum(model)
     _add_trees(model, rng)

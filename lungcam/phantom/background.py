@@ -41,7 +41,7 @@ class RealBackground:
     zs: np.ndarray
 
     @classmethod
-    def load(cls, folder: Path) -> "RealBackground":
+    def load(cls, folder: Path) -> RealBackground:
         image = read_dicom_series(Path(folder))
         if not np.allclose(np.array(image.GetDirection()).reshape(3, 3), np.eye(3), atol=1e-3):
             raise ValueError(f"{folder}: the background must be an axial scan without tilt or obliquity")
@@ -65,7 +65,7 @@ class RealBackground:
             lo, hi = max(0, start - 1), min(self.zs.size, start + SLAB_SLICES + 1)
             out, weight = apply_lesions_to_real(lesions, self.hu[lo:hi], self.lungs[lo:hi], spacing[::-1], self.xs, self.ys, self.zs[lo:hi])
             keep = slice(start - lo, start - lo + min(SLAB_SLICES, self.zs.size - start))
-            hu[start: start + SLAB_SLICES] = out[keep]
-            mask[start: start + SLAB_SLICES] = weight[keep] >= 0.5
+            hu[start : start + SLAB_SLICES] = out[keep]
+            mask[start : start + SLAB_SLICES] = weight[keep] >= 0.5
         scan = Scan(hu, self.lungs.copy(), mask, self.xs, self.ys, self.zs, noise_free=False)
         return scan, {"lesions": lesions.describe(), "background": "real"}

@@ -143,7 +143,9 @@ class PatientPlan:
         return cls(**{**values, "nuisance": Nuisance(**values["nuisance"])})
 
 
-def plan_cohort(patients_per_class: int, seed: int, classes: tuple[str, ...] = DEFAULT_CLASSES, prefix: str = "demo", scout_only: int = 0) -> list[PatientPlan]:
+def plan_cohort(
+    patients_per_class: int, seed: int, classes: tuple[str, ...] = DEFAULT_CLASSES, prefix: str = "demo", scout_only: int = 0
+) -> list[PatientPlan]:
     """A balanced cohort in random label order; ids (`demo001`...) say nothing about the label.
 
     `scout_only` more patients follow whose studies hold only a localizer, as when a scan is
@@ -157,7 +159,13 @@ def plan_cohort(patients_per_class: int, seed: int, classes: tuple[str, ...] = D
     total = len(labels) + scout_only
     width = max(3, len(str(total)))
     return [
-        PatientPlan(patient_id=f"{prefix}{i + 1:0{width}d}", label=labels[i] if i < len(labels) else classes[i % len(classes)], index=i, seed=seed,
-                    nuisance=nuisances[i], scout_only=i >= len(labels))
+        PatientPlan(
+            patient_id=f"{prefix}{i + 1:0{width}d}",
+            label=labels[i] if i < len(labels) else classes[i % len(classes)],
+            index=i,
+            seed=seed,
+            nuisance=nuisances[i],
+            scout_only=i >= len(labels),
+        )
         for i in range(total)
     ]

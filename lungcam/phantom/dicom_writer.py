@@ -21,7 +21,18 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 INSTITUTION = "Synthetic General Hospital"
 STATION = "SYNTH-CT1"
 REFERRER = "Hallworth^Ysolde"
-FAMILY_NAMES = ("Doeberg", "Quillfeather", "Marchetti", "Oyelaran", "Vasquez-Lund", "Tanaka-Hill", "Brannigan", "Okonkwo", "Lindqvist", "Dubrovsky")
+FAMILY_NAMES = (
+    "Doeberg",
+    "Quillfeather",
+    "Marchetti",
+    "Oyelaran",
+    "Vasquez-Lund",
+    "Tanaka-Hill",
+    "Brannigan",
+    "Okonkwo",
+    "Lindqvist",
+    "Dubrovsky",
+)
 GIVEN_NAMES = ("Jane", "Omar", "Lucia", "Henrik", "Amara", "Kenji", "Fiona", "Mateo", "Ingrid", "Tobias")
 
 
@@ -111,7 +122,7 @@ class FileNamer:
 
     def __call__(self) -> str:
         while True:
-            name = f"{int(self.rng.integers(16 ** 8)):08X}{self.suffix}"
+            name = f"{int(self.rng.integers(16**8)):08X}{self.suffix}"
             if name not in self.used:
                 self.used.add(name)
                 return name
@@ -188,8 +199,18 @@ def stored_values(hu: np.ndarray, representation: int, intercept: float) -> np.n
     return np.clip(stored, -32768, 32767).astype(np.int16)
 
 
-def write_axial_series(hu: np.ndarray, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, spec: SeriesSpec,
-                       study: StudyInfo, representation: int, intercept: float, folder: Path, names: FileNamer) -> int:
+def write_axial_series(
+    hu: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    zs: np.ndarray,
+    spec: SeriesSpec,
+    study: StudyInfo,
+    representation: int,
+    intercept: float,
+    folder: Path,
+    names: FileNamer,
+) -> int:
     """Write hu[z, y, x] (LPS axes xs, ys, zs in mm) as one axial series; returns the file count.
 
     HFS: rows run anterior to posterior, columns right to left (IOP 1,0,0,0,1,0), instance 1 at the

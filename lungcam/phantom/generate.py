@@ -38,7 +38,7 @@ class PhantomOptions:
     thick_series: bool
 
     @classmethod
-    def from_config(cls, demo: dict) -> "PhantomOptions":
+    def from_config(cls, demo: dict) -> PhantomOptions:
         return cls(matrix=int(demo["matrix"]), localizer=bool(demo["localizer"]), thick_series=bool(demo["thick_series"]))
 
 
@@ -64,12 +64,14 @@ class Scan:
 
     def affine(self) -> np.ndarray:
         """NIfTI (RAS) affine of arrays transposed to (x, y, z)."""
-        return np.array([
-            [-self.pixel_mm, 0, 0, -self.xs[0]],
-            [0, -float(self.ys[1] - self.ys[0]), 0, -self.ys[0]],
-            [0, 0, self.thickness_mm, self.zs[0]],
-            [0, 0, 0, 1.0],
-        ])
+        return np.array(
+            [
+                [-self.pixel_mm, 0, 0, -self.xs[0]],
+                [0, -float(self.ys[1] - self.ys[0]), 0, -self.ys[0]],
+                [0, 0, self.thickness_mm, self.zs[0]],
+                [0, 0, 0, 1.0],
+            ]
+        )
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _pad_outside_fov(hu: np.ndarray, representation: int, intercept: float) -> N
     """Pixels outside the reconstruction circle: -2048 HU (signed) or stored 0 (unsigned)."""
     n = hu.shape[-1]
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
-    outside = xx ** 2 + yy ** 2 > (n / 2) ** 2
+    outside = xx**2 + yy**2 > (n / 2) ** 2
     hu[:, outside] = -2048.0 if representation == 1 else intercept
 
 
@@ -194,8 +196,9 @@ def write_study(scan: Scan, plan: PatientPlan, nuisance: Nuisance, options: Phan
     return identity
 
 
-def generate_patient(plan: PatientPlan, options: PhantomOptions, dicom_dir: Path, lungs_path: Path, lesions_path: Path,
-                     background=None) -> PhantomResult:
+def generate_patient(
+    plan: PatientPlan, options: PhantomOptions, dicom_dir: Path, lungs_path: Path, lesions_path: Path, background=None
+) -> PhantomResult:
     """Write one patient's study and truth masks; `background` is a real normal CT to reuse."""
     nuisance = plan.nuisance
     if background is None:

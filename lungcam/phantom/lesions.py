@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .anatomy import LEFT, RIGHT, Tube, smoothstep, rasterize_tubes
+from .anatomy import LEFT, RIGHT, Tube, rasterize_tubes, smoothstep
 
 
 @dataclass
@@ -36,14 +36,14 @@ class LungSampler:
         self.pleural_mm = ndimage.distance_transform_edt(self.labels > 0, sampling=self.spacing[::-1])
 
     @classmethod
-    def from_function(cls, label_fn, lo: np.ndarray, hi: np.ndarray, spacing: float = 3.0) -> "LungSampler":
+    def from_function(cls, label_fn, lo: np.ndarray, hi: np.ndarray, spacing: float = 3.0) -> LungSampler:
         """Sample `label_fn(x, y, z)` on a grid spanning lo..hi (x, y, z in mm)."""
         axes = [np.arange(lo[i], hi[i] + spacing, spacing) for i in range(3)]
         labels = label_fn(axes[0][None, None, :], axes[1][None, :, None], axes[2][:, None, None])
         return cls(labels.astype(np.uint8), np.array([a[0] for a in axes]), spacing)
 
     @classmethod
-    def from_labels(cls, labels: np.ndarray, origin: np.ndarray, spacing: np.ndarray, step_mm: float = 3.0) -> "LungSampler":
+    def from_labels(cls, labels: np.ndarray, origin: np.ndarray, spacing: np.ndarray, step_mm: float = 3.0) -> LungSampler:
         """Subsample a full-resolution label volume (z, y, x) to about `step_mm` per voxel."""
         steps = np.maximum(1, np.round(step_mm / np.asarray(spacing, float))).astype(int)  # x, y, z
         coarse = labels[:: steps[2], :: steps[1], :: steps[0]]
@@ -120,7 +120,11 @@ class Consolidation:
     bronchograms: list[Tube] = field(default_factory=list)
 
     def weight(self, x, y, z, lungs: np.ndarray) -> np.ndarray:
-        signed = (x - self.fissure_point[0]) * self.fissure_normal[0] + (y - self.fissure_point[1]) * self.fissure_normal[1] + (z - self.fissure_point[2]) * self.fissure_normal[2]
+        signed = (
+            (x - self.fissure_point[0]) * self.fissure_normal[0]
+            + (y - self.fissure_point[1]) * self.fissure_normal[1]
+            + (z - self.fissure_point[2]) * self.fissure_normal[2]
+        )
         w = smoothstep(signed, 1.5)
         if self.horizontal_z is not None:
             w = w * smoothstep((self.horizontal_z - z) if self.keep_below_horizontal else (z - self.horizontal_z), 1.5)
@@ -209,8 +213,9 @@ def draw_covid(sampler: LungSampler, rng: np.random.Generator) -> list[GroundGla
 def _lobe_consolidation(sampler: LungSampler, side: int, rng: np.random.Generator, segmental: bool) -> Consolidation:
     lo, hi = sampler.extent(side)
     span = hi - lo
-    lobe = rng.choice(["lower", "upper", "middle"] if side == RIGHT else ["lower", "upper"],
-                      p=[0.55, 0.3, 0.15] if side == RIGHT else [0.65, 0.35])
+    lobe = rng.choice(
+        ["lower", "upper", "middle"] if side == RIGHT else ["lower", "upper"], p=[0.55, 0.3, 0.15] if side == RIGHT else [0.65, 0.35]
+    )
     # Oblique fissure: from high at the back to low at the front, as seen from the side.
     back = np.array([0.0, lo[1] + 0.85 * span[1], lo[2] + 0.75 * span[2]])
     front = np.array([0.0, lo[1] + 0.1 * span[1], lo[2] + 0.05 * span[2]])
@@ -304,7 +309,7 @@ def apply_lesions_to_real(lesions: LesionSet, hu: np.ndarray, lungs: np.ndarray,
     out = hu.copy()
     lesion = np.zeros(hu.shape, dtype=np.float32)
     in_lung = lungs > 0
-    for ggo, box, w, target in _ground_glass_boxes(lesions, in_lung, xs, ys, zs):
+    for _, box, w, target in _ground_glass_boxes(lesions, in_lung, xs, ys, zs):
         out[box] += w * parenchyma[box] * (target - smooth[box])
         np.maximum(lesion[box], w, out=lesion[box])
     pixel = float(xs[1] - xs[0])
@@ -334,7 +339,7 @@ def apply_lesions(lesions: LesionSet, slab: dict, xs, ys, zs, soft_mm: float) ->
     hu, lungs = slab["hu"].copy(), slab["lungs"]
     in_lung = lungs > 0
     lesion = np.zeros(hu.shape, dtype=np.float32)
-    for ggo, box, w, target in _ground_glass_boxes(lesions, in_lung, xs, ys, zs):
+    for _, box, w, target in _ground_glass_boxes(lesions, in_lung, xs, ys, zs):
         hu[box] = hu[box] + w * (target - hu[box])
         np.maximum(lesion[box], w, out=lesion[box])
     vessels = slab["vessels"] * in_lung

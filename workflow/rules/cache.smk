@@ -7,16 +7,16 @@ rule cache:
         lungs=rules.lungs.output.labels,
     output:
         directory(f"{WORK}/cache/{{patient}}"),
-    params:
-        settings=lookup(dpath="cache", within=config),
     log:
         log_path("cache"),
     benchmark:
         benchmark_path("cache")
+    conda:
+        "../../envs/lungs.yaml"
     resources:
         mem_mb=memory_mb(4000),
         runtime=5,
-    conda:
-        "../../envs/lungs.yaml"
+    params:
+        settings=lookup(dpath="cache", within=config),
     script:
         "../../scripts/cache.py"

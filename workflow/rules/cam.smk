@@ -15,8 +15,21 @@ rule cam:
     output:
         cam=f"{RESULTS}/cam/{{patient}}.nii.gz",
         key_slices=report(
-            f"{RESULTS}/cam/{{patient}}_key_slices.png", caption="../report/key_slices.rst", category="Infection maps", labels={"patient": "{patient}"}
+            f"{RESULTS}/cam/{{patient}}_key_slices.png",
+            caption="../report/key_slices.rst",
+            category="Infection maps",
+            labels={"patient": "{patient}"},
         ),
+    log:
+        log_path("cam"),
+    benchmark:
+        benchmark_path("cam")
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        mem_mb=memory_mb(4000),
+        runtime=5,
+        gpu=CAM_GPUS,
     params:
         target=lookup(dpath="cam/target", within=config),
         method=lookup(dpath="cam/method", within=config),
@@ -24,16 +37,6 @@ rule cam:
         shifts=lookup(dpath="cam/shifts", within=config),
         smooth_mm=lookup(dpath="cam/smooth_mm", within=config),
         device=lookup(dpath="train/device", within=config),
-    log:
-        log_path("cam"),
-    benchmark:
-        benchmark_path("cam")
-    resources:
-        mem_mb=memory_mb(4000),
-        runtime=5,
-        gpu=CAM_GPUS,
-    conda:
-        "../../envs/train.yaml"
     script:
         "../../scripts/cam.py"
 
@@ -45,17 +48,17 @@ rule lesions:
     output:
         table=f"{RESULTS}/lesions/{{patient}}.tsv",
         burden=f"{RESULTS}/lesions/{{patient}}.json",
-    params:
-        settings=lookup(dpath="cam/lesions", within=config),
     log:
         log_path("lesions"),
     benchmark:
         benchmark_path("lesions")
+    conda:
+        "../../envs/lungs.yaml"
     resources:
         mem_mb=memory_mb(3000),
         runtime=5,
-    conda:
-        "../../envs/lungs.yaml"
+    params:
+        settings=lookup(dpath="cam/lesions", within=config),
     script:
         "../../scripts/lesions.py"
 
@@ -66,15 +69,15 @@ rule localisation:
     output:
         patients=f"{RESULTS}/localisation.tsv",
         summary=f"{RESULTS}/localisation.json",
-    params:
-        settings=lookup(dpath="cam/lesions", within=config),
-        seed=lookup(dpath="train/seed", within=config),
-        masks=LESION_MASKS,
     log:
         f"{LOGS}/localisation.log",
     benchmark:
         f"{LOGS}/benchmarks/localisation.tsv"
     conda:
         "../../envs/train.yaml"
+    params:
+        settings=lookup(dpath="cam/lesions", within=config),
+        seed=lookup(dpath="train/seed", within=config),
+        masks=LESION_MASKS,
     script:
         "../../scripts/localisation.py"

@@ -51,7 +51,12 @@ if DEMO:
     unknown = set(config["classes"]) - {"COVID-19", "CAP", "NP"}
     if unknown:
         raise ValueError(f"the demo cohort knows the classes COVID-19, CAP and NP, not {sorted(unknown)}")
-    DEMO_PLANS = {p.patient_id: p for p in plan_cohort(config["demo"]["patients_per_class"], config["demo"]["seed"], tuple(config["classes"]), scout_only=config["demo"]["scout_only"])}
+    DEMO_PLANS = {
+        p.patient_id: p
+        for p in plan_cohort(
+            config["demo"]["patients_per_class"], config["demo"]["seed"], tuple(config["classes"]), scout_only=config["demo"]["scout_only"]
+        )
+    }
     SAMPLES = pd.DataFrame(sample_rows(list(DEMO_PLANS.values()), DEMO_ROOT)).set_index("patient_id", drop=False)
 else:
     SAMPLES = load_sample_sheet(config["samples"], config["classes"], require_labels=MODE == "train", output_dirs=(RESULTS, WORK, LOGS))
@@ -72,9 +77,7 @@ TASK_CLASSES_JSON = json.dumps(TASK_CLASSES)
 TRAIN_SETTINGS_JSON = json.dumps(config["train"], sort_keys=True)
 TRAIN_GPUS = config["train"]["gpus"] if config["train"]["device"] != "cpu" else 0
 CAM_GPUS = 1 if config["train"]["device"] != "cpu" else 0
-TRAIN_LAUNCHER = (
-    f"torchrun --standalone --nproc_per_node {config['train']['gpus']}" if config["train"]["gpus"] > 1 else "python"
-)
+TRAIN_LAUNCHER = f"torchrun --standalone --nproc_per_node {config['train']['gpus']}" if config["train"]["gpus"] > 1 else "python"
 if MODE == "predict":
     from lungcam.inference import read_model_metadata  # imports torch: only in mode predict
 
@@ -209,7 +212,10 @@ LOBES = LUNGMASK and LUNGMASK_SETTINGS.model == "LTRCLobes"
 LUNGMASK_WEIGHTS = weights_path(LUNGMASK_SETTINGS)
 LUNGMASK_FILL = weights_path(LUNGMASK_SETTINGS, "R231", LUNGMASK_SETTINGS.fill_weights) if LOBES else None
 if LUNGMASK:  # a configured weights file must exist: no rule can make it
-    for configured, path, model in ((LUNGMASK_SETTINGS.weights, LUNGMASK_WEIGHTS, LUNGMASK_SETTINGS.model), (LUNGMASK_SETTINGS.fill_weights, LUNGMASK_FILL, "R231")):
+    for configured, path, model in (
+        (LUNGMASK_SETTINGS.weights, LUNGMASK_WEIGHTS, LUNGMASK_SETTINGS.model),
+        (LUNGMASK_SETTINGS.fill_weights, LUNGMASK_FILL, "R231"),
+    ):
         if configured:
             require_weights(path, model, LUNGMASK_SETTINGS.url(model))
 # (path, url) of the weight files the download rule can fetch into resources/.
@@ -255,7 +261,9 @@ SAMPLE_SHEET = f"{DEMO_ROOT}/samples.tsv" if DEMO else config["samples"]
 LABELLED = MODE == "train" or bool(SAMPLES.get("label", pd.Series(dtype=str)).isin(TASK_CLASSES).any())
 # The model that classified the patients of each predictions.tsv fold.
 REPORT_MODELS = (
-    {str(f): f"{RESULTS}/model/fold{f}.pt" for f in range(config["train"]["folds"])} if MODE == "train" else {"predict": config["predict"]["model"]}
+    {str(f): f"{RESULTS}/model/fold{f}.pt" for f in range(config["train"]["folds"])}
+    if MODE == "train"
+    else {"predict": config["predict"]["model"]}
 )
 CLASSIFICATION_FIGURES = [f"{RESULTS}/figures/{name}.png" for name in ("roc_pr", "confusion", "reliability")]
 
@@ -297,8 +305,12 @@ def patient_report_inputs(wildcards) -> dict:
     if ingest_ok(patient):
         inputs["montage"] = f"{RESULTS}/qc/{patient}_lungs.png"
         if lungs_ok(patient):
-            inputs |= {"predictions": f"{RESULTS}/predictions.tsv", "key_slices": f"{RESULTS}/cam/{patient}_key_slices.png",
-                       "lesions": f"{RESULTS}/lesions/{patient}.tsv", "burden": f"{RESULTS}/lesions/{patient}.json"}
+            inputs |= {
+                "predictions": f"{RESULTS}/predictions.tsv",
+                "key_slices": f"{RESULTS}/cam/{patient}_key_slices.png",
+                "lesions": f"{RESULTS}/lesions/{patient}.tsv",
+                "burden": f"{RESULTS}/lesions/{patient}.json",
+            }
     return inputs
 
 

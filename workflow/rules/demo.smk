@@ -9,20 +9,20 @@ rule phantom:
         lungs=f"{DEMO_ROOT}/truth/{{patient}}_lungs.nii.gz",
         lesions=f"{DEMO_ROOT}/truth/{{patient}}_lesions.nii.gz",
         record=f"{DEMO_ROOT}/truth/{{patient}}.json",
+    log:
+        log_path("phantom"),
+    benchmark:
+        benchmark_path("phantom")
+    conda:
+        "../../envs/phantom.yaml"
+    resources:
+        mem_mb=memory_mb(3000),
+        runtime=5,
     params:
         # The patient's own plan and the rendering options, not the whole demo section: adding
         # patients (demo.scout_only) leaves the others' plans, and so their files, unchanged.
         plan=lambda wildcards: asdict(DEMO_PLANS[wildcards.patient]),
         options={k: config["demo"][k] for k in ("matrix", "localizer", "thick_series", "background")},
-    log:
-        log_path("phantom"),
-    benchmark:
-        benchmark_path("phantom")
-    resources:
-        mem_mb=memory_mb(3000),
-        runtime=5,
-    conda:
-        "../../envs/phantom.yaml"
     script:
         "../../scripts/phantom.py"
 
@@ -37,14 +37,14 @@ rule demo_sample_sheet:
         records=expand(f"{DEMO_ROOT}/truth/{{patient}}.json", patient=PATIENTS if DEMO else []),
     output:
         f"{DEMO_ROOT}/samples.tsv",
-    params:
-        demo=DEMO_COHORT,
-        classes=lookup(dpath="classes", within=config),
     log:
         f"{LOGS}/demo_sample_sheet.log",
     benchmark:
         f"{LOGS}/benchmarks/demo_sample_sheet.tsv"
     conda:
         "../../envs/phantom.yaml"
+    params:
+        demo=DEMO_COHORT,
+        classes=lookup(dpath="classes", within=config),
     script:
         "../../scripts/demo_sample_sheet.py"

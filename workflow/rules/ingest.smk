@@ -13,18 +13,18 @@ rule ingest:
         dicom=lambda wildcards: DICOM_DIRS[wildcards.patient],
     output:
         stage=directory(f"{WORK}/ingest/{{patient}}"),
-    params:
-        settings=lookup(dpath="ingest", within=config),
-        study_uid=lambda wildcards: STUDY_UIDS.get(wildcards.patient, ""),
     log:
         log_path("ingest"),
     benchmark:
         benchmark_path("ingest")
+    conda:
+        "../../envs/ingest.yaml"
     resources:
         mem_mb=memory_mb(2000),
         runtime=10,
-    conda:
-        "../../envs/ingest.yaml"
+    params:
+        settings=lookup(dpath="ingest", within=config),
+        study_uid=lambda wildcards: STUDY_UIDS.get(wildcards.patient, ""),
     script:
         "../../scripts/ingest.py"
 
@@ -54,11 +54,11 @@ rule nifti:
         log_path("nifti"),
     benchmark:
         benchmark_path("nifti")
+    conda:
+        "../../envs/ingest.yaml"
     resources:
         mem_mb=memory_mb(1000),
         runtime=2,
-    conda:
-        "../../envs/ingest.yaml"
     script:
         "../../scripts/nifti.py"
 
@@ -72,11 +72,11 @@ rule patient_qc:
         log_path("patient_qc"),
     benchmark:
         benchmark_path("patient_qc")
+    conda:
+        "../../envs/ingest.yaml"
     resources:
         mem_mb=memory_mb(1000),
         runtime=2,
-    conda:
-        "../../envs/ingest.yaml"
     script:
         "../../scripts/patient_qc.py"
 

@@ -12,22 +12,22 @@ rule lungs:
     input:
         unpack(lungs_inputs),
     output:
+        **lobes_output(),
         labels=f"{RESULTS}/lungs/{{patient}}.nii.gz",
         montage=f"{RESULTS}/qc/{{patient}}_lungs.png",
         record=f"{WORK}/lungs/{{patient}}.json",
-        **lobes_output(),
-    params:
-        settings=lookup(dpath="lungs", within=config),
     log:
         log_path("lungs"),
     benchmark:
         benchmark_path("lungs")
+    conda:
+        "../../envs/lungs.yaml"
     resources:
         mem_mb=memory_mb(6000),
         runtime=15,
         gpu=1 if LUNGMASK else 0,
-    conda:
-        "../../envs/lungs.yaml"
+    params:
+        settings=lookup(dpath="lungs", within=config),
     script:
         "../../scripts/lungs.py"
 
@@ -55,13 +55,13 @@ localrules:
 rule download_lungmask_weights:
     output:
         [str(path) for path, _ in LUNGMASK_DOWNLOADS],
-    params:
-        urls=[url for _, url in LUNGMASK_DOWNLOADS],
     log:
         f"{LOGS}/download_lungmask_weights.log",
     benchmark:
         f"{LOGS}/benchmarks/download_lungmask_weights.tsv"
     conda:
         "../../envs/lungs.yaml"
+    params:
+        urls=[url for _, url in LUNGMASK_DOWNLOADS],
     script:
         "../../scripts/download_lungmask_weights.py"

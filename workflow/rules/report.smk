@@ -11,18 +11,18 @@ rule classification_metrics:
         unpack(classification_metrics_inputs),
     output:
         f"{WORK}/metrics/classification.json",
-    params:
-        classes=TASK_CLASSES,
-        seed=lookup(dpath="train/seed", within=config),
-        repeats=lookup(dpath="report/bootstrap", within=config),
-        sites=SITES,
-        models=REPORT_MODELS,
     log:
         f"{LOGS}/classification_metrics.log",
     benchmark:
         f"{LOGS}/benchmarks/classification_metrics.tsv"
     conda:
         "../../envs/train.yaml"
+    params:
+        classes=TASK_CLASSES,
+        seed=lookup(dpath="train/seed", within=config),
+        repeats=lookup(dpath="report/bootstrap", within=config),
+        sites=SITES,
+        models=REPORT_MODELS,
     script:
         "../../scripts/classification_metrics.py"
 
@@ -49,14 +49,14 @@ rule classification_figures:
         roc_pr=report(f"{RESULTS}/figures/roc_pr.png", caption="../report/roc_pr.rst", category="Classification"),
         confusion=report(f"{RESULTS}/figures/confusion.png", caption="../report/confusion.rst", category="Classification"),
         reliability=report(f"{RESULTS}/figures/reliability.png", caption="../report/reliability.rst", category="Classification"),
-    params:
-        classes=TASK_CLASSES,
     log:
         f"{LOGS}/classification_figures.log",
     benchmark:
         f"{LOGS}/benchmarks/classification_figures.tsv"
     conda:
         "../../envs/train.yaml"
+    params:
+        classes=TASK_CLASSES,
     script:
         "../../scripts/classification_figures.py"
 
@@ -66,15 +66,15 @@ rule provenance:
         unpack(provenance_inputs),
     output:
         f"{RESULTS}/provenance.json",
-    params:
-        config=config,
-        lesion_masks=LESION_MASKS,
     log:
         f"{LOGS}/provenance.log",
     benchmark:
         f"{LOGS}/benchmarks/provenance.tsv"
     conda:
         "../../envs/train.yaml"
+    params:
+        config=config,
+        lesion_masks=LESION_MASKS,
     script:
         "../../scripts/provenance.py"
 
@@ -84,20 +84,20 @@ rule patient_report:
         unpack(patient_report_inputs),
     output:
         f"{RESULTS}/reports/{{patient}}.html",
+    log:
+        log_path("patient_report"),
+    benchmark:
+        benchmark_path("patient_report")
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        mem_mb=memory_mb(1000),
+        runtime=2,
     params:
         classes=TASK_CLASSES,
         benchmarks=f"{LOGS}/benchmarks",
         models=REPORT_MODELS,
         label=lambda wildcards: SAMPLES.loc[wildcards.patient, "label"],
-    log:
-        log_path("patient_report"),
-    benchmark:
-        benchmark_path("patient_report")
-    resources:
-        mem_mb=memory_mb(1000),
-        runtime=2,
-    conda:
-        "../../envs/train.yaml"
     script:
         "../../scripts/patient_report.py"
 
@@ -107,16 +107,16 @@ rule summary:
         unpack(summary_inputs),
     output:
         report(f"{RESULTS}/summary.html", caption="../report/summary.rst", category="Summary"),
-    params:
-        classes=TASK_CLASSES,
-        labels=SAMPLES["label"].to_dict(),
-        sites=SITES,
-        config=config,
     log:
         f"{LOGS}/summary.log",
     benchmark:
         f"{LOGS}/benchmarks/summary.tsv"
     conda:
         "../../envs/train.yaml"
+    params:
+        classes=TASK_CLASSES,
+        labels=SAMPLES["label"].to_dict(),
+        sites=SITES,
+        config=config,
     script:
         "../../scripts/summary.py"

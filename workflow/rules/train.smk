@@ -13,17 +13,17 @@ rule folds:
         cohort_qc=rules.prepare.output[0],
     output:
         f"{WORK}/train/folds.tsv",
-    params:
-        labels=SAMPLES["label"].to_dict(),
-        classes=TASK_CLASSES,
-        folds=lookup(dpath="train/folds", within=config),
-        seed=lookup(dpath="train/seed", within=config),
     log:
         f"{LOGS}/folds.log",
     benchmark:
         f"{LOGS}/benchmarks/folds.tsv"
     conda:
         "../../envs/train.yaml"
+    params:
+        labels=SAMPLES["label"].to_dict(),
+        classes=TASK_CLASSES,
+        folds=lookup(dpath="train/folds", within=config),
+        seed=lookup(dpath="train/seed", within=config),
     script:
         "../../scripts/folds.py"
 
@@ -33,19 +33,19 @@ rule slice_bank:
         cohort_qc=rules.prepare.output[0],
     output:
         directory(f"{WORK}/train/bank"),
+    log:
+        f"{LOGS}/slice_bank.log",
+    benchmark:
+        f"{LOGS}/benchmarks/slice_bank.tsv"
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        mem_mb=memory_mb(8000),
     params:
         input_size=lookup(dpath="train/input_size", within=config),
         min_lung_fraction=lookup(dpath="train/min_lung_fraction", within=config),
         cache=config["cache"],
         cache_root=f"{WORK}/cache",
-    log:
-        f"{LOGS}/slice_bank.log",
-    benchmark:
-        f"{LOGS}/benchmarks/slice_bank.tsv"
-    resources:
-        mem_mb=memory_mb(8000),
-    conda:
-        "../../envs/train.yaml"
     script:
         "../../scripts/slice_bank.py"
 
@@ -57,26 +57,31 @@ rule train_fold:
     output:
         model=f"{RESULTS}/model/fold{{fold}}.pt",
         curves=f"{RESULTS}/training/fold{{fold}}.tsv",
-        curves_png=report(f"{RESULTS}/training/fold{{fold}}.png", caption="../report/training_curves.rst", category="Training", labels={"model": "fold {fold}"}),
+        curves_png=report(
+            f"{RESULTS}/training/fold{{fold}}.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+            labels={"model": "fold {fold}"},
+        ),
         predictions=f"{WORK}/train/fold{{fold}}/predictions.tsv",
-    params:
-        launcher=TRAIN_LAUNCHER,
-        settings=TRAIN_SETTINGS_JSON,
-        classes=TASK_CLASSES_JSON,
-        work=f"{WORK}/train/fold{{fold}}",
+    log:
+        f"{LOGS}/train_fold/fold{{fold}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/train_fold/fold{{fold}}.tsv"
     wildcard_constraints:
         fold=r"\d+",
+    conda:
+        "../../envs/train.yaml"
     threads: config["train"]["threads"]
     resources:
         gpu=TRAIN_GPUS,
         mem_mb=memory_mb(16000),
         runtime=720,
-    log:
-        f"{LOGS}/train_fold/fold{{fold}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/train_fold/fold{{fold}}.tsv"
-    conda:
-        "../../envs/train.yaml"
+    params:
+        launcher=TRAIN_LAUNCHER,
+        settings=TRAIN_SETTINGS_JSON,
+        classes=TASK_CLASSES_JSON,
+        work=f"{WORK}/train/fold{{fold}}",
     shell:
         "{params.launcher} -m lungcam.cli train-fold --bank {input.bank} --folds {input.folds} --fold {wildcards.fold}"
         " --work {params.work} --model {output.model} --curves {output.curves} --curves-png {output.curves_png}"
@@ -92,22 +97,22 @@ rule train_final:
         model=f"{RESULTS}/model/final.pt",
         curves=f"{RESULTS}/training/final.tsv",
         curves_png=f"{RESULTS}/training/final.png",
-    params:
-        launcher=TRAIN_LAUNCHER,
-        settings=TRAIN_SETTINGS_JSON,
-        classes=TASK_CLASSES_JSON,
-        work=f"{WORK}/train/final",
-    threads: config["train"]["threads"]
-    resources:
-        gpu=TRAIN_GPUS,
-        mem_mb=memory_mb(16000),
-        runtime=720,
     log:
         f"{LOGS}/train_final.log",
     benchmark:
         f"{LOGS}/benchmarks/train_final.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=TRAIN_GPUS,
+        mem_mb=memory_mb(16000),
+        runtime=720,
+    params:
+        launcher=TRAIN_LAUNCHER,
+        settings=TRAIN_SETTINGS_JSON,
+        classes=TASK_CLASSES_JSON,
+        work=f"{WORK}/train/final",
     shell:
         "{params.launcher} -m lungcam.cli train-fold --bank {input.bank} --folds {input.folds} --fold final"
         " --work {params.work} --model {output.model} --curves {output.curves} --curves-png {output.curves_png}"
@@ -141,16 +146,16 @@ else:
             model=config["predict"]["model"],
         output:
             f"{RESULTS}/predictions.tsv",
-        params:
-            labels=SAMPLES["label"].to_dict(),
-            device=lookup(dpath="train/device", within=config),
-        resources:
-            gpu=TRAIN_GPUS,
         log:
             f"{LOGS}/predict.log",
         benchmark:
             f"{LOGS}/benchmarks/predict.tsv"
         conda:
             "../../envs/train.yaml"
+        resources:
+            gpu=TRAIN_GPUS,
+        params:
+            labels=SAMPLES["label"].to_dict(),
+            device=lookup(dpath="train/device", within=config),
         script:
             "../../scripts/predict.py"
