@@ -74,8 +74,8 @@ def main() -> None:
     table = pd.DataFrame([r for run in args.runs for r in run_rows(run, min_volume)])
     lesion, normal = table[table["kind"] == "lesion"], table[table["kind"] == "normal"]
     print(
-        f"runs: {', '.join(r.name for r in args.runs)}; {lesion['patient_id'].nunique()} lesion patients, "
-        f"{normal['patient_id'].nunique()} NP patients mapped for a pneumonia class"
+        f"runs: {', '.join(r.name for r in args.runs)}; {len(lesion[['run', 'patient_id']].drop_duplicates())} lesion patients, "
+        f"{len(normal[['run', 'patient_id']].drop_duplicates())} NP patients mapped for a pneumonia class"
     )
     print("threshold  lesion Dice mean (per run)          NP with candidates  NP flagged mL mean")
     for threshold, group in lesion.groupby("threshold"):

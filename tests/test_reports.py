@@ -170,7 +170,7 @@ def test_methods_paragraph_follows_the_config():
         "every training patient trained for 50 epochs, and an exponential moving average of the weights over about 8 epochs of the last"
         in text
     )
-    assert "a map value of 0.5, fixed before evaluation" in text
+    assert "a map value of 0.45, fixed before evaluation" in text
     config["train"].update(validation_fraction=0.15, ema_epochs=0.0)  # the paper's way
     config["cam"]["lesions"]["threshold"] = "relative"
     text = methods_paragraph(config, ["COVID-19", "NP"], 10, 0)
