@@ -27,8 +27,7 @@ Dense evaluation (`shifts`): a pool3 map cell spans 8 input pixels (35 mm of lun
 rim rather than inside it. With `shifts` n > 1 the maps are computed n x n times, for the input
 moved by offsets spread evenly over one cell and symmetric about 0; each map is upsampled to the
 input's pixels, moved back by its offset, and the n x n are averaged. The network and its maps
-are the same; they are only sampled at more positions (benchmarks/README.md: on a well-trained
-64 px model, 2 x 2 evaluations raise the pointing game of the paper's map from 0.69 to 0.78).
+are the same; they are only sampled at more positions (compare with benchmarks/cam.py --shifts).
 Integrated Gradients attributes to the input's own pixels and is always evaluated once.
 """
 
@@ -246,8 +245,7 @@ def smooth_within_lungs(cam: np.ndarray, lungs: np.ndarray, spacing_mm: Sequence
 
     Resampled from the coarse cache grid and cut at the scan's lung mask, a map's highest voxels
     are often a few at the lung's edge, at the apex or the base where little lung surrounds them,
-    above the broad top over the lesion (benchmarks/README.md: most of the demo's pointing-game
-    misses). Averaging each voxel with the lung around it brings such voxels down to what their
+    above the broad top over the lesion. Averaging each voxel with the lung around it brings such voxels down to what their
     neighbourhood says and keeps a top that the lung around it agrees with; the tissue outside
     the lungs, which the map is not about, weighs nothing, so a map that is even over the lungs
     stays even up to the pleura. The work is done within the lungs' bounding box and the filter's

@@ -1,9 +1,8 @@
 """Gzip the converted volume quickly.
 
-dcm2niix spends about two thirds of its run compressing (1.4 of 2.2 s on a 512x512x148 scan,
-with zlib-ng level 6). ISA-L's gzip (python-isal) compresses the same volume in about 0.2 s on one
-core for a 3% larger file, so the workflow lets dcm2niix write an uncompressed NIfTI, checks it
-memory-mapped, and compresses it here. The output is a standard single-member gzip file.
+dcm2niix spends most of its run compressing with zlib-ng; ISA-L's gzip (python-isal) is several
+times faster for a slightly larger file (benchmarks/ingest.py), so the workflow lets dcm2niix
+write an uncompressed NIfTI, checks it memory-mapped, and compresses it here. The output is a standard single-member gzip file.
 """
 
 from __future__ import annotations

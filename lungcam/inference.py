@@ -130,8 +130,8 @@ def aggregate_slices(probabilities: np.ndarray, method: str, top_k: int, classes
 
 def bf16_autocast(amp: bool, device: torch.device) -> bool:
     """Whether forward passes run under bf16 autocast when `train.amp` asks for it: on CUDA, and on
-    CPUs where oneDNN computes bf16 natively (AVX-512 BF16 or AMX), on which the demo model trains
-    1.5-2.2x faster than in float32 (benchmarks/README.md). Elsewhere a CPU would emulate bf16,
+    CPUs where oneDNN computes bf16 natively (AVX-512 BF16 or AMX), on which it is faster than
+    float32 (benchmarks/train.py). Elsewhere a CPU would emulate bf16,
     slower than float32, so it stays in float32."""
     if not amp:
         return False

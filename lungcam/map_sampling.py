@@ -13,8 +13,8 @@ PIXEL_METHODS = ("integrated_gradients", "joint_saliency")  # maps at the input'
 
 def evaluations_per_axis(method: str, shifts: int) -> int:
     """The `shifts` that `method` is evaluated with: as configured for the layer maps, 1 for
-    Integrated Gradients, whose attributions are already per input pixel (dense evaluation made it
-    3.5 times slower on the demo for the same figures, benchmarks/README.md)."""
+    Integrated Gradients, whose attributions are already per input pixel (dense evaluation would
+    multiply its cost and give the same map)."""
     shift_offsets(shifts)  # refuses a count that does not divide a cell
     return 1 if method in PIXEL_METHODS else shifts
 

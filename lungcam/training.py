@@ -228,8 +228,7 @@ def augment(images: torch.Tensor, groups: torch.Tensor | None = None) -> torch.T
     With a few dozen patients a network can learn each patient's scanner and anatomy by heart;
     these draws make that harder than learning the lesions. Sharpness matters most: a
     reconstruction kernel and slice thickness make a whole scan sharper or smoother, and a lesion
-    is a smooth region, so a network trained without it called any smooth scan pneumonia (on the
-    demo a 1-pixel blur turned the normal scans' slices into lesions; benchmarks/README.md). The
+    is a smooth region, so a network trained without it can call any smooth scan pneumonia. The
     draws come from torch's generator, seeded per epoch, so a resumed run draws the same.
     """
     if groups is None:

@@ -99,7 +99,7 @@ def test_smoothing_within_the_lungs_keeps_a_constant_map_up_to_the_pleura():
 
 
 def test_smoothing_within_the_lungs_puts_the_maximum_on_a_supported_top_not_a_spike_at_a_lung_tip():
-    """Where the demo's maps missed (benchmarks/README.md): their maximum was a few voxels at the
+    """Where maps can miss: their maximum a few voxels at the
     lung's edge, often at the apex or the base where little lung surrounds them, higher than the
     broad top over the lesion. Smoothed within the lungs, such a voxel is averaged with the lower
     lung around it and the top that the lung around it agrees with is the maximum."""
