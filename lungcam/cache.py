@@ -22,6 +22,7 @@ from nibabel.processing import resample_from_to
 from scipy import ndimage
 
 from .atomic import atomic_path
+from .config import settings_from
 from .orientation import LPSView
 
 IMAGE_NAME = "image.npy"
@@ -41,13 +42,7 @@ class CacheSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> CacheSettings:
-        return cls(
-            tuple(map(float, section["spacing_mm"])),
-            float(section["margin_mm"]),
-            tuple(map(float, section["window_hu"])),
-            bool(section["mask_outside_lungs"]),
-            bool(section["antialias"]),
-        )
+        return settings_from(cls, section)
 
 
 @dataclass

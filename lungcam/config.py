@@ -7,8 +7,11 @@ workflow, the command line and the tests all fill defaults from it, so they cann
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,3 +128,40 @@ def config_hash(config: dict) -> str:
     """A short, stable hash of a resolved configuration (key order does not matter)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+T = typing.TypeVar("T")
+
+
+def settings_from(cls: type[T], section: dict) -> T:
+    """A settings dataclass from a validated config section: each field takes the section's key
+    of its name, converted to the field's type (nested settings by their own `from_config`, or
+    this function). The schema holds the defaults; the dataclasses hold none."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _as_type(hints[f.name], section[f.name]) for f in dataclasses.fields(cls)})
+
+
+def default_settings(cls: type[T], *path: str) -> T:
+    """`cls` built from the schema's defaults of the config section at `path`."""
+    section = validate_config({})
+    for key in path:
+        section = section[key]
+    return cls.from_config(section) if hasattr(cls, "from_config") else settings_from(cls, section)
+
+
+def _as_type(hint, value):
+    if dataclasses.is_dataclass(hint):
+        return hint.from_config(value) if hasattr(hint, "from_config") else settings_from(hint, value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # e.g. float | tuple[float, float]: by the value's shape
+        sequence = isinstance(value, (list, tuple))
+        chosen = next(a for a in args if (typing.get_origin(a) in (tuple, list, frozenset)) == sequence)
+        return _as_type(chosen, value)
+    if origin is tuple:
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return tuple(_as_type(a, v) for a, v in zip(items, value))
+    if origin is frozenset:
+        return frozenset(_as_type(args[0], v) for v in value)
+    if hint in (float, int, bool, str):
+        return hint(value)
+    return value

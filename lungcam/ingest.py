@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +26,7 @@ import numpy as np
 from . import dcm2niix
 from .atomic import atomic_path
 from .compress import gzip_file
+from .config import settings_from
 from .deidentify import LogScrubber, Scrubber, identifier_terms, sidecar_fields
 from .dicom_series import DCM2NIIX_TRANSFER_SYNTAXES, ImageStack, Study, modality_of, read_study, slice_normal
 from .hu_check import verify_hu
@@ -52,12 +53,8 @@ class IngestSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> IngestSettings:
-        return cls(
-            min_slices=int(section["min_slices"]),
-            max_slice_gap_mm=float(section["max_slice_gap_mm"]),
-            excluded_body_parts=frozenset(p.upper() for p in section["excluded_body_parts"]),
-            series=SeriesPolicy.from_config(section["series"]),
-        )
+        settings = settings_from(cls, section)  # body parts compared in upper case, as DICOM writes them
+        return replace(settings, excluded_body_parts=frozenset(p.upper() for p in settings.excluded_body_parts))
 
 
 def _no_series_reason(study: Study, choice: SeriesChoice) -> str:

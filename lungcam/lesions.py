@@ -19,6 +19,8 @@ import pandas as pd
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from .config import settings_from
+
 COLUMNS = ["lesion", "volume_ml", "side", "peak_score", "mean_score", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
 SIDES = {1: "right", 2: "left"}
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -35,7 +37,7 @@ class LesionSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> LesionSettings:
-        return cls(section["threshold"], float(section["absolute"]), float(section["relative"]), float(section["min_volume_ml"]))
+        return settings_from(cls, section)
 
 
 def cam_threshold(cam: np.ndarray, lungs: np.ndarray, settings: LesionSettings) -> float:

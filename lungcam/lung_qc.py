@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .config import settings_from
 from .lungs_threshold import WORKING_MM, crop_box
 
 GAS_HU = -950.0  # smoothed (2 mm) density of gas; aerated lung is about -850
@@ -48,10 +49,7 @@ class Limit:
 
     @classmethod
     def from_config(cls, section: dict) -> Limit:
-        def value(v):
-            return (float(v[0]), float(v[1])) if isinstance(v, (list, tuple)) else float(v)
-
-        return cls(value(section["warn"]), value(section["exclude"]))
+        return settings_from(cls, section)
 
     def level(self, figure: float) -> str | None:
         """'exclude', 'warn' or None for `figure`."""
@@ -82,7 +80,7 @@ class LungQCSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> LungQCSettings:
-        return cls(**{k: Limit.from_config(v) if isinstance(v, dict) else float(v) for k, v in section.items()})
+        return settings_from(cls, section)
 
 
 SIDES = ((1, "right"), (2, "left"))

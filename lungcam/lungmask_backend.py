@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import settings_from
+
 # lungmask's release files (lungmask.mask.MODEL_URLS), kept here so that resolving and
 # downloading weights does not need torch.
 MODEL_URLS = {
@@ -50,14 +52,7 @@ class LungmaskSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> LungmaskSettings:
-        return cls(
-            model=section["model"],
-            weights=section["weights"],
-            weights_url=section["weights_url"],
-            fill_weights=section["fill_weights"],
-            batch_size=int(section["batch_size"]),
-            force_cpu=bool(section["force_cpu"]),
-        )
+        return settings_from(cls, section)
 
     def url(self, model: str | None = None) -> str:
         """Download URL of a model's weights (the configured override applies to the main model)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import settings_from
 from .lung_qc import LungQCSettings, lung_checks, lung_figures
 from .lungmask_backend import LungmaskSettings, segment_lungmask
 from .lungs_threshold import ThresholdSettings, segment_lungs
@@ -24,7 +25,6 @@ from .orientation import load_hu_lps
 from .records import write_record
 
 log = logging.getLogger(__name__)
-METHODS = ("threshold", "lungmask")
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,7 @@ class LungSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> LungSettings:
-        if section["method"] not in METHODS:
-            raise ValueError(f"lungs.method must be one of {METHODS}")
-        return cls(
-            method=section["method"],
-            threshold=ThresholdSettings.from_config(section["threshold"]),
-            lungmask=LungmaskSettings.from_config(section["lungmask"]),
-            qc=LungQCSettings.from_config(section["qc"]),
-        )
+        return settings_from(cls, section)
 
 
 def segment(

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .config import default_settings, settings_from
+
 log = logging.getLogger(__name__)
 
 # Curvature (1/mm) of the paraboloid that smooths the lung apex: more curved than the apex, so
@@ -57,19 +59,19 @@ BASE_CONTACT_ML = 1.0  # a consolidation resting on this much tissue below the l
 class ThresholdSettings:
     """Parameters of the classical method (config section `lungs.threshold`)."""
 
-    body_hu: float = -500.0  # denser than this: body (skin, fat is -100)
-    lung_hu: float = -300.0  # lighter than this inside the body: aerated lung
-    airway_hu: float = -900.0  # airway lumen, on a smoothed image
-    bone_hu: float = 250.0  # denser than this: bone (ribs bound the envelope)
-    bridge_mm: float = 40.0  # widest mediastinal bite bridged
-    speck_mm: float = 1.5  # dense specks thinner than this inside the envelope are noise
-    small_hole_cm2: float = 3.0  # holes up to this area per slice are vessels or bronchi
-    bronchogram_ml: float = 0.5  # air bronchograms that let a consolidation reach the bold envelope
-    consolidation_ml: float = 5.0  # or a uniform dense region this large inside the cautious one
+    body_hu: float  # denser than this: body (skin, fat is -100)
+    lung_hu: float  # lighter than this inside the body: aerated lung
+    airway_hu: float  # airway lumen, on a smoothed image
+    bone_hu: float  # denser than this: bone (ribs bound the envelope)
+    bridge_mm: float  # widest mediastinal bite bridged
+    speck_mm: float  # dense specks thinner than this inside the envelope are noise
+    small_hole_cm2: float  # holes up to this area per slice are vessels or bronchi
+    bronchogram_ml: float  # air bronchograms that let a consolidation reach the bold envelope
+    consolidation_ml: float  # or a uniform dense region this large inside the cautious one
 
     @classmethod
     def from_config(cls, section: dict) -> ThresholdSettings:
-        return cls(**{k: float(v) for k, v in section.items()})
+        return settings_from(cls, section)
 
 
 def _pixels(mm: float, spacing) -> int:
@@ -673,12 +675,13 @@ def crop_box(mask: np.ndarray, margin: int | Sequence[int] = 2) -> tuple[slice, 
     return tuple(box)
 
 
-def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings: ThresholdSettings = ThresholdSettings()) -> np.ndarray:
+def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings: ThresholdSettings | None = None) -> np.ndarray:
     """Lung labels (0, 1 right, 2 left) of an LPS-ordered (z, y, x) volume with `spacing` mm.
 
     Fine in-plane grids (512x512 scans, 0.6-0.8 mm) are segmented at about WORKING_MM per pixel
     (block means) and the labels repeated back: four times less work, same lungs.
     """
+    settings = settings if settings is not None else default_settings(ThresholdSettings, "lungs", "threshold")
     factor = _pixels(WORKING_MM, spacing)
     if factor == 1:
         return _segment(hu, spacing, settings)

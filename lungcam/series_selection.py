@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .config import settings_from
 from .dicom_series import CT_SOP_CLASSES, ImageStack, Study, modality_of
 
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVEY"}
-RANK_KEYS = ("most_slices", "fewest_slices", "thinnest", "thickest")
 
 
 @dataclass(frozen=True)
@@ -31,21 +31,11 @@ class SeriesPolicy:
     rank_by: tuple[str, ...]
     prefer_description: str
     reject_description: str
-    multiple_studies: str = "exclude"
+    multiple_studies: str
 
     @classmethod
     def from_config(cls, section: dict) -> SeriesPolicy:
-        unknown = [k for k in section["rank_by"] if k not in RANK_KEYS]
-        if unknown:
-            raise ValueError(f"ingest.series.rank_by: unknown key(s) {unknown}; use {list(RANK_KEYS)}")
-        return cls(
-            allow_derived=bool(section["allow_derived"]),
-            max_obliquity_deg=float(section["max_obliquity_deg"]),
-            rank_by=tuple(section["rank_by"]),
-            prefer_description=section["prefer_description"],
-            reject_description=section["reject_description"],
-            multiple_studies=section["multiple_studies"],
-        )
+        return settings_from(cls, section)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .atomic import atomic_path, write_tsv
+from .config import settings_from
 from .folds import validation_split
-from .inference import AGGREGATIONS, UnsafeFileError, bf16_autocast, load_plain, predict_patients, save_model, with_decisions
+from .inference import UnsafeFileError, bf16_autocast, load_plain, predict_patients, save_model, with_decisions
 from .models import build_model, focal_cross_entropy
 from .slice_bank import IMAGES_NAME, SliceBank, zscore
 
@@ -80,10 +81,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> TrainSettings:
-        settings = cls(**{f.name: section[f.name] for f in fields(cls)})
-        if settings.aggregation not in AGGREGATIONS:
-            raise ValueError(f"train.aggregation must be one of {AGGREGATIONS}")
-        return settings
+        return settings_from(cls, section)
 
 
 def pick_device(name: str) -> torch.device:

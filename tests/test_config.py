@@ -257,3 +257,22 @@ def test_example_sample_sheet_names_the_real_scans():
     assert list(sheet["label"]) == ["COVID-19", "CAP", "NP"]
     for folder in sheet["dicom_dir"]:
         assert any(Path(folder).iterdir()), folder
+
+
+def test_settings_are_built_from_the_schema_defaults():
+    """One way from a validated section to a settings object, with the field types converted
+    (YAML gives lists and ints): nested settings, unions by the value's shape, tuples, sets."""
+    from lungcam.cache import CacheSettings
+    from lungcam.config import default_settings
+    from lungcam.ingest import IngestSettings
+    from lungcam.lungs import LungSettings
+    from lungcam.training import TrainSettings
+
+    cache = default_settings(CacheSettings, "cache")
+    assert cache.spacing_mm == (2.5, 1.25, 1.25) and isinstance(cache.window_hu, tuple)
+    lungs = default_settings(LungSettings, "lungs")
+    assert lungs.threshold.lung_hu == -300.0 and lungs.qc.left_right_ratio.warn == (0.65, 1.2) and lungs.qc.base_gas_ml.warn == 10.0
+    ingest = IngestSettings.from_config(validate_config({"ingest": {"excluded_body_parts": ["head"]}})["ingest"])
+    assert ingest.excluded_body_parts == frozenset({"HEAD"}) and ingest.series.rank_by == ("most_slices", "thinnest")
+    train = TrainSettings.from_config(validate_config({"train": {"ema_epochs": 8}})["train"])
+    assert isinstance(train.ema_epochs, float) and train.ema_epochs == 8.0

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..atomic import atomic_path
+from ..config import settings_from
 from .anatomy import LEFT, RIGHT, draw_chest
 from .cohort import KERNELS, STREAM_ANATOMY, STREAM_FILES, STREAM_IDENTITY, STREAM_LESIONS, STREAM_NOISE, Nuisance, PatientPlan, patient_rng
 from .dicom_writer import FileNamer, Identity, SeriesSpec, StudyInfo, draw_identity, write_axial_series, write_localizer
@@ -39,7 +40,7 @@ class PhantomOptions:
 
     @classmethod
     def from_config(cls, demo: dict) -> PhantomOptions:
-        return cls(matrix=int(demo["matrix"]), localizer=bool(demo["localizer"]), thick_series=bool(demo["thick_series"]))
+        return settings_from(cls, demo)
 
 
 @dataclass
