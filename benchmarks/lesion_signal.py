@@ -34,7 +34,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from nibabel.processing import resample_from_to
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,10 +48,9 @@ LESION_CLASSES = ("COVID-19", "CAP")
 
 
 def lesion_on_cache(mask_path: Path, transform) -> np.ndarray:
-    """The lesion mask on the cache grid (z, y, x), nearest neighbour."""
-    shape_xyz = tuple(transform.shape[::-1])
-    reference = nib.Nifti1Image(np.zeros(shape_xyz, dtype=np.uint8), np.array(transform.affine))
-    return np.asarray(resample_from_to(nib.load(mask_path), reference, order=0).dataobj).transpose(2, 1, 0) > 0
+    """The lesion mask on the cache grid (z, y, x), as the localisation rule brings it (nearest neighbour)."""
+    reference = nib.Nifti1Image(np.zeros(tuple(transform.shape[::-1]), dtype=np.uint8), np.array(transform.affine))
+    return mask_on_grid(nib.load(mask_path), reference).transpose(2, 1, 0) > 0
 
 
 def slice_rows(image: np.ndarray, lungs: np.ndarray, lesion: np.ndarray, size: int, min_lung_fraction: float) -> tuple[list[dict], float]:
