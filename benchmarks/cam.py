@@ -23,6 +23,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -30,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.cam import METHODS, write_patient_cam  # noqa: E402
-from lungcam.config import validate_config  # noqa: E402
-from lungcam.lesions import LesionSettings  # noqa: E402
-from lungcam.localisation import localise_cohort  # noqa: E402
-from lungcam.map_sampling import SHIFTS, evaluations_per_axis  # noqa: E402
+from lungcam.cam.lesions import LesionSettings  # noqa: E402
+from lungcam.cam.localisation import localise_cohort  # noqa: E402
+from lungcam.cam.maps import METHODS, MapSettings, write_patient_cam  # noqa: E402
+from lungcam.core.config import validate_config  # noqa: E402
+from lungcam.core.map_sampling import SHIFTS, evaluations_per_axis  # noqa: E402
 
 
 def lesion_masks(workdir: Path) -> dict[str, str]:
@@ -54,6 +55,7 @@ def main() -> None:
         "--shifts", nargs="+", type=int, default=[1], choices=SHIFTS, help="dense evaluation: offsets per axis (cam.shifts)"
     )
     defaults = validate_config({})["cam"]
+    settings = replace(MapSettings.from_config(defaults), target="predicted")
     parser.add_argument(
         "--smooth",
         nargs="+",
@@ -86,13 +88,10 @@ def main() -> None:
                 write_patient_cam(
                     results / "model" / f"fold{row['fold']}.pt",
                     row,
-                    "predicted",
-                    args.workdir / "work" / "cache" / row["patient_id"],
-                    results / "lungs" / f"{row['patient_id']}.nii.gz",
-                    cams[-1],
-                    method=method,
-                    shifts=shifts,
-                    smooth_mm=smooth,
+                    replace(settings, method=method, shifts=shifts, smooth_mm=smooth),
+                    cache=args.workdir / "work" / "cache" / row["patient_id"],
+                    lungs=results / "lungs" / f"{row['patient_id']}.nii.gz",
+                    cam=cams[-1],
                 )
                 if index < args.patients:
                     seconds.append(time.perf_counter() - start)

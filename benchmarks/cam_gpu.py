@@ -13,6 +13,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.cam import METHODS, write_patient_cam  # noqa: E402
+from lungcam.cam.maps import METHODS, MapSettings, write_patient_cam  # noqa: E402
 
 
 def main() -> None:
@@ -35,6 +36,7 @@ def main() -> None:
         pd.read_csv(root / "results" / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False).head(args.patients).to_dict("records")
     )
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
+    settings = MapSettings(target="predicted", method=METHODS[0], ig_steps=32, shifts=1, smooth_mm=0.0)  # one raw evaluation
     with tempfile.TemporaryDirectory() as tmp:
         for method in METHODS:
             seconds, differences = [], []
@@ -46,12 +48,11 @@ def main() -> None:
                     write_patient_cam(
                         root / "results" / "model" / f"fold{row['fold']}.pt",
                         row,
-                        "predicted",
-                        root / "work" / "cache" / row["patient_id"],
-                        root / "results" / "lungs" / f"{row['patient_id']}.nii.gz",
-                        Path(tmp) / f"{device}_{row['patient_id']}.nii.gz",
+                        replace(settings, method=method),
+                        cache=root / "work" / "cache" / row["patient_id"],
+                        lungs=root / "results" / "lungs" / f"{row['patient_id']}.nii.gz",
+                        cam=Path(tmp) / f"{device}_{row['patient_id']}.nii.gz",
                         device=device,
-                        method=method,
                     )
                     if device == "cuda":
                         torch.cuda.synchronize()

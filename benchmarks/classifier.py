@@ -2,7 +2,7 @@
 
 Reads a workflow working directory after `snakemake` in mode train (results/predictions.tsv,
 results/model/fold*.pt, work/train/bank) and prints, with the metrics of results/metrics.json
-(lungcam.metrics, scikit-learn):
+(lungcam.report.metrics, scikit-learn):
 1. patient level (out-of-fold): accuracy, macro one-vs-rest ROC AUC, per-class sensitivity and
    specificity, confusion matrix, and the targets (accuracy >= 0.90, macro AUC >= 0.95);
 2. slice level, for hu2020 (as Hu et al. evaluated: every lung slice carries its patient's
@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.inference import AGGREGATIONS, aggregate_slices, load_model, out_of_fold_slice_predictions  # noqa: E402
-from lungcam.metrics import point_metrics  # noqa: E402
-from lungcam.slice_bank import SliceBank  # noqa: E402
+from lungcam.report.metrics import point_metrics  # noqa: E402
+from lungcam.train.inference import AGGREGATIONS, aggregate_slices, load_model, out_of_fold_slice_predictions  # noqa: E402
+from lungcam.train.slice_bank import SliceBank  # noqa: E402
 
 TARGET_ACCURACY, TARGET_AUC = 0.90, 0.95
 

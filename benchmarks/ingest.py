@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lungcam import dcm2niix
-from lungcam.config import load_config
-from lungcam.ingest import IngestSettings, ingest_patient
+from lungcam.core.config import load_config
+from lungcam.ingest import dcm2niix
+from lungcam.ingest.stage import IngestSettings, ingest_patient
 
 CASES = {
     "P001": "covid-ct-md/P001",

@@ -38,11 +38,11 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.cache import load_cache  # noqa: E402
-from lungcam.config import apply_demo_overrides, load_config  # noqa: E402
-from lungcam.localisation import mask_on_grid  # noqa: E402
-from lungcam.slice_bank import lung_slice_indices, resize_slices, zscore  # noqa: E402
-from lungcam.training import _blur  # noqa: E402
+from lungcam.cam.localisation import mask_on_grid  # noqa: E402
+from lungcam.core.config import apply_demo_overrides, load_config  # noqa: E402
+from lungcam.train.cache import load_cache  # noqa: E402
+from lungcam.train.slice_bank import lung_slice_indices, resize_slices, zscore  # noqa: E402
+from lungcam.train.training import _blur  # noqa: E402
 
 LESION_CLASSES = ("COVID-19", "CAP")
 
@@ -92,11 +92,11 @@ def planted(size: int, fraction: float, cache_settings: dict) -> pd.DataFrame:
     """Per planted ball (diameter, HU): kept lesion slices, pixels and contrasts in the input."""
     import tempfile
 
-    from lungcam.cache import CacheSettings, build_cache
-    from lungcam.config import validate_config
-    from lungcam.ingest import VOLUME_NAME, IngestSettings, ingest_patient
-    from lungcam.lungs import LungSettings, segment
-    from lungcam.orientation import load_hu_lps
+    from lungcam.core.config import validate_config
+    from lungcam.core.orientation import load_hu_lps
+    from lungcam.ingest.stage import VOLUME_NAME, IngestSettings, ingest_patient
+    from lungcam.lungs.stage import LungSettings, segment
+    from lungcam.train.cache import CacheSettings, build_cache
 
     defaults = validate_config({})
     rows = []

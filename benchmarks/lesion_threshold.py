@@ -25,9 +25,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.config import validate_config  # noqa: E402
-from lungcam.lesions import LesionSettings, find_lesions  # noqa: E402
-from lungcam.localisation import mask_on_grid  # noqa: E402
+from lungcam.cam.lesions import LesionSettings, find_lesions  # noqa: E402
+from lungcam.cam.localisation import mask_on_grid  # noqa: E402
+from lungcam.core.config import validate_config  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0.30, 0.951, 0.05), 2)
 NO_PNEUMONIA = "NP"

@@ -28,9 +28,9 @@ import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
 
-from lungcam.config import load_config
-from lungcam.ingest import VOLUME_NAME, IngestSettings, ingest_patient
-from lungcam.lungs import LungSettings, run_lungs
+from lungcam.core.config import load_config
+from lungcam.ingest.stage import VOLUME_NAME, IngestSettings, ingest_patient
+from lungcam.lungs.stage import LungSettings, run_lungs
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 

@@ -25,9 +25,9 @@ SINGLE_CORE = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_
 
 WORKER = """
 import json, resource, sys, time
-from lungcam.lung_qc import lung_figures
-from lungcam.lungs_threshold import segment_lungs
-from lungcam.orientation import load_hu_lps
+from lungcam.lungs.qc import lung_figures
+from lungcam.lungs.threshold import segment_lungs
+from lungcam.core.orientation import load_hu_lps
 hu, view = load_hu_lps(sys.argv[1])
 start = time.perf_counter()
 labels = segment_lungs(hu, view.spacing)
@@ -44,8 +44,8 @@ LUNGMASK_WORKER = """
 import json, sys, time, numpy as np, torch
 sys.path.insert(0, sys.argv[3])
 from lungmask_weights import write_weights
-from lungcam.lungmask_backend import LungmaskSettings, segment_lungmask
-from lungcam.orientation import load_hu_lps
+from lungcam.lungs.lungmask_backend import LungmaskSettings, segment_lungmask
+from lungcam.core.orientation import load_hu_lps
 from pathlib import Path
 torch.set_num_threads(1)
 hu, view = load_hu_lps(sys.argv[1])
@@ -62,7 +62,7 @@ print(json.dumps({"seconds_per_slice": (time.perf_counter() - start) / count}))
 
 
 def convert(folder: Path, out: Path) -> Path:
-    from lungcam import dcm2niix
+    from lungcam.ingest import dcm2niix
 
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(

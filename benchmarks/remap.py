@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungcam.cache import CacheSettings, build_cache
-from lungcam.cam import write_patient_cam
-from lungcam.config import validate_config
-from lungcam.inference import read_model_metadata
-from lungcam.lesions import LesionSettings
-from lungcam.localisation import localise_cohort
-from lungcam.lungs import LungSettings, run_lungs
+from lungcam.cam.lesions import LesionSettings
+from lungcam.cam.localisation import localise_cohort
+from lungcam.cam.maps import MapSettings, write_patient_cam
+from lungcam.core.config import validate_config
+from lungcam.lungs.stage import LungSettings, run_lungs
+from lungcam.train.cache import CacheSettings, build_cache
+from lungcam.train.inference import read_model_metadata
 
 
 def remap_patient(job: tuple[Path, Path, dict, dict]) -> str:
@@ -50,15 +50,10 @@ def remap_patient(job: tuple[Path, Path, dict, dict]) -> str:
     write_patient_cam(
         run / f"results/model/fold{row['fold']}.pt",
         row,
-        config["cam"]["target"],
-        work / "cache",
-        lungs,
-        cam,
-        "cpu",
-        method=config["cam"]["method"],
-        steps=config["cam"]["ig_steps"],
-        shifts=config["cam"]["shifts"],
-        smooth_mm=config["cam"]["smooth_mm"],
+        MapSettings.from_config(config["cam"]),
+        cache=work / "cache",
+        lungs=lungs,
+        cam=cam,
     )
     return patient
 

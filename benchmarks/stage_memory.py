@@ -4,7 +4,7 @@ Makes the scan from the real COVID-CT-MD case P001 (512 x 512 x 148, converted b
 ingest), interpolated along z to 600 slices and written as a DICOM series; runs the workflow on
 it in mode predict with a trained model file (slice bank and prediction are cohort jobs, the
 others per patient), one job at a time; and prints, per rule, the job's peak resident memory as
-the kernel counted it (the last line of its log, lungcam.joblog) next to the rule's `mem_mb`.
+the kernel counted it (the last line of its log, lungcam.core.joblog) next to the rule's `mem_mb`.
 
     .venv/bin/python benchmarks/stage_memory.py demo-full2/results/model/fold0.pt
 """
@@ -24,10 +24,10 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lungcam.config import load_config  # noqa: E402
-from lungcam.ingest import VOLUME_NAME, IngestSettings, ingest_patient  # noqa: E402
-from lungcam.joblog import PEAK_MEMORY  # noqa: E402
-from lungcam.orientation import load_hu_lps  # noqa: E402
+from lungcam.core.config import load_config  # noqa: E402
+from lungcam.core.joblog import PEAK_MEMORY  # noqa: E402
+from lungcam.core.orientation import load_hu_lps  # noqa: E402
+from lungcam.ingest.stage import VOLUME_NAME, IngestSettings, ingest_patient  # noqa: E402
 from lungcam.phantom.dicom_writer import FileNamer, SeriesSpec, StudyInfo, draw_identity, write_axial_series  # noqa: E402
 
 PATIENT = "big600"

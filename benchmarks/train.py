@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.inference import bf16_autocast  # noqa: E402
-from lungcam.models import build_model, focal_cross_entropy  # noqa: E402
-from lungcam.slice_bank import IMAGES_NAME, INDEX_NAME, zscore  # noqa: E402
-from lungcam.training import DeviceBank, EpochBatches  # noqa: E402
+from lungcam.train.inference import bf16_autocast  # noqa: E402
+from lungcam.train.models import build_model, focal_cross_entropy  # noqa: E402
+from lungcam.train.slice_bank import IMAGES_NAME, INDEX_NAME, zscore  # noqa: E402
+from lungcam.train.training import DeviceBank, EpochBatches  # noqa: E402
 
 
 def synthetic_bank(folder: Path, slices: int, size: int) -> np.ndarray:

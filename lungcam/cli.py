@@ -13,13 +13,12 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .config import load_config
+from lungcam.core.config import load_config
 
 
 def _phantom_one(args: tuple) -> dict:
-    from .phantom import cohort_layout
-    from .phantom.generate import generate_patient
-    from .records import write_record
+    from lungcam.core.records import write_record
+    from lungcam.phantom import cohort_layout, generate_patient
 
     plan, options, out, background = args
     paths = cohort_layout(out, plan.patient_id)
@@ -29,8 +28,7 @@ def _phantom_one(args: tuple) -> dict:
 
 
 def run_phantom(args: argparse.Namespace) -> int:
-    from .phantom import plan_cohort, sample_rows, write_sample_sheet
-    from .phantom.generate import PhantomOptions
+    from lungcam.phantom import PhantomOptions, plan_cohort, sample_rows, write_sample_sheet
 
     demo = load_config()["demo"]
     options = PhantomOptions(
@@ -42,7 +40,7 @@ def run_phantom(args: argparse.Namespace) -> int:
     plans = plan_cohort(args.patients_per_class, args.seed)
     background = None
     if args.background:
-        from .phantom.background import RealBackground
+        from lungcam.phantom import RealBackground
 
         background = RealBackground.load(Path(args.background))
     jobs = [(plan, options, out, background) for plan in plans]
@@ -55,7 +53,7 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from .ingest import IngestSettings, ingest_patient
+    from lungcam.ingest import IngestSettings, ingest_patient
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     settings = IngestSettings.from_config(load_config()["ingest"])
@@ -69,7 +67,7 @@ def run_train_fold(args: argparse.Namespace) -> int:
     """One fold's training; run directly or under torchrun for several GPUs."""
     import pandas as pd
 
-    from .training import TrainSettings, train_fold
+    from lungcam.train import TrainSettings, train_fold
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = TrainSettings.from_config(json.loads(args.settings))

@@ -1,7 +1,7 @@
-"""Rule `cache`: one patient's model-input cache (lungcam.cache)."""
+"""Rule `cache`: one patient's model-input cache (lungcam.train.cache)."""
 
-from lungcam.cache import CacheSettings, build_cache
-from lungcam.joblog import job_log
+from lungcam.core.joblog import job_log
+from lungcam.train.cache import CacheSettings, build_cache
 
 snakemake = globals()["snakemake"]
 

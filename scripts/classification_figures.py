@@ -1,8 +1,8 @@
-"""Rule `classification_figures`: ROC/PR, confusion matrix and reliability diagram (lungcam.evaluation)."""
+"""Rule `classification_figures`: ROC/PR, confusion matrix and reliability diagram (lungcam.report.evaluation)."""
 
-from lungcam.evaluation import classification_figures
-from lungcam.joblog import job_log
-from lungcam.records import read_predictions
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_predictions
+from lungcam.report.evaluation import classification_figures
 
 snakemake = globals()["snakemake"]
 

@@ -1,10 +1,10 @@
-"""Rule `classification_metrics`: the classification part of metrics.json (lungcam.evaluation)
-and the nuisance-only baseline beside it (lungcam.nuisance_baseline)."""
+"""Rule `classification_metrics`: the classification part of metrics.json (lungcam.report.evaluation)
+and the nuisance-only baseline beside it (lungcam.report.nuisance_baseline)."""
 
-from lungcam.evaluation import classification_metrics
-from lungcam.joblog import job_log
-from lungcam.nuisance_baseline import nuisance_baseline, nuisance_features
-from lungcam.records import read_predictions, read_record, write_record
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_predictions, read_record, write_record
+from lungcam.report.evaluation import classification_metrics
+from lungcam.report.nuisance_baseline import nuisance_baseline, nuisance_features
 
 snakemake = globals()["snakemake"]
 

@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from lungcam.atomic import write_tsv
-from lungcam.joblog import job_log
-from lungcam.records import read_record
+from lungcam.core.atomic import write_tsv
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_record
 
 snakemake = globals()["snakemake"]
 

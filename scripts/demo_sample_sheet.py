@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from lungcam.joblog import job_log
+from lungcam.core.joblog import job_log
 from lungcam.phantom import plan_cohort, sample_rows, write_sample_sheet
 
 snakemake = globals()["snakemake"]

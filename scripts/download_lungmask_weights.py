@@ -1,7 +1,7 @@
 """Local rule `download_lungmask_weights`: fetch lungmask weights once into resources/lungmask/."""
 
-from lungcam.joblog import job_log
-from lungcam.lungmask_backend import download_weights
+from lungcam.core.joblog import job_log
+from lungcam.lungs.lungmask_backend import download_weights
 
 snakemake = globals()["snakemake"]
 

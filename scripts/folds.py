@@ -1,11 +1,11 @@
-"""Rule `folds`: patient-level stratified folds of the patients that passed QC (lungcam.folds)."""
+"""Rule `folds`: patient-level stratified folds of the patients that passed QC (lungcam.core.folds)."""
 
 import pandas as pd
 
-from lungcam.atomic import write_tsv
-from lungcam.folds import assign_folds
-from lungcam.joblog import job_log
-from lungcam.records import read_passed_patients
+from lungcam.core.atomic import write_tsv
+from lungcam.core.folds import assign_folds
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_passed_patients
 
 snakemake = globals()["snakemake"]
 

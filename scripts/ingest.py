@@ -1,7 +1,7 @@
-"""Rule `ingest`: one patient's DICOM folder -> verified NIfTI and record (lungcam.ingest)."""
+"""Rule `ingest`: one patient's DICOM folder -> verified NIfTI and record (lungcam.ingest.stage)."""
 
-from lungcam.ingest import IngestSettings, ingest_patient
-from lungcam.joblog import job_log
+from lungcam.core.joblog import job_log
+from lungcam.ingest.stage import IngestSettings, ingest_patient
 
 snakemake = globals()["snakemake"]
 

@@ -1,13 +1,13 @@
-"""Rule `lesions`: lesion candidates and infection burden of one patient (lungcam.lesions)."""
+"""Rule `lesions`: lesion candidates and infection burden of one patient (lungcam.cam.lesions)."""
 
 import json
 
 import nibabel as nib
 import numpy as np
 
-from lungcam.atomic import write_text, write_tsv
-from lungcam.joblog import job_log
-from lungcam.lesions import LesionSettings, find_lesions
+from lungcam.cam.lesions import LesionSettings, find_lesions
+from lungcam.core.atomic import write_text, write_tsv
+from lungcam.core.joblog import job_log
 
 snakemake = globals()["snakemake"]
 

@@ -1,14 +1,14 @@
 """Rule `localisation`: CAM against the sample sheet's lesion masks and the slice-level labels
-of `cam.slice_labels` (lungcam.localisation)."""
+of `cam.slice_labels` (lungcam.cam.localisation)."""
 
 import json
 
 import pandas as pd
 
-from lungcam.atomic import write_text, write_tsv
-from lungcam.joblog import job_log
-from lungcam.lesions import LesionSettings
-from lungcam.localisation import localise_cohort
+from lungcam.cam.lesions import LesionSettings
+from lungcam.cam.localisation import localise_cohort
+from lungcam.core.atomic import write_text, write_tsv
+from lungcam.core.joblog import job_log
 
 snakemake = globals()["snakemake"]
 

@@ -1,7 +1,7 @@
-"""Rule `lungs`: lung labels, lung QC and montage of one patient (lungcam.lungs)."""
+"""Rule `lungs`: lung labels, lung QC and montage of one patient (lungcam.lungs.stage)."""
 
-from lungcam.joblog import job_log
-from lungcam.lungs import LungSettings, run_lungs
+from lungcam.core.joblog import job_log
+from lungcam.lungs.stage import LungSettings, run_lungs
 
 snakemake = globals()["snakemake"]
 

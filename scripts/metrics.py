@@ -1,8 +1,8 @@
-"""Rule `metrics`: results/metrics.json, the classification metrics with the localisation figures (lungcam.evaluation)."""
+"""Rule `metrics`: results/metrics.json, the classification metrics with the localisation figures (lungcam.report.evaluation)."""
 
-from lungcam.evaluation import metrics_document
-from lungcam.joblog import job_log
-from lungcam.records import read_record, write_record
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_record, write_record
+from lungcam.report.evaluation import metrics_document
 
 snakemake = globals()["snakemake"]
 

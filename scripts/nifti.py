@@ -1,7 +1,7 @@
 """Rule `nifti`: publish an ingested patient's volume and sidecar under results/nifti/."""
 
-from lungcam.ingest import publish
-from lungcam.joblog import job_log
+from lungcam.core.joblog import job_log
+from lungcam.ingest.stage import publish
 
 snakemake = globals()["snakemake"]
 

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
+from lungcam.core.joblog import job_log
 from lungcam.ingest import RECORD_NAME
-from lungcam.joblog import job_log
-from lungcam.patient_qc import write_patient_qc
+from lungcam.report.patient_qc import write_patient_qc
 
 snakemake = globals()["snakemake"]
 

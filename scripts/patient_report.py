@@ -1,10 +1,10 @@
-"""Rule `patient_report`: reports/{patient_id}.html (lungcam.reports)."""
+"""Rule `patient_report`: reports/{patient_id}.html (lungcam.report.pages)."""
 
 import pandas as pd
 
-from lungcam.joblog import job_log
-from lungcam.records import read_predictions, read_record
-from lungcam.reports import patient_context, render, run_times
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_predictions, read_record
+from lungcam.report.pages import patient_context, render, run_times
 
 snakemake = globals()["snakemake"]
 
@@ -21,16 +21,15 @@ with job_log(snakemake.log[0]) as log:
     context = patient_context(
         read_record(inputs.qc),
         read_record(inputs.provenance),
-        snakemake.params.label,
-        prediction,
-        snakemake.params.classes,
-        lesions,
-        burden,
-        inputs.get("key_slices"),
-        inputs.get("montage"),
-        run_times(snakemake.params.benchmarks, patient),
-        model,
-        "../summary.html",
+        label=snakemake.params.label,
+        prediction=prediction,
+        classes=snakemake.params.classes,
+        lesions=lesions,
+        burden=burden,
+        key_slices=inputs.get("key_slices"),
+        lung_montage=inputs.get("montage"),
+        times=run_times(snakemake.params.benchmarks, patient),
+        model_file=model,
     )
     render("patient.html.j2", context, snakemake.output[0])
     log.info("report of %s (%s)", patient, context["status"])

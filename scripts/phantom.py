@@ -1,9 +1,9 @@
 """Rule `phantom`: write one synthetic demo patient (lungcam.phantom.generate)."""
 
-from lungcam.joblog import job_log
+from lungcam.core.joblog import job_log
+from lungcam.core.records import write_record
 from lungcam.phantom import PatientPlan
 from lungcam.phantom.generate import PhantomOptions, generate_patient
-from lungcam.records import write_record
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 

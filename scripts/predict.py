@@ -1,10 +1,10 @@
-"""Rule `predict` (mode predict): apply a trained model file to the cohort (lungcam.inference)."""
+"""Rule `predict` (mode predict): apply a trained model file to the cohort (lungcam.train.inference)."""
 
-from lungcam.atomic import write_tsv
-from lungcam.inference import check_preprocessing, load_model, predict_patients, with_decisions
-from lungcam.joblog import job_log
-from lungcam.slice_bank import SliceBank
-from lungcam.training import pick_device
+from lungcam.core.device import pick_device
+from lungcam.core.joblog import job_log
+from lungcam.core.records import write_predictions
+from lungcam.train.inference import check_preprocessing, load_model, predict_patients, with_decisions
+from lungcam.train.slice_bank import SliceBank
 
 snakemake = globals()["snakemake"]
 
@@ -20,7 +20,7 @@ with job_log(snakemake.log[0]) as log:
     table.insert(2, "fold", "predict")
     # Patients the model was trained on: their prediction is no independent test (reports say so).
     table.insert(3, "trained_on", table["patient_id"].isin(metadata.get("trained_on", [])))
-    write_tsv(table, snakemake.output[0], float_format="%.6f")
+    write_predictions(table, snakemake.output[0])
     log.info(
         "predicted %d patients with %s (%s); %d of them in its training set",
         len(table),

@@ -1,11 +1,11 @@
-"""Rule `provenance`: results/provenance.json (lungcam.provenance)."""
+"""Rule `provenance`: results/provenance.json (lungcam.report.provenance)."""
 
 import json
 
-from lungcam.atomic import write_text
-from lungcam.joblog import job_log
-from lungcam.provenance import provenance_document
-from lungcam.records import read_record
+from lungcam.core.atomic import write_text
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_record
+from lungcam.report.provenance import provenance_document
 
 snakemake = globals()["snakemake"]
 

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from lungcam.joblog import job_log
-from lungcam.records import read_passed_patients
-from lungcam.slice_bank import build_slice_bank
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_passed_patients
+from lungcam.train.slice_bank import build_slice_bank
 
 snakemake = globals()["snakemake"]
 

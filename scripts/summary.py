@@ -1,11 +1,11 @@
-"""Rule `summary`: results/summary.html, the cohort summary (lungcam.reports, figures)."""
+"""Rule `summary`: results/summary.html, the cohort summary (lungcam.report.pages, figures)."""
 
 from pathlib import Path
 
-from lungcam.figures import qc_strip_svg
-from lungcam.joblog import job_log
-from lungcam.records import read_predictions, read_record
-from lungcam.reports import QC_MEASURES, qc_table, render, summary_context
+from lungcam.core.joblog import job_log
+from lungcam.core.records import read_predictions, read_record
+from lungcam.report.figures import qc_strip_svg
+from lungcam.report.pages import QC_MEASURES, qc_table, render, summary_context
 
 snakemake = globals()["snakemake"]
 

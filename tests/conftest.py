@@ -15,12 +15,12 @@ import pytest
 import yaml
 from nibabel.processing import resample_from_to
 
-from lungcam.cache import CacheSettings, build_cache
-from lungcam.config import load_config
-from lungcam.ingest import VOLUME_NAME, IngestSettings, ingest_patient
+from lungcam.core.config import load_config
+from lungcam.core.records import write_record
+from lungcam.ingest.stage import VOLUME_NAME, IngestSettings, ingest_patient
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows, write_sample_sheet
 from lungcam.phantom.generate import PhantomOptions, generate_patient
-from lungcam.records import write_record
+from lungcam.train.cache import CacheSettings, build_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,8 +143,8 @@ def real_ingest(data, tmp_path_factory, config):
 @pytest.fixture(scope="session")
 def real_masks(real_ingest, config) -> dict:
     """(HU, labels, spacing) in LPS order for the real normal and CAP scans, default settings."""
-    from lungcam.lungs import LungSettings, segment
-    from lungcam.orientation import load_hu_lps
+    from lungcam.core.orientation import load_hu_lps
+    from lungcam.lungs.stage import LungSettings, segment
 
     out, _, _, _ = real_ingest
     settings = LungSettings.from_config(config["lungs"])

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcam.atomic import PARTIAL_PREFIX, atomic_path
-from lungcam.cache import CacheSettings, build_cache
+from lungcam.core.atomic import PARTIAL_PREFIX, atomic_path
+from lungcam.train.cache import CacheSettings, build_cache
 
 from .conftest import REPO, snakemake, write_config
 
@@ -29,7 +29,7 @@ def killed_while_writing(source, target) -> int:
     code = textwrap.dedent(f"""
         import gzip, os, signal
         import numpy as np, nibabel as nib
-        from lungcam.orientation import LPSView
+        from lungcam.core.orientation import LPSView
 
         original, calls = gzip.GzipFile.write, []
         def dying_write(self, data):

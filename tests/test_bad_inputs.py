@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from lungcam.leak_scan import find_leaks
-from lungcam.records import read_record
+from lungcam.core.records import read_record
+from lungcam.ingest.leak_scan import find_leaks
 
 from .bad_inputs import PLANTED, build_corpus, sheet_errors, write_sheet
 from .conftest import snakemake, tree_digest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from lungcam.cache import load_cache, to_source_grid
+from lungcam.train.cache import load_cache, to_source_grid
 
 
 def test_cache_is_cropped_windowed_and_memory_mapped(cached):
@@ -52,7 +52,7 @@ def test_a_thin_series_is_cached_as_a_reconstruction_at_the_cache_spacing(tmp_pa
     """A 1 mm series cached at 5 mm: each cache slice stands for its 5 mm, so its noise falls as a
     5 mm reconstruction's would (by about sqrt(5)), not kept at the 1 mm slice's level; along the
     axes the cache keeps at the scan's spacing nothing is smoothed."""
-    from lungcam.cache import CacheSettings, build_cache
+    from lungcam.train.cache import CacheSettings, build_cache
 
     rng = np.random.default_rng(0)
     shape = (48, 48, 120)  # x, y, z at 1 mm

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import re
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -9,11 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from lungcam.cache import load_cache
-from lungcam.cam import cache_cam, scan_cam, slice_cams, smooth_within_lungs, target_class
-from lungcam.map_sampling import shift_offsets
-from lungcam.models import build_model
-from lungcam.slice_bank import bank_preprocessing, zscore
+from lungcam.cam.maps import MapSettings, cache_cam, scan_cam, slice_cams, smooth_within_lungs, target_class
+from lungcam.core.map_sampling import shift_offsets
+from lungcam.train.cache import load_cache
+from lungcam.train.models import build_model
+from lungcam.train.slice_bank import bank_preprocessing, zscore
+
+from .conftest import REPO
 
 INPUT = 48  # model input; cache slices are not square, so the resize is anisotropic
 
@@ -140,7 +146,7 @@ def lesion_fixture():
 
 
 def test_lesion_candidates_volume_side_centroid_and_burden():
-    from lungcam.lesions import LesionSettings, find_lesions
+    from lungcam.cam.lesions import LesionSettings, find_lesions
 
     cam, lungs, affine = lesion_fixture()
     table, burden = find_lesions(cam, lungs, affine, LesionSettings("relative", 1.0, 0.5, 0.0))
@@ -165,7 +171,7 @@ def test_an_absolute_threshold_flags_nothing_in_a_low_map():
     """The absolute threshold is one map value for every scan: a scan whose map stays low (a
     normal scan) gets no candidate, where a share of its own maximum would flag its top, and the
     same shape at twice the height is flagged."""
-    from lungcam.lesions import LesionSettings, find_lesions
+    from lungcam.cam.lesions import LesionSettings, find_lesions
 
     cam, lungs, affine = lesion_fixture()
     absolute = LesionSettings("absolute", 0.85, 0.5, 0.0)
@@ -179,8 +185,8 @@ def test_an_absolute_threshold_flags_nothing_in_a_low_map():
 
 
 def test_localisation_figures_of_a_map_that_finds_its_lesion():
-    from lungcam.lesions import LesionSettings
-    from lungcam.localisation import cohort_summary, patient_localisation, slice_scores
+    from lungcam.cam.lesions import LesionSettings
+    from lungcam.cam.localisation import cohort_summary, patient_localisation, slice_scores
 
     cam, lungs, affine = lesion_fixture()
     lesion = np.zeros(lungs.shape, dtype=bool)
@@ -212,7 +218,7 @@ def test_a_lesion_mask_reaches_the_map_grid_as_resampling_would_bring_it():
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
-    from lungcam.localisation import mask_on_grid
+    from lungcam.cam.localisation import mask_on_grid
 
     rng = np.random.default_rng(0)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -236,7 +242,7 @@ def test_a_lesion_mask_reaches_the_map_grid_as_resampling_would_bring_it():
 
 
 def test_key_slices_are_those_with_the_most_map_mass(tmp_path):
-    from lungcam.montage import key_slices, key_slices_figure
+    from lungcam.core.montage import key_slices, key_slices_figure
 
     cam = np.zeros((16, 32, 32), dtype=np.float32)
     for k, value in ((3, 0.2), (7, 1.0), (9, 0.6), (12, 0.4)):
@@ -250,7 +256,7 @@ def test_key_slices_are_those_with_the_most_map_mass(tmp_path):
 
 
 def test_slice_labels_count_from_the_most_superior_slice():
-    from lungcam.localisation import labelled_slice_scores
+    from lungcam.cam.localisation import labelled_slice_scores
 
     cam = np.zeros((5, 4, 4), dtype=np.float32)  # LPS z: index 4 is the most superior slice
     cam[4] = 0.9
@@ -284,8 +290,8 @@ def blob_slices(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 @pytest.fixture(scope="module")
 def blob_network():
     """A small Hu2020Net trained (60 steps, seeded) to tell slices with a disc from those without."""
-    from lungcam.models import Hu2020Net
-    from lungcam.slice_bank import zscore
+    from lungcam.train.models import Hu2020Net
+    from lungcam.train.slice_bank import zscore
 
     torch.manual_seed(0)
     network = Hu2020Net(2, width=0.25, dropout=0.0)
@@ -376,7 +382,7 @@ def test_scale_maps_are_the_papers_and_lungcam_mean_averages_them(blob_network):
 
 
 def test_joint_saliency_is_the_product_of_the_scaled_maps_less_the_neutral_value():
-    from lungcam.cam import _joint_saliency
+    from lungcam.cam.maps import _joint_saliency
 
     layers = [np.array([[[0.0, 2.0, -4.0]]]), np.array([[[0.0, 1.0, 1.0]]]), np.array([[[0.0, -3.0, 3.0]]])]
     # Scaled by their largest magnitudes (4, 1, 3): [0, .5, -1], [0, 1, 1], [0, -1, 1]; plus 2, multiplied, less 8.
@@ -451,3 +457,10 @@ def test_shift_counts_that_do_not_divide_a_cell_symmetrically_are_refused(shifts
 def test_an_unknown_map_method_is_refused(blob_network):
     with pytest.raises(ValueError, match="unknown CAM method 'saliency'"):
         slice_cams(blob_network, blob_slices(2, seed=0)[0], 0, BLOB, torch.device("cpu"), method="saliency")
+
+
+def test_the_cam_rule_passes_every_map_setting():
+    """The rule's params (a change reruns the maps) hold exactly MapSettings' fields of section cam."""
+    rules = (REPO / "workflow" / "rules" / "cam.smk").read_text()
+    listed = ast.literal_eval(re.search(r"^MAP_SETTINGS = (\(.*\))$", rules, re.MULTILINE).group(1))
+    assert set(listed) == {field.name for field in dataclasses.fields(MapSettings)}

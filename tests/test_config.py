@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungcam.config import ConfigError, apply_demo_overrides, load_config, load_schema, record_validator, validate_config
-from lungcam.samplesheet import SampleSheetError, load_sample_sheet, row_checker
+from lungcam.core.config import ConfigError, apply_demo_overrides, load_config, load_schema, record_validator, validate_config
+from lungcam.core.samplesheet import SampleSheetError, load_sample_sheet, row_checker
 
 from .conftest import REPO
 
@@ -182,7 +182,7 @@ def test_only_whole_lines_starting_with_a_hash_are_comments(tmp_path):
 def test_provenance_reads_a_sheet_that_starts_with_a_comment(tmp_path):
     """Every stage reads the sheet with the one reader: provenance too (it used to fail with
     KeyError: patient_id on a leading comment line)."""
-    from lungcam.provenance import provenance_document
+    from lungcam.report.provenance import provenance_document
 
     (tmp_path / "scan#2").mkdir()
     sheet = tmp_path / "patients.tsv"
@@ -229,7 +229,7 @@ def test_one_scan_in_two_folders_is_found_by_its_uids(tmp_path, data):
 
     import pydicom
 
-    from lungcam.scan_index import shared_scan_problems
+    from lungcam.ingest.scan_index import shared_scan_problems
 
     source = sorted((data / "covid-ct-md" / "P001").iterdir())[:3]
     folders = {}
@@ -262,11 +262,11 @@ def test_example_sample_sheet_names_the_real_scans():
 def test_settings_are_built_from_the_schema_defaults():
     """One way from a validated section to a settings object, with the field types converted
     (YAML gives lists and ints): nested settings, unions by the value's shape, tuples, sets."""
-    from lungcam.cache import CacheSettings
-    from lungcam.config import default_settings
-    from lungcam.ingest import IngestSettings
-    from lungcam.lungs import LungSettings
-    from lungcam.training import TrainSettings
+    from lungcam.core.config import default_settings
+    from lungcam.ingest.stage import IngestSettings
+    from lungcam.lungs.stage import LungSettings
+    from lungcam.train.cache import CacheSettings
+    from lungcam.train.training import TrainSettings
 
     cache = default_settings(CacheSettings, "cache")
     assert cache.spacing_mm == (2.5, 1.25, 1.25) and isinstance(cache.window_hu, tuple)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -71,6 +72,9 @@ def imported_packages(script: Path) -> set[str]:
                     parts = path.relative_to(REPO).with_suffix("").parts[: -node.level]
                     base = ".".join([*parts, base] if base else parts)
                 names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+                if base.startswith("lungcam"):  # a stage's interface names load their modules
+                    lazy = getattr(importlib.import_module(base), "INTERFACE", {})
+                    names += [f"{base}.{lazy[alias.name]}" for alias in node.names if alias.name in lazy]
             else:
                 continue
             for name in names:

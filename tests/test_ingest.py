@@ -11,9 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from lungcam.dcm2niix import read_sidecar
-from lungcam.hu_check import verify_hu
-from lungcam.ingest import RECORD_NAME, SIDECAR_NAME, VOLUME_NAME, ingest_patient, publish
+from lungcam.ingest.dcm2niix import read_sidecar
+from lungcam.ingest.hu_check import verify_hu
+from lungcam.ingest.stage import RECORD_NAME, SIDECAR_NAME, VOLUME_NAME, ingest_patient, publish
 
 from .bad_inputs import rewrite, slice_z, sorted_series
 from .conftest import REAL_CASES, copy_files, tree_digest
@@ -237,12 +237,12 @@ def test_unreadable_encoding(p001_files, tmp_path, ingest_settings):
 
 
 def test_unexpected_error_excludes_only_that_patient(p001_files, tmp_path, ingest_settings, monkeypatch):
-    import lungcam.ingest
+    import lungcam.ingest.stage
 
     def broken(*args, **kwargs):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(lungcam.ingest.dcm2niix, "convert_files", broken)
+    monkeypatch.setattr(lungcam.ingest.stage.dcm2niix, "convert_files", broken)
     record = ingest_patient("X12", copy_files(p001_files[:20], tmp_path / "in"), tmp_path / "out", ingest_settings)
     assert record["status"] == "excluded"
     assert record["reasons"] == ["unexpected error during ingest (RuntimeError: decoder exploded); see the job log"]
@@ -346,7 +346,7 @@ def test_two_scans_without_series_uid_are_not_merged(p001_files, cap001_files, t
 def test_the_job_log_and_sidecar_carry_no_identifiers(p001_files, tmp_path, ingest_settings):
     """Logs are outputs too: the series description, file names and sidecar fields that carry a
     planted PatientID, institution or operator are blanked."""
-    from lungcam.joblog import job_log
+    from lungcam.core.joblog import job_log
 
     folder = rewrite(
         p001_files[:20],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcam.lung_qc import Limit, LungQCSettings, lung_checks, lung_figures
+from lungcam.lungs.qc import Limit, LungQCSettings, lung_checks, lung_figures
 
 from .conftest import ball, pleural_consolidation
 

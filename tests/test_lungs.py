@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from nibabel.processing import resample_from_to
 
-from lungcam.ingest import VOLUME_NAME, ingest_patient
-from lungcam.lungmask_backend import LungmaskWeightsError, download_weights, require_weights
-from lungcam.lungs import LungSettings, run_lungs, segment
+from lungcam.ingest.stage import VOLUME_NAME, ingest_patient
+from lungcam.lungs.lungmask_backend import LungmaskWeightsError, download_weights, require_weights
+from lungcam.lungs.stage import LungSettings, run_lungs, segment
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 
@@ -191,7 +191,7 @@ def test_head_scan_is_excluded_by_lung_qc(data, tmp_path, ingest_settings, lung_
 
 
 def test_bronchogram_joined_to_the_lung_is_an_island_in_dense_tissue():
-    from lungcam.lungs_threshold import _enclosed_air
+    from lungcam.lungs.threshold import _enclosed_air
 
     aerated = np.zeros((30, 40, 40), bool)
     aerated[:10, 5:35, 5:35] = True  # aerated lobe above
@@ -252,7 +252,7 @@ def test_lungmask_lobes_fused_with_r231(painted, tmp_path, ingest_settings, lung
 
 
 def test_weights_resolution_order(tmp_path, monkeypatch):
-    from lungcam.lungmask_backend import LungmaskSettings, weights_path
+    from lungcam.lungs.lungmask_backend import LungmaskSettings, weights_path
 
     settings = LungmaskSettings("R231", "", "", "", 20, False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

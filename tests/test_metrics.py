@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from lungcam.metrics import bootstrap_metrics, cohort_metrics, expected_calibration_error, point_metrics, slice_metrics
+from lungcam.report.metrics import bootstrap_metrics, cohort_metrics, expected_calibration_error, point_metrics, slice_metrics
 
 CLASSES = ["COVID-19", "CAP", "NP"]
 
@@ -160,8 +160,8 @@ def plan_records(plans, kernel_of=None) -> dict[str, dict]:
 
 
 def baseline_of(plans, seed: int, kernel_of=None) -> dict:
-    from lungcam.folds import assign_folds
-    from lungcam.nuisance_baseline import nuisance_baseline, nuisance_features
+    from lungcam.core.folds import assign_folds
+    from lungcam.report.nuisance_baseline import nuisance_baseline, nuisance_features
 
     patients = pd.DataFrame({"patient_id": [p.patient_id for p in plans], "label": [p.label for p in plans]})
     predictions = assign_folds(patients, 5, seed).astype({"fold": str})
@@ -181,7 +181,7 @@ def test_nuisance_baseline_finds_a_kernel_tied_to_the_class_and_nothing_in_the_b
 
 
 def test_nuisance_baseline_needs_folds():
-    from lungcam.nuisance_baseline import nuisance_baseline
+    from lungcam.report.nuisance_baseline import nuisance_baseline
 
     predictions = pd.DataFrame({"patient_id": ["a", "b"], "label": ["CAP", "NP"], "fold": ["", ""]})
     assert "note" in nuisance_baseline(pd.DataFrame(index=["a", "b"]), predictions, CLASSES, 0)

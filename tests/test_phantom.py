@@ -187,7 +187,7 @@ def test_dicom_study_is_realistic(small_cohort):
 def test_truth_masks_match_the_scan(small_cohort, tmp_path, ingest_settings):
     from nibabel.processing import resample_from_to
 
-    from lungcam.ingest import VOLUME_NAME, ingest_patient
+    from lungcam.ingest.stage import VOLUME_NAME, ingest_patient
 
     root, plans = small_cohort
     for plan in plans:
@@ -227,7 +227,7 @@ def test_real_background_receives_lesions(data, tmp_path):
 
 def test_command_line_writes_a_cohort(tmp_path):
     from lungcam.cli import main
-    from lungcam.samplesheet import load_sample_sheet
+    from lungcam.core.samplesheet import load_sample_sheet
 
     assert (
         main(

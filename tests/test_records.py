@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lungcam.records import StatusTableError, read_passed_patients, read_status_table, write_record, write_status_table
+from lungcam.core.records import StatusTableError, read_passed_patients, read_status_table, write_record, write_status_table
 
 
 def test_a_status_table_lists_every_patient_with_its_record_status(tmp_path):

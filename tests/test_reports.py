@@ -18,11 +18,11 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 import pytest
 
-from lungcam.config import load_config, load_schema
-from lungcam.figures import qc_strip_svg
-from lungcam.leak_scan import find_leaks
-from lungcam.provenance import folder_digest
-from lungcam.reports import QC_MEASURES, methods_paragraph, patient_context, qc_table
+from lungcam.core.config import load_config, load_schema
+from lungcam.core.folders import folder_digest
+from lungcam.ingest.leak_scan import find_leaks
+from lungcam.report.figures import qc_strip_svg
+from lungcam.report.pages import QC_MEASURES, methods_paragraph, patient_context, qc_table
 
 from .conftest import snakemake
 
@@ -58,11 +58,11 @@ def test_job_log_ends_with_the_peak_memory_of_the_job_and_its_children(tmp_path)
     import subprocess
     import sys
 
-    from lungcam.joblog import PEAK_MEMORY
+    from lungcam.core.joblog import PEAK_MEMORY
 
     child = "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"
     job = (
-        f"import subprocess, sys\nfrom lungcam.joblog import job_log\nwith job_log({str(tmp_path / 'job.log')!r}) as log:\n"
+        f"import subprocess, sys\nfrom lungcam.core.joblog import job_log\nwith job_log({str(tmp_path / 'job.log')!r}) as log:\n"
         f"    log.info('working')\n    subprocess.run([sys.executable, '-c', {child!r}], check=True)\n"
     )
     starter = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {job!r}], check=True)"
@@ -114,7 +114,9 @@ def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
             "prob_NP": 0.6,
             "predicted": predicted,
         }
-        context = patient_context(qc, provenance, "NP", prediction, classes, lesions, burden, None, None, [], "model.pt", "../summary.html")
+        context = patient_context(
+            qc, provenance, label="NP", prediction=prediction, classes=classes, lesions=lesions, burden=burden, model_file="model.pt"
+        )
         assert (context["burden"] is None) == (predicted == "NP") and bool(context["burden_note"]) == (predicted == "NP")
         assert (context["lesions"] == []) == (predicted == "NP")
         assert any("trained on" in w for w in context["warnings"]) == (trained_on == "True")

@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lungcam.config import load_config
-from lungcam.folds import assign_folds, task_classes, validation_split
-from lungcam.inference import aggregate_slices, bf16_autocast, check_preprocessing, load_model
-from lungcam.models import AttentionMIL, Hu2020Net, focal_cross_entropy
-from lungcam.slice_bank import IMAGES_NAME, INDEX_NAME, PREPROCESSING_NAME, SliceBank, bank_preprocessing, zscore
-from lungcam.training import STATE_NAME, TrainSettings, _weight_average, augment, train_fold
+from lungcam.core.config import load_config
+from lungcam.core.folds import assign_folds, task_classes, validation_split
+from lungcam.train.inference import aggregate_slices, bf16_autocast, check_preprocessing, load_model
+from lungcam.train.models import AttentionMIL, Hu2020Net, focal_cross_entropy
+from lungcam.train.slice_bank import IMAGES_NAME, INDEX_NAME, PREPROCESSING_NAME, SliceBank, bank_preprocessing, zscore
+from lungcam.train.training import STATE_NAME, TrainSettings, _weight_average, augment, train_fold
 
 from .conftest import REPO
 
@@ -445,7 +445,7 @@ class _RunsCode:
 def test_a_model_or_checkpoint_file_with_a_pickled_callable_is_refused(bank, tmp_path, caplog):
     """Model files are read when the workflow is planned (mode predict) and checkpoints when
     training resumes: loading must never run code that a file carries."""
-    from lungcam.inference import FORMAT, UnsafeFileError, read_model_metadata
+    from lungcam.train.inference import FORMAT, UnsafeFileError, read_model_metadata
 
     marker = tmp_path / "ran"
     crafted = tmp_path / "crafted.pt"
@@ -464,7 +464,7 @@ def test_a_model_or_checkpoint_file_with_a_pickled_callable_is_refused(bank, tmp
 
 
 def test_a_crafted_model_stops_a_dry_run_before_it_runs_anything(tmp_path):
-    from lungcam.inference import FORMAT
+    from lungcam.train.inference import FORMAT
 
     from .conftest import snakemake
 

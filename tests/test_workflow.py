@@ -15,16 +15,16 @@ import pydicom
 import pytest
 import torch
 
-from lungcam.config import config_hash, load_config
-from lungcam.inference import load_model, predict_patients
-from lungcam.leak_scan import find_leaks
-from lungcam.lesions import COLUMNS as LESION_COLUMNS
+from lungcam.cam.lesions import COLUMNS as LESION_COLUMNS
+from lungcam.core.config import config_hash, load_config
+from lungcam.core.folders import folder_digest
+from lungcam.core.records import read_record
+from lungcam.ingest.leak_scan import find_leaks
 from lungcam.phantom import plan_cohort
 from lungcam.phantom.cohort import STREAM_IDENTITY, patient_rng
 from lungcam.phantom.dicom_writer import draw_identity
-from lungcam.provenance import folder_digest
-from lungcam.records import read_record
-from lungcam.slice_bank import SliceBank
+from lungcam.train.inference import load_model, predict_patients
+from lungcam.train.slice_bank import SliceBank
 
 from .conftest import REPO, TRAINING_DEMO, snakemake, write_config
 
@@ -344,9 +344,9 @@ def test_prediction_mode_on_the_real_covid_ct_md_cases(data, tmp_path):
     """A model file (untrained here: the figures do not matter, the chain does) applied to the
     real COVID-19, CAP and normal scans: predictions, heatmaps, lesion tables, and the slice-level
     AUC against the radiologists' slice labels."""
-    from lungcam.inference import save_model
-    from lungcam.models import build_model
-    from lungcam.slice_bank import bank_preprocessing
+    from lungcam.train.inference import save_model
+    from lungcam.train.models import build_model
+    from lungcam.train.slice_bank import bank_preprocessing
 
     torch.manual_seed(0)
     model_file = tmp_path / "model.pt"

@@ -2,7 +2,7 @@
 
 Voxels of the map at or above a threshold form 3D connected components (26-connectivity). The
 threshold is by default an absolute map value fixed before evaluation (maps have one scale for
-every scan, `lungcam.cam.to_unit_range`), so a scan whose map is low everywhere gets
+every scan, `lungcam.cam.maps.to_unit_range`), so a scan whose map is low everywhere gets
 no candidates; a share of each scan's own maximum (`relative`) or Otsu's threshold of the map
 within the lungs (`otsu`) always flag part of every scan's lungs. Components smaller
 than a minimum volume are dropped. Each candidate gets its volume, side (the lung label most of
@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from .config import settings_from
+from lungcam.core.config import settings_from
 
 COLUMNS = ["lesion", "volume_ml", "side", "peak_score", "mean_score", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
 SIDES = {1: "right", 2: "left"}

@@ -26,7 +26,7 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from .lesions import LesionSettings, cam_threshold
+from lungcam.cam.lesions import LesionSettings, cam_threshold
 
 BEST_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
 GRID_TOLERANCE_VOXELS = 0.01
@@ -175,7 +175,7 @@ def localise_cohort(
     slice-label AUCs."""
     import nibabel as nib
 
-    from .orientation import LPSView
+    from lungcam.core.orientation import LPSView
 
     labelled_patients = set(slice_labels["patient_id"]) if slice_labels is not None else set()
     rows, slices, labelled = [], [], []

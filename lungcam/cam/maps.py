@@ -11,7 +11,7 @@ gradients, and Integrated Gradients (captum) attributes the score to the input p
 `mil` model each slice's map is weighted by the slice's attention
 relative to the largest. The stacked volume is set to 0 outside the cache's lungs, resampled
 onto the grid of `nifti/{patient_id}.nii.gz` with the cache's transform
-(`lungcam.cache.to_source_grid`), set to 0 outside `lungs/{patient_id}.nii.gz` and smoothed
+(`lungcam.train.cache.to_source_grid`), set to 0 outside `lungs/{patient_id}.nii.gz` and smoothed
 within those lungs (`smooth_mm`, `smooth_within_lungs`: a few high voxels at a lung tip no longer
 outrank the top over the lesion). Maps are not scaled per scan, so that one absolute lesion
 threshold means the same on every scan and a scan whose map is low everywhere is told from one
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,11 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage
 from torch.nn import functional as F
 
-from .atomic import atomic_path
-from .cache import CacheTransform, load_cache, to_source_grid
-from .lungs_threshold import crop_box
-from .map_sampling import CELL, evaluations_per_axis, shift_offsets
-from .models import AttentionMIL, Hu2020Net
-from .slice_bank import resize_slices, zscore
+from lungcam.core.atomic import atomic_path
+from lungcam.core.config import settings_from
+from lungcam.core.geometry import crop_box
+from lungcam.core.map_sampling import CELL, evaluations_per_axis, shift_offsets
+from lungcam.train import AttentionMIL, CacheTransform, Hu2020Net, load_cache, resize_slices, to_source_grid, zscore
 
 SCALE_CAMS = {"lungcam_mean": slice(None), "pool3": slice(0, 1), "pool4": slice(1, 2), "pool5": slice(2, 3)}
 METHODS = (*SCALE_CAMS, "joint_saliency", "gradcam", "gradcampp", "layercam", "integrated_gradients")
@@ -287,51 +287,67 @@ def target_class(row: dict, classes: list[str], target: str) -> str:
     return row["predicted"]
 
 
+@dataclass(frozen=True)
+class MapSettings:
+    """Config section `cam`: which class is mapped (`target`) and how."""
+
+    target: str  # predicted or label
+    method: str  # one of METHODS
+    ig_steps: int
+    shifts: int
+    smooth_mm: float
+
+    @classmethod
+    def from_config(cls, section: dict) -> MapSettings:
+        return settings_from(cls, section)
+
+
 def write_patient_cam(
     model_path: Path | str,
     row: dict,
-    target: str,
-    cache_dir: Path | str,
-    lungs_path: Path | str,
-    out_path: Path | str,
+    settings: MapSettings,
+    *,
+    cache: Path | str,
+    lungs: Path | str,
+    cam: Path | str,
     device: torch.device | str = "cpu",
-    volume_path: Path | str | None = None,
-    figure_path: Path | str | None = None,
-    method: str = "lungcam_mean",
-    steps: int = 32,
-    shifts: int = 1,
-    smooth_mm: float = 0.0,
+    volume: Path | str | None = None,
+    key_slices: Path | str | None = None,
 ) -> dict:
-    """Write cam/{patient_id}.nii.gz for one patient by `method` (METHODS), evaluated at `shifts`
-    x `shifts` input offsets and smoothed within the lungs by `smooth_mm`, and with the scan's
-    `volume_path` the key slices figure at `figure_path`; returns what was mapped, for the log."""
+    """Write the map of one patient (its predictions.tsv `row`) to `cam`, from its model-input
+    `cache`, on the grid of its `lungs` labels, by `settings`; with the scan's `volume`, the key
+    slices figure at `key_slices`. Returns what was mapped, for the log."""
     import nibabel as nib
 
-    from .inference import load_model
-    from .montage import key_slices_figure
-    from .orientation import load_hu_lps
+    from lungcam.core.montage import key_slices_figure
+    from lungcam.core.orientation import load_hu_lps
+    from lungcam.train import load_model
 
     device = torch.device(device)
     model, metadata = load_model(model_path, device)
-    mapped = target_class(row, metadata["classes"], target)
-    volume, transform = cache_cam(model, metadata, cache_dir, metadata["classes"].index(mapped), device, method, steps, shifts)
-    lungs = nib.load(lungs_path)
-    cam = scan_cam(volume, transform, np.asarray(lungs.dataobj), smooth_mm)
-    image = nib.Nifti1Image(cam, lungs.affine)
+    mapped = target_class(row, metadata["classes"], settings.target)
+    cache_volume, transform = cache_cam(
+        model, metadata, cache, metadata["classes"].index(mapped), device, settings.method, settings.ig_steps, settings.shifts
+    )
+    lung_image = nib.load(lungs)
+    values = scan_cam(cache_volume, transform, np.asarray(lung_image.dataobj), settings.smooth_mm)
+    image = nib.Nifti1Image(values, lung_image.affine)
     image.header.set_data_dtype(np.float32)
-    image.header["descrip"] = f"lungcam {method} {mapped}".encode()[:79]
-    with atomic_path(out_path) as tmp:
+    image.header["descrip"] = f"lungcam {settings.method} {mapped}".encode()[:79]
+    with atomic_path(cam) as tmp:
         nib.save(image, tmp)
     summary = {
-        "method": method,
-        "shifts": evaluations_per_axis(method, shifts),
-        "smooth_mm": smooth_mm,
+        "method": settings.method,
+        "shifts": evaluations_per_axis(settings.method, settings.shifts),
+        "smooth_mm": settings.smooth_mm,
         "class": mapped,
         "model": str(model_path),
-        "peak": round(float(cam.max()), 4),
+        "peak": round(float(values.max()), 4),
     }
-    if volume_path is not None and figure_path is not None:
-        hu, view = load_hu_lps(volume_path)
-        title = f"{row.get('patient_id', '')} {method} map of {mapped} (predicted {row['predicted']})"
-        summary["key_slices"] = key_slices_figure(hu, view.lps(np.asarray(lungs.dataobj)), view.lps(cam), view.spacing, figure_path, title)
+    if volume is not None and key_slices is not None:
+        hu, view = load_hu_lps(volume)
+        title = f"{row.get('patient_id', '')} {settings.method} map of {mapped} (predicted {row['predicted']})"
+        summary["key_slices"] = key_slices_figure(
+            hu, view.lps(np.asarray(lung_image.dataobj)), view.lps(values), view.spacing, key_slices, title
+        )
     return summary

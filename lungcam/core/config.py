@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SCHEMA_DIR = Path(__file__).parent / "schemas"
+SCHEMA_DIR = Path(__file__).parents[1] / "schemas"
 
 
 class ConfigError(ValueError):

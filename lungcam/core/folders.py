@@ -7,6 +7,7 @@ each real folder is entered once and each real file listed once, in sorted order
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -54,3 +55,24 @@ def list_files(folder: Path | str, skip_hidden: bool = False) -> tuple[list[Path
         else:
             files.append(path)
     return files, repeats
+
+
+def file_digest(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_digest(folder: Path | str) -> str:
+    """sha256 over a folder's files in sorted order: each file's path relative to the folder,
+    then its bytes. Renaming, adding, removing or changing any file changes it. The files are
+    those ingest reads (linked folders followed once, each real file once)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(list_files(folder)[0]):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(file_digest(path).encode())
+    return digest.hexdigest()

@@ -1,6 +1,6 @@
 """How densely the class activation maps are sampled (`cam.shifts`), without importing torch.
 
-`lungcam.cam` evaluates the maps at these input offsets; the summary's methods paragraph states
+`lungcam.cam.maps` evaluates the maps at these input offsets; the summary's methods paragraph states
 them. Kept apart so that report jobs need not import torch to describe the maps.
 """
 

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from lungcam.core.atomic import atomic_path  # noqa: E402
 
 LUNG_WINDOW = (-1350.0, 150.0)
 OUTLINE_COLOURS = {1: "#e41a1c", 2: "#00bfff"}  # right lung red, left lung blue

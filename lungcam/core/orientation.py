@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
-from .atomic import atomic_path
+from lungcam.core.atomic import atomic_path
 
 LPS = ("L", "P", "S")
 

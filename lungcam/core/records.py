@@ -1,4 +1,4 @@
-"""Write and read the JSON records each stage leaves behind, and the predictions table.
+"""Write and read the JSON records each stage leaves behind, and the predictions tables.
 
 One format everywhere: UTF-8, sorted keys, two-space indent, floats rounded to 4 decimals and
 NaN written as null, so that records are stable across runs and diff cleanly.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text
+from lungcam.core.atomic import write_text, write_tsv
 
 
 def _plain(value):
@@ -36,6 +36,12 @@ def write_record(path: Path | str, record: dict) -> None:
 def read_record(path: Path | str) -> dict:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def write_predictions(table, path: Path | str) -> None:
+    """A predictions table (predictions.tsv, or one fold's): patient_id, label, fold, then
+    prob_<class> for every class and predicted; probabilities with 6 decimals."""
+    write_tsv(table, path, float_format="%.6f")
 
 
 def read_predictions(path: Path | str):

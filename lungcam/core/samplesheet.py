@@ -21,7 +21,7 @@ from pathlib import Path
 import fastjsonschema
 import pandas as pd
 
-from .config import load_schema, record_validator
+from lungcam.core.config import load_schema, record_validator
 
 COLUMNS = ("patient_id", "label", "dicom_dir", "lesion_mask", "site", "study_uid")
 

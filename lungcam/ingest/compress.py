@@ -12,7 +12,7 @@ from pathlib import Path
 
 from isal import igzip
 
-from .atomic import atomic_path
+from lungcam.core.atomic import atomic_path
 
 COMPRESS_LEVEL = 2  # ISA-L levels are 0..3; 2 is within 1% of the best ratio at full speed
 BUFFER_BYTES = 8 * 1024 * 1024

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# -z n: uncompressed (checks read it memory-mapped; lungcam.compress gzips it on all cores);
+# -z n: uncompressed (checks read it memory-mapped; lungcam.ingest.compress gzips it on all cores);
 # -b y -ba y: BIDS sidecar without dates and personal data; -i n: keep every image
 # we hand over (selection is ours); -x n: no crop or reorientation; -a y: all files are adjacent
 # slices of one series; -d 0: flat folder; -c "": empty NIfTI aux_file (dcm2niix otherwise copies

@@ -23,8 +23,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .deidentify import IDENTIFYING_KEYWORDS
-from .folders import list_files
+from lungcam.core.folders import list_files
+from lungcam.ingest.deidentify import IDENTIFYING_KEYWORDS
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Study:
 
     files: list[DicomFile]
     skipped: dict[str, int]
-    identifiers: frozenset[tuple[str, str]]  # (DICOM keyword, value), see lungcam.deidentify
+    identifiers: frozenset[tuple[str, str]]  # (DICOM keyword, value), see lungcam.ingest.deidentify
     total_files: int
     duplicates: int = 0  # files dropped as a second copy of one already read
     skipped_files: list[tuple[Path, str]] = field(default_factory=list)  # (path in the folder, why)
@@ -213,7 +213,7 @@ def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
 
 
 def _identifying_values(ds: pydicom.Dataset) -> set[tuple[str, str]]:
-    """(keyword, value) of every identifying field present (lungcam.deidentify turns them into
+    """(keyword, value) of every identifying field present (lungcam.ingest.deidentify turns them into
     the terms to scrub)."""
     found: set[tuple[str, str]] = set()
     for keyword in IDENTIFYING_KEYWORDS:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pydicom
 
-from .atomic import write_text
-from .dicom_series import SKIPPED_NAMES
-from .folders import iter_files
+from lungcam.core.atomic import write_text
+from lungcam.core.folders import iter_files
+from lungcam.ingest.dicom_series import SKIPPED_NAMES
 
 # How many files of a folder are tried before it counts as holding no readable DICOM image.
 FILES_TRIED = 5

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .config import settings_from
-from .dicom_series import CT_SOP_CLASSES, ImageStack, Study, modality_of
+from lungcam.core.config import settings_from
+from lungcam.ingest.dicom_series import CT_SOP_CLASSES, ImageStack, Study, modality_of
 
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVEY"}
 

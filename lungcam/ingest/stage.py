@@ -23,16 +23,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from . import dcm2niix
-from .atomic import atomic_path
-from .compress import gzip_file
-from .config import settings_from
-from .deidentify import LogScrubber, Scrubber, identifier_terms, sidecar_fields
-from .dicom_series import DCM2NIIX_TRANSFER_SYNTAXES, ImageStack, Study, modality_of, read_study, slice_normal
-from .hu_check import verify_hu
-from .provenance import folder_digest
-from .records import write_record
-from .series_selection import SeriesChoice, SeriesPolicy, describe, select_series
+from lungcam.core.atomic import atomic_path
+from lungcam.core.config import settings_from
+from lungcam.core.folders import folder_digest
+from lungcam.core.records import write_record
+from lungcam.ingest import dcm2niix
+from lungcam.ingest.compress import gzip_file
+from lungcam.ingest.deidentify import LogScrubber, Scrubber, identifier_terms, sidecar_fields
+from lungcam.ingest.dicom_series import DCM2NIIX_TRANSFER_SYNTAXES, ImageStack, Study, modality_of, read_study, slice_normal
+from lungcam.ingest.hu_check import verify_hu
+from lungcam.ingest.series_selection import SeriesChoice, SeriesPolicy, describe, select_series
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import settings_from
+from lungcam.core.config import settings_from
 
 # lungmask's release files (lungmask.mask.MODEL_URLS), kept here so that resolving and
 # downloading weights does not need torch.

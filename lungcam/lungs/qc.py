@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .config import settings_from
-from .lungs_threshold import WORKING_MM, crop_box
+from lungcam.core.config import settings_from
+from lungcam.core.geometry import crop_box
+from lungcam.lungs.threshold import WORKING_MM
 
 GAS_HU = -950.0  # smoothed (2 mm) density of gas; aerated lung is about -850
 BASE_SHARE = 0.15  # the base: this share of a lung's volume, from below

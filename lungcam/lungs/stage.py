@@ -1,9 +1,9 @@
 """Lungs stage: lung labels on the scan's own grid, lung QC, and a QC montage.
 
 Two methods (config `lungs.method`): `threshold`, the classical offline method
-(lungcam.lungs_threshold), and `lungmask`, the trained U-Nets (lungcam.lungmask_backend).
+(lungcam.lungs.threshold), and `lungmask`, the trained U-Nets (lungcam.lungs.lungmask_backend).
 Either way the labels are 1 = right lung, 2 = left lung (patient sides), uint8, on exactly the
-grid of `nifti/{patient_id}.nii.gz`. lungcam.lung_qc checks the mask: a mask that cannot be a
+grid of `nifti/{patient_id}.nii.gz`. lungcam.lungs.qc checks the mask: a mask that cannot be a
 pair of lungs, or fails a check past its exclusion limit, excludes the patient with the figures
 that show why; a check past its warning limit becomes a warning in the reports.
 """
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import settings_from
-from .lung_qc import LungQCSettings, lung_checks, lung_figures
-from .lungmask_backend import LungmaskSettings, segment_lungmask
-from .lungs_threshold import ThresholdSettings, segment_lungs
-from .montage import lung_montage
-from .orientation import load_hu_lps
-from .records import write_record
+from lungcam.core.config import settings_from
+from lungcam.core.montage import lung_montage
+from lungcam.core.orientation import load_hu_lps
+from lungcam.core.records import write_record
+from lungcam.lungs.lungmask_backend import LungmaskSettings, segment_lungmask
+from lungcam.lungs.qc import LungQCSettings, lung_checks, lung_figures
+from lungcam.lungs.threshold import ThresholdSettings, segment_lungs
 
 log = logging.getLogger(__name__)
 

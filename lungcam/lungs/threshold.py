@@ -29,13 +29,13 @@ superior; callers reorient first. Labels: 1 = right lung (smaller x), 2 = left l
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from .config import default_settings, settings_from
+from lungcam.core.config import default_settings, settings_from
+from lungcam.core.geometry import crop_box
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ WALL_BAND_HU = 30.0  # least half-width of the density band a consolidation grow
 UNIFORM_SD_HU = 20.0  # most robust standard deviation (smoothed) of a uniform consolidation
 BONE_ML = 0.1  # least volume of a connected piece of bone
 BASE_CONTACT_ML = 1.0  # a consolidation resting on this much tissue below the lung's air goes on down
+# Rays to the rib cage (_cage_limits).
+RAY_STEP_DEG = 2.5  # angle between rays
+TOUCH_MM = 30.0  # a ray goes beyond its air where the lung touches the ribs this close above or below
+BORROW_MM = 25.0  # a ray that meets no rib takes the radius of the nearest one that does, this close
+PLEURAL_GAP_MM = 10.0  # lung this close to the ribs is healthy there (pleura and extrapleural fat)
+INNERMOST_MM = 15.0  # the rib cage is the innermost bone within this distance up and down
+RIB_AGREES_MM = 15.0  # bone beyond a lesion is the cage when this close to the nearest rib's radius
 
 
 @dataclass(frozen=True)
@@ -206,34 +213,100 @@ def _paraboloid(radius_px: tuple[int, int], curvature: tuple[float, float]) -> n
     return -(curvature[0] * yy**2 + curvature[1] * xx**2)
 
 
+def _ray_geometry(center: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(angles, radii, ys, xs): the pixel of each (ray, radius) step from `center` (y, x)."""
+    height, width = shape
+    angles = np.deg2rad(np.arange(0, 360, RAY_STEP_DEG))
+    radii = np.arange(0, max(height, width) * 0.75)
+    ys = np.clip(np.rint(center[0] + np.sin(angles)[:, None] * radii[None, :]).astype(int), 0, height - 1)
+    xs = np.clip(np.rint(center[1] + np.cos(angles)[:, None] * radii[None, :]).astype(int), 0, width - 1)
+    return angles, radii, ys, xs
+
+
+def _nearest_valid(values: np.ndarray, valid: np.ndarray, spacing_z: float, arc_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Value of the nearest valid ray in a (slice, angle) map and its distance in mm (angles
+    wrap; one angle step is `arc_mm` at the cage radius)."""
+    n = values.shape[1]
+    padded = np.concatenate([values, values, values], axis=1)
+    mask = np.concatenate([valid, valid, valid], axis=1)
+    distance, nearest = ndimage.distance_transform_edt(~mask, sampling=(spacing_z, arc_mm), return_indices=True)
+    middle = slice(n, 2 * n)
+    return padded[nearest[0], nearest[1]][:, middle], distance[:, middle]
+
+
+def _innermost(cage: np.ndarray, spacing_z: float) -> np.ndarray:
+    """Between two ribs a ray can reach the scapula first; the rib cage is the innermost bone
+    around a ray (INNERMOST_MM up and down, two angle steps either side)."""
+    hits = np.isfinite(cage)
+    size = (2 * int(round(INNERMOST_MM / spacing_z)) + 1, 5)
+    inner = ndimage.minimum_filter(np.where(hits, cage, np.inf), size=size, mode="wrap")
+    return np.where(hits, np.minimum(cage, inner), np.nan)
+
+
 def _cage_limits(
     aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spacing: tuple[float, float, float], slices: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per slice, whether each pixel lies inside the rib cage seen from `center` (y, x pixels).
 
-    Rays every 2.5 degrees in every slice: the cage radius on a ray is the first bone beyond the
-    aerated lung. Ribs run obliquely, so a ray between two ribs takes the radius of the nearest
-    ray that hit one, in this or a neighbouring slice, up to about 25 mm away. A ray extends
-    beyond its air only where, at that angle within 30 mm up or down, the lung touches the ribs,
-    or where rays that reach the ribs ring it on every side (a large pleural-based lesion);
-    otherwise (costal cartilage, mediastinum, paravertebral muscle) it ends where its air ends.
+    Rays every RAY_STEP_DEG in every slice: the cage radius on a ray is the first bone beyond
+    the aerated lung. Ribs run obliquely, so a ray between two ribs takes the radius of the
+    nearest ray that hit one, in this or a neighbouring slice, up to BORROW_MM away. A ray
+    extends beyond its air only where, at that angle within TOUCH_MM up or down, the lung
+    touches the ribs, or where rays that reach the ribs ring it on every side (a large
+    pleural-based lesion); otherwise (costal cartilage, mediastinum, paravertebral muscle) it
+    ends where its air ends.
 
     Returns that cautious limit and a bold one, where every ray reaches the first rib beyond its
     air at any distance, over `slices` (slices without air included, rays then start at the
     centre). The bold one bounds a consolidation that has shown itself (see add_dense_lung); no
     pleural gap is taken off it, the consolidation's own density stops it at the chest wall.
     """
-    depth, height, width = aerated.shape
+    outer, cage, far_cage = _ray_radii(aerated, bone, center, spacing, slices)
+    hits = np.isfinite(cage)
+    if not hits.any():
+        return np.ones(aerated.shape, bool), np.ones(aerated.shape, bool)
     pixel = spacing[1]
-    step_deg = 2.5
-    angles = np.deg2rad(np.arange(0, 360, step_deg))
-    radii = np.arange(0, max(height, width) * 0.75)
-    ys = np.clip(np.rint(center[0] + np.sin(angles)[:, None] * radii[None, :]).astype(int), 0, height - 1)
-    xs = np.clip(np.rint(center[1] + np.cos(angles)[:, None] * radii[None, :]).astype(int), 0, width - 1)
-    reach = int(30.0 / pixel)
+    arc_mm = np.deg2rad(RAY_STEP_DEG) * np.nanmedian(cage) * pixel  # one angle step at the cage radius
+    cage = _innermost(cage, spacing[0])
+    far_cage = _innermost(far_cage, spacing[0])
+    # The lung stops short of the ribs by the pleura and extrapleural fat. That gap, measured on
+    # rays where the two are close (healthy lung) and carried to the other rays from the nearest
+    # such ray, keeps the envelope at the expected lung surface rather than at the ribs.
+    gap = cage - outer
+    healthy = hits & (outer >= 0) & (gap <= PLEURAL_GAP_MM / pixel)
+    if not healthy.any():
+        return np.ones(aerated.shape, bool), np.ones(aerated.shape, bool)
+    local_gap, _ = _nearest_valid(np.where(healthy, gap, 0.0), healthy, spacing[0], arc_mm)
+    borrowed, distance = _nearest_valid(np.nan_to_num(cage), hits, spacing[0], arc_mm)
+    far_borrowed, far_distance = _nearest_valid(np.nan_to_num(far_cage), np.isfinite(far_cage), spacing[0], arc_mm)
+    # A lesion's bite: at this angle the lung reaches the ribs in nearby slices. Where it never
+    # does (muscle beside the spine, cartilage in front) the gap is anatomy, not a lesion.
+    window = (2 * int(round(TOUCH_MM / spacing[0])) + 1, 3)
+    touched_nearby = ndimage.maximum_filter(healthy.astype(np.uint8), size=window, mode="wrap") > 0
+    cautious = np.where((distance <= BORROW_MM) & touched_nearby, borrowed - local_gap, np.maximum(outer, 0))
+    # A pleural-based lesion larger than that: a patch of rays whose air stops more than
+    # PLEURAL_GAP_MM short of the cage, ringed (above, below, on both sides) by rays whose air
+    # reaches it. The bone found beyond the lesion is the cage where it agrees with the nearest
+    # rib's radius.
+    reached = (outer >= 0) & (distance <= BORROW_MM) & (borrowed - outer <= PLEURAL_GAP_MM / pixel)
+    bite = _ringed(reached)
+    agrees = np.isfinite(far_cage) & (np.abs(np.nan_to_num(far_cage) - borrowed) <= RIB_AGREES_MM / pixel)
+    cautious = np.where(bite, np.where(agrees, np.nan_to_num(far_cage), borrowed) - local_gap, cautious)
+    bold = np.where(far_distance <= BORROW_MM, far_borrowed, np.maximum(outer, 0))
+    return _inside_radii(cautious, center, aerated.shape, slices), _inside_radii(bold, center, aerated.shape, slices)
+
+
+def _ray_radii(
+    aerated: np.ndarray, bone: np.ndarray, center: np.ndarray, spacing: tuple[float, float, float], slices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (slice, ray), in pixels: the aerated lung's outermost radius (-1: no air), the first
+    bone beyond it within TOUCH_MM (nan: none) and the first bone beyond it at any distance."""
+    depth = aerated.shape[0]
+    angles, radii, ys, xs = _ray_geometry(center, aerated.shape[1:])
+    reach = int(TOUCH_MM / spacing[1])
     outer = np.full((depth, len(angles)), -1.0)
     cage = np.full((depth, len(angles)), np.nan)
-    far_cage = np.full((depth, len(angles)), np.nan)  # the bold limit looks for bone at any distance
+    far_cage = np.full((depth, len(angles)), np.nan)
     for k in slices:
         lung_ray = aerated[k][ys, xs]
         last = len(radii) - 1 - np.argmax(lung_ray[:, ::-1], axis=1)
@@ -244,60 +317,20 @@ def _cage_limits(
         far_cage[k, hit] = np.argmax(beyond, axis=1)[hit]
         near = hit & ((outer[k] < 0) | (far_cage[k] <= outer[k] + reach))
         cage[k, near] = far_cage[k, near]
-    hits = np.isfinite(cage)
-    if not hits.any():
-        return np.ones(aerated.shape, bool), np.ones(aerated.shape, bool)
-    # The lung stops short of the ribs by the pleura and extrapleural fat. That gap, measured on
-    # rays where the two are close (healthy lung) and carried to the other rays from the nearest
-    # such ray, keeps the envelope at the expected lung surface rather than at the ribs.
-    arc_mm = np.deg2rad(step_deg) * np.nanmedian(cage) * pixel  # one angle step at the cage radius
+    return outer, cage, far_cage
 
-    def nearest_valid(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Value of the nearest valid ray in (slice, angle) and its distance in mm (angles wrap)."""
-        padded = np.concatenate([values, values, values], axis=1)
-        mask = np.concatenate([valid, valid, valid], axis=1)
-        distance, nearest = ndimage.distance_transform_edt(~mask, sampling=(spacing[0], arc_mm), return_indices=True)
-        middle = slice(len(angles), 2 * len(angles))
-        return padded[nearest[0], nearest[1]][:, middle], distance[:, middle]
 
-    def innermost(cage: np.ndarray) -> np.ndarray:
-        """Between two ribs a ray can reach the scapula first; the rib cage is the innermost bone
-        around a ray (15 mm up and down, 5 degrees either side)."""
-        hits = np.isfinite(cage)
-        inner = ndimage.minimum_filter(np.where(hits, cage, np.inf), size=(2 * int(round(15.0 / spacing[0])) + 1, 5), mode="wrap")
-        return np.where(hits, np.minimum(cage, inner), np.nan)
-
-    cage = innermost(cage)
-    far_cage = innermost(far_cage)
-    gap = cage - outer
-    healthy = hits & (outer >= 0) & (gap <= 10.0 / pixel)
-    if not healthy.any():
-        return np.ones(aerated.shape, bool), np.ones(aerated.shape, bool)
-    local_gap, _ = nearest_valid(np.where(healthy, gap, 0.0), healthy)
-    borrowed, distance = nearest_valid(np.nan_to_num(cage), hits)
-    far_borrowed, far_distance = nearest_valid(np.nan_to_num(far_cage), np.isfinite(far_cage))
-    # A lesion's bite: at this angle the lung reaches the ribs in nearby slices. Where it never
-    # does (muscle beside the spine, cartilage in front) the gap is anatomy, not a lesion.
-    window = (2 * int(round(30.0 / spacing[0])) + 1, 3)
-    touched_nearby = ndimage.maximum_filter(healthy.astype(np.uint8), size=window, mode="wrap") > 0
-    cautious = np.where((distance <= 25.0) & touched_nearby, borrowed - local_gap, np.maximum(outer, 0))
-    # A pleural-based lesion larger than that: a patch of rays whose air stops more than 10 mm
-    # short of the cage, ringed (above, below, on both sides) by rays whose air reaches it. The
-    # bone found beyond the lesion is the cage where it agrees with the nearest rib's radius.
-    reached = (outer >= 0) & (distance <= 25.0) & (borrowed - outer <= 10.0 / pixel)
-    bite = _ringed(reached)
-    agrees = np.isfinite(far_cage) & (np.abs(np.nan_to_num(far_cage) - borrowed) <= 15.0 / pixel)
-    cautious = np.where(bite, np.where(agrees, np.nan_to_num(far_cage), borrowed) - local_gap, cautious)
-    bold = np.where(far_distance <= 25.0, far_borrowed, np.maximum(outer, 0))
+def _inside_radii(limit: np.ndarray, center: np.ndarray, shape: tuple[int, ...], slices: np.ndarray) -> np.ndarray:
+    """Pixels of `slices` no farther from `center` than the (slice, ray) radius `limit`."""
+    height, width = shape[1:]
+    n_rays = limit.shape[1]
     gy, gx = np.mgrid[:height, :width]
     pixel_radius = np.hypot(gy - center[0], gx - center[1])
-    pixel_ray = np.rint((np.rad2deg(np.arctan2(gy - center[0], gx - center[1])) % 360) / step_deg).astype(int) % len(angles)
-    inside = np.ones(aerated.shape, bool)
-    inside_bold = np.ones(aerated.shape, bool)
+    pixel_ray = np.rint((np.rad2deg(np.arctan2(gy - center[0], gx - center[1])) % 360) / RAY_STEP_DEG).astype(int) % n_rays
+    inside = np.ones(shape, bool)
     for k in slices:
-        inside[k] = pixel_radius <= cautious[k][pixel_ray]
-        inside_bold[k] = pixel_radius <= bold[k][pixel_ray]
-    return inside, inside_bold
+        inside[k] = pixel_radius <= limit[k][pixel_ray]
+    return inside
 
 
 def _bone(hu: np.ndarray, body: np.ndarray, spacing, threshold: float) -> np.ndarray:
@@ -661,18 +694,6 @@ def drop_crumbs(labels: np.ndarray, spacing, min_ml: float = 1.0) -> np.ndarray:
             sizes = np.bincount(pieces.ravel())[1:] * voxel_ml
             labels[np.isin(pieces, 1 + np.nonzero(sizes < min_ml)[0])] = 0
     return labels
-
-
-def crop_box(mask: np.ndarray, margin: int | Sequence[int] = 2) -> tuple[slice, ...]:
-    """Bounding box of a non-empty `mask` plus `margin` voxels, the same on every axis or one per
-    axis, within the array (from its projections: no index array, which on a large scan would
-    take gigabytes)."""
-    margins = [margin] * mask.ndim if isinstance(margin, int) else list(margin)
-    box = []
-    for axis, extra in enumerate(margins):
-        present = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
-        box.append(slice(max(int(present[0]) - extra, 0), min(int(present[-1]) + extra + 1, mask.shape[axis])))
-    return tuple(box)
 
 
 def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings: ThresholdSettings | None = None) -> np.ndarray:

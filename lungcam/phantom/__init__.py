@@ -10,8 +10,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..atomic import atomic_path
+from lungcam.core.atomic import atomic_path
+from lungcam.core.interface import lazy_interface
+
 from .cohort import DEFAULT_CLASSES, PatientPlan, plan_cohort
+
+# Loaded on first use: planning a cohort needs none of the image and DICOM writing.
+INTERFACE = {"PhantomOptions": "generate", "generate_patient": "generate", "RealBackground": "background"}
+__getattr__, _LAZY = lazy_interface(__name__, INTERFACE)
 
 SITES = {"SIEMENS": "site-A", "GE MEDICAL SYSTEMS": "site-B", "Philips": "site-C"}
 
@@ -55,4 +61,4 @@ def write_sample_sheet(rows: list[dict], path: Path | str) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["DEFAULT_CLASSES", "PatientPlan", "plan_cohort", "cohort_layout", "sample_rows", "write_sample_sheet"]
+__all__ = ["DEFAULT_CLASSES", "PatientPlan", "plan_cohort", "cohort_layout", "sample_rows", "write_sample_sheet", *_LAZY]

@@ -1,7 +1,7 @@
 """Real background: a real normal chest CT receives each synthetic patient's lesions.
 
 The scan (e.g. COVID-CT-MD normal001) is read once with SimpleITK, reoriented to LPS, and its
-lungs are segmented by the classical threshold method (lungcam.lungs_threshold); those lungs are
+lungs are segmented by the classical threshold method (lungcam.lungs.threshold); those lungs are
 the truth lung mask, derived rather than drawn by hand. Lesions are placed by the same code as in
 the synthetic chest. Geometry and noise are the real scan's; storage, patient position,
 identity and file names still come from each patient's own draws.
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..lungs_threshold import segment_lungs
+from lungcam.lungs import segment_lungs
+
 from .cohort import STREAM_LESIONS, PatientPlan, patient_rng
 from .generate import SLAB_SLICES, Scan
 from .lesions import LungSampler, apply_lesions_to_real, draw_lesions

@@ -18,8 +18,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..atomic import atomic_path
-from ..config import settings_from
+from lungcam.core.atomic import atomic_path
+from lungcam.core.config import settings_from
+
 from .anatomy import LEFT, RIGHT, draw_chest
 from .cohort import KERNELS, STREAM_ANATOMY, STREAM_FILES, STREAM_IDENTITY, STREAM_LESIONS, STREAM_NOISE, Nuisance, PatientPlan, patient_rng
 from .dicom_writer import FileNamer, Identity, SeriesSpec, StudyInfo, draw_identity, write_axial_series, write_localizer

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .figures import confusion_figure, reliability_figure, roc_pr_figure
-from .metrics import cohort_metrics, point_metrics, slice_metrics
+from lungcam.report.figures import confusion_figure, reliability_figure, roc_pr_figure
+from lungcam.report.metrics import cohort_metrics, point_metrics, slice_metrics
 
 
 def labelled(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -47,8 +47,7 @@ def classification_metrics(
     if models and bank_dir is not None:
         import torch
 
-        from .inference import out_of_fold_slice_predictions, read_model_metadata
-        from .slice_bank import SliceBank
+        from lungcam.train import SliceBank, out_of_fold_slice_predictions, read_model_metadata
 
         kinds = {read_model_metadata(path)["model"] for path in models.values()}
         if kinds == {"hu2020"}:

@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from lungcam.core.atomic import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path | str) -> None:

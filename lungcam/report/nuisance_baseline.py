@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .metrics import bootstrap_metrics
+from lungcam.report.metrics import bootstrap_metrics
 
 CATEGORICAL = ("manufacturer", "model", "kernel", "patient_position")
 HEADER_NUMBERS = ("slice_thickness_mm", "slice_spacing_mm", "kvp", "tube_current_ma", "rows", "columns", "slices", "z_extent_mm")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from .atomic import write_text
-from .folds import NO_PNEUMONIA
-from .map_sampling import evaluations_per_axis
+from lungcam.core.atomic import write_text
+from lungcam.core.folds import NO_PNEUMONIA
+from lungcam.core.map_sampling import evaluations_per_axis
 
 # QC measures of the summary's strip plots: column of the cohort table -> axis title.
 QC_MEASURES = {
@@ -68,7 +68,7 @@ def data_uri(path: Path | str | None) -> str | None:
 
 def _environment() -> Environment:
     environment = Environment(
-        loader=PackageLoader("lungcam", "templates"),
+        loader=PackageLoader("lungcam.report", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -134,19 +134,21 @@ def _is_true(value) -> bool:
 def patient_context(
     qc: dict,
     provenance: dict,
+    *,
     label: str,
     prediction: dict | None,
     classes: list[str],
-    lesions: pd.DataFrame | None,
-    burden: dict | None,
-    key_slices: Path | None,
-    lung_montage: Path | None,
-    times: list[dict],
-    model_file: str | None,
-    summary_link: str,
+    lesions: pd.DataFrame | None = None,
+    burden: dict | None = None,
+    key_slices: Path | None = None,
+    lung_montage: Path | None = None,
+    times: list[dict] | None = None,
+    model_file: str | None = None,
+    summary_link: str = "../summary.html",
 ) -> dict:
-    """Everything the patient report shows. `label` is the sample sheet's; `prediction` the
-    patient's predictions.tsv row (None when the patient was excluded before classification)."""
+    """Everything the patient report shows, from its QC record and the run's provenance.
+    `label` is the sample sheet's; `prediction` the patient's predictions.tsv row (None when the
+    patient was excluded before classification); the rest are shown where given."""
     ingest, lungs = qc.get("ingest", {}), qc.get("lungs", {})
     header = ingest.get("header", {})
     errors = [f"{reason}" for reason in qc.get("reasons", [])]
@@ -190,7 +192,7 @@ def patient_context(
             "model_file": model_file,
             "lungcam": provenance["software"].get("lungcam"),
         },
-        "times": times,
+        "times": times or [],
         "summary_link": summary_link,
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .records import read_record, write_record
+from lungcam.core.records import read_record, write_record
 
 STAGE_ORDER = ("ingest", "lungs")
 

@@ -10,13 +10,12 @@ so the file holds no path of the machine that the user did not write.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from .folders import list_files
+from lungcam.core.folders import file_digest
 
 # Distributions whose versions matter for the numbers (import names differ; these are pip names).
 PACKAGES = (
@@ -39,27 +38,6 @@ PACKAGES = (
     "jsonschema",
     "snakemake",
 )
-
-
-def file_digest(path: Path | str) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def folder_digest(folder: Path | str) -> str:
-    """sha256 over a folder's files in sorted order: each file's path relative to the folder,
-    then its bytes. Renaming, adding, removing or changing any file changes it. The files are
-    those ingest reads (linked folders followed once, each real file once)."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(list_files(folder)[0]):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(file_digest(path).encode())
-    return digest.hexdigest()
 
 
 def software_versions() -> dict[str, str]:
@@ -104,9 +82,9 @@ def provenance_document(
     """provenance.json: code and software versions, the resolved config and its hash, and the
     checksums of every input (DICOM folders from the QC records, the sample sheet, lesion
     masks, slice labels, the prediction model)."""
-    from . import __version__
-    from .config import config_hash
-    from .samplesheet import read_sheet_table
+    from lungcam import __version__
+    from lungcam.core.config import config_hash
+    from lungcam.core.samplesheet import read_sheet_table
 
     given = read_sheet_table(sample_sheet)[0].set_index("patient_id")  # paths as the user wrote them
     patients = {}

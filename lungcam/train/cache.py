@@ -21,9 +21,9 @@ import numpy as np
 from nibabel.processing import resample_from_to
 from scipy import ndimage
 
-from .atomic import atomic_path
-from .config import settings_from
-from .orientation import LPSView
+from lungcam.core.atomic import atomic_path
+from lungcam.core.config import settings_from
+from lungcam.core.orientation import LPSView
 
 IMAGE_NAME = "image.npy"
 LUNGS_NAME = "lungs.npy"

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
-from .atomic import atomic_path
-from .folds import NO_PNEUMONIA
-from .models import build_model
-from .slice_bank import SliceBank, zscore
+from lungcam import __version__
+from lungcam.core.atomic import atomic_path
+from lungcam.core.folds import NO_PNEUMONIA
+from lungcam.train.models import build_model
+from lungcam.train.slice_bank import SliceBank, zscore
 
 FORMAT = "lungcam-model/1"
 AGGREGATIONS = ("presence", "topk_mean", "mean", "max")

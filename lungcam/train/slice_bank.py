@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from .atomic import atomic_path
+from lungcam.core.atomic import atomic_path
 
 IMAGES_NAME = "images.npy"
 INDEX_NAME = "index.tsv"
@@ -58,7 +58,7 @@ def build_slice_bank(
 ) -> pd.DataFrame:
     """Write images.npy, index.tsv and bank.json for the patients in `cache_dirs` (in that order);
     `cache` is the config's cache section the caches were made with."""
-    from .cache import load_cache  # nibabel is needed to build a bank, not to train from one
+    from lungcam.train.cache import load_cache  # nibabel is needed to build a bank, not to train from one
 
     selected = {}
     for patient, folder in cache_dirs.items():

@@ -34,12 +34,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .atomic import atomic_path, write_tsv
-from .config import settings_from
-from .folds import validation_split
-from .inference import UnsafeFileError, bf16_autocast, load_plain, predict_patients, save_model, with_decisions
-from .models import build_model, focal_cross_entropy
-from .slice_bank import IMAGES_NAME, SliceBank, zscore
+from lungcam.core.atomic import atomic_path, write_tsv
+from lungcam.core.config import settings_from
+from lungcam.core.device import pick_device
+from lungcam.core.folds import validation_split
+from lungcam.core.records import write_predictions
+from lungcam.train.inference import UnsafeFileError, bf16_autocast, load_plain, predict_patients, save_model, with_decisions
+from lungcam.train.models import build_model, focal_cross_entropy
+from lungcam.train.slice_bank import IMAGES_NAME, SliceBank, zscore
 
 log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
@@ -82,14 +84,6 @@ class TrainSettings:
     @classmethod
     def from_config(cls, section: dict) -> TrainSettings:
         return settings_from(cls, section)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but torch sees no GPU")
-    return torch.device(name)
 
 
 class EpochBatches(torch.utils.data.Dataset):
@@ -385,6 +379,165 @@ def _saved_state(path: Path, fold: int | str) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
+@dataclass
+class _FoldData:
+    """Who trains, validates and is tested in a fold, and each bank row's label and patient."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    trained_on: list[str]  # training and validation patients
+    label_of: pd.Series  # patient_id -> label
+    row_labels: np.ndarray  # class number of each bank row (-1: not in the cohort)
+    row_patients: np.ndarray  # patient number of each bank row
+    train_rows: dict[str, np.ndarray]  # bank rows of each training patient
+
+
+def _fold_data(settings: TrainSettings, classes: list[str], bank: SliceBank, patients: pd.DataFrame, fold_number: int) -> _FoldData:
+    all_rows = bank.patient_rows()
+    is_test = patients["fold"] == fold_number
+    train_val = patients[~is_test]
+    train, validation = validation_split(train_val, settings.validation_fraction, settings.seed, fold_number)
+    label_of = patients.set_index("patient_id")["label"]
+    row_labels = np.full(len(bank.images), -1, dtype=np.int64)
+    row_patients = np.full(len(bank.images), -1, dtype=np.int64)
+    for number, (patient, rows) in enumerate(all_rows.items()):
+        row_patients[rows] = number
+        if patient in label_of.index:
+            row_labels[rows] = classes.index(label_of[patient])
+    return _FoldData(
+        train=train,
+        validation=validation,
+        test=patients[is_test],
+        trained_on=sorted(train_val["patient_id"]),
+        label_of=label_of,
+        row_labels=row_labels,
+        row_patients=row_patients,
+        train_rows={p: all_rows[p] for p in train["patient_id"]},
+    )
+
+
+def _class_counts(settings: TrainSettings, classes: list[str], data: _FoldData) -> np.ndarray:
+    """Training examples per class: patients for mil (one bag each), slices for hu2020."""
+    if settings.model == "mil":
+        return data.train["label"].map(classes.index).value_counts().reindex(range(len(classes)), fill_value=0).to_numpy()
+    return np.bincount(data.row_labels[np.concatenate(list(data.train_rows.values()))], minlength=len(classes))
+
+
+def _start_processes(settings: TrainSettings) -> tuple[torch.device, int, int]:
+    """(device, world size, rank): one process, or one of torchrun's (WORLD_SIZE, RANK)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(settings.device)
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    return device, world, rank
+
+
+def _new_model(
+    settings: TrainSettings, n_classes: int, fold_number: int, device: torch.device, world: int
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, nn.Module]:
+    """(model, optimiser, schedule, the module a step calls), seeded by the fold."""
+    torch.manual_seed(settings.seed * 1000 + fold_number + 1)
+    model = build_model(settings.model, n_classes, settings.width, settings.dropout).to(device)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
+    step_module: nn.Module = _TrainingForward(model, settings.model == "mil")
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, optimizer, scheduler, step_module
+
+
+def _start_state(state_path: Path, identity: str, fold: int | str, model: nn.Module, optimizer, scheduler) -> dict:
+    """The training state to go on from: the fold's checkpoint when it belongs to this run
+    (`identity`), loaded into model, optimizer and scheduler; else a fresh one."""
+    state = {
+        "identity": identity,
+        "epoch": -1,
+        "best_loss": float("inf"),
+        "best_epoch": -1,
+        "best_state": None,
+        "stale": 0,
+        "history": [],
+        "done": False,
+    }
+    saved = _saved_state(state_path, fold)
+    if saved is None:
+        return state
+    if saved.get("identity") != identity:
+        log.warning("fold %s: %s belongs to another run (settings, patients or slice bank changed); training afresh", fold, state_path)
+        return state
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    log.info("fold %s: resuming after epoch %d", fold, saved["epoch"])
+    return saved
+
+
+@dataclass
+class _Trainer:
+    """What one optimisation step needs: the model, its wrapper for the step (distributed or
+    not), optimiser, schedule, weight average and loss weights."""
+
+    settings: TrainSettings
+    model: nn.Module
+    step_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    averaged: nn.Module | None
+    alpha: torch.Tensor
+    device: torch.device
+    amp: bool
+
+    def epoch(self, loader) -> tuple[list[float], int]:
+        """One pass over `loader`: (the steps' losses, slices seen)."""
+        settings, device = self.settings, self.device
+        self.model.train()
+        losses, seen = [], 0
+        for images, labels, groups in loader:
+            images = zscore(images.to(device, non_blocking=True))
+            bags = groups if settings.model == "mil" else None
+            if settings.augment:
+                images = augment(images, bags)
+            if settings.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels, groups = labels.to(device), groups.to(device)
+            target = labels[_bag_starts(groups)] if settings.model == "mil" else labels
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
+                scale_logits = self.step_module(images, groups)
+            loss = torch.stack([focal_cross_entropy(s, target, self.alpha, settings.focal_gamma) for s in scale_logits]).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
+            losses.append(float(loss.detach()))
+            seen += len(images)
+        return losses, seen
+
+
+def _keep_epoch(state: dict, epoch: int, kept: nn.Module, val_loss: float, has_validation: bool) -> None:
+    """Keep this epoch's weights when it is the best on validation so far, or, without
+    validation patients, always (every epoch replaces the last, none stops early)."""
+    if not has_validation or val_loss < state["best_loss"] - 1e-6:
+        state.update(
+            best_loss=val_loss,
+            best_epoch=epoch,
+            best_state={k: v.detach().cpu().clone() for k, v in kept.state_dict().items()},
+            stale=0,
+        )
+    else:
+        state["stale"] += 1
+
+
 def train_fold(
     settings: TrainSettings,
     classes: list[str],
@@ -398,136 +551,59 @@ def train_fold(
     """Train on the patients not in `fold` (all patients for fold "final"); returns test predictions.
 
     `patients` has patient_id, label and fold. Writes outputs['model'], ['curves'] (TSV),
-    ['curves_png'] and, for a cross-validation fold, ['predictions'].
+    ['curves_png'] and, for a cross-validation fold, ['predictions']. A checkpoint in `work_dir`
+    after every epoch lets a rerun of the same run resume.
     """
     torch.set_num_threads(max(1, threads))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = pick_device(settings.device)
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    device, world, rank = _start_processes(settings)
     fold_number = -1 if fold == "final" else int(fold)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     bank = SliceBank.load(bank_dir)
-    all_rows = bank.patient_rows()
-    is_test = patients["fold"] == fold_number
-    train_val = patients[~is_test]
-    test = patients[is_test]
-    train, validation = validation_split(train_val, settings.validation_fraction, settings.seed, fold_number)
-    label_of = patients.set_index("patient_id")["label"]
-    row_labels = np.full(len(bank.images), -1, dtype=np.int64)
-    row_patients = np.full(len(bank.images), -1, dtype=np.int64)
-    for number, (patient, rows) in enumerate(all_rows.items()):
-        row_patients[rows] = number
-        if patient in label_of.index:
-            row_labels[rows] = classes.index(label_of[patient])
-    train_rows = {p: all_rows[p] for p in train["patient_id"]}
-    if settings.model == "mil":
-        counts = train["label"].map(classes.index).value_counts().reindex(range(len(classes)), fill_value=0).to_numpy()
-    else:
-        counts = np.bincount(row_labels[np.concatenate(list(train_rows.values()))], minlength=len(classes))
-    alpha = _class_weights(counts).to(device)
+    data = _fold_data(settings, classes, bank, patients, fold_number)
+    alpha = _class_weights(_class_counts(settings, classes, data)).to(device)
 
-    torch.manual_seed(settings.seed * 1000 + fold_number + 1)
-    model = build_model(settings.model, len(classes), settings.width, settings.dropout).to(device)
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
-    step_module: nn.Module = _TrainingForward(model, settings.model == "mil")
-    if world > 1:
-        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
-
+    model, optimizer, scheduler, step_module = _new_model(settings, len(classes), fold_number, device, world)
     state_path = work_dir / STATE_NAME
-    identity = run_identity(settings, classes, fold, train, validation, bank, Path(bank_dir))
-    state = {
-        "identity": identity,
-        "epoch": -1,
-        "best_loss": float("inf"),
-        "best_epoch": -1,
-        "best_state": None,
-        "stale": 0,
-        "history": [],
-        "done": False,
-    }
-    saved = _saved_state(state_path, fold)
-    if saved is not None:
-        if saved.get("identity") == identity:
-            state = saved
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            log.info("fold %s: resuming after epoch %d", fold, state["epoch"])
-        else:
-            log.warning("fold %s: %s belongs to another run (settings, patients or slice bank changed); training afresh", fold, state_path)
+    identity = run_identity(settings, classes, fold, data.train, data.validation, bank, Path(bank_dir))
+    state = _start_state(state_path, identity, fold, model, optimizer, scheduler)
     averaged, average_update = _weight_average(model, settings.ema_epochs)
     if averaged is not None and "averaged" in state:
         averaged.load_state_dict(state["averaged"])
     kept = averaged.module if averaged is not None else model  # what is validated and saved
     amp = bf16_autocast(settings.amp, device)
+    trainer = _Trainer(settings, model, step_module, optimizer, scheduler, averaged, alpha, device, amp)
     metadata = {
         "model": settings.model,
         "classes": classes,
         "settings": asdict(settings),
         "fold": fold,
         "preprocessing": bank.preprocessing,
-        "trained_on": sorted(train_val["patient_id"]),
+        "trained_on": data.trained_on,
     }
     resident = (
-        DeviceBank(bank.images, row_labels, row_patients, device) if settings.bank_on_gpu and DeviceBank.fits(bank.images, device) else None
+        DeviceBank(bank.images, data.row_labels, data.row_patients, device)
+        if settings.bank_on_gpu and DeviceBank.fits(bank.images, device)
+        else None
     )
     epoch = state["epoch"] + 1
     while not state["done"] and epoch < settings.max_epochs:
         torch.manual_seed(hash((settings.seed, fold_number, epoch)) % (2**31))
-        batches = _epoch_batches(settings, train_rows, fold_number, epoch)
+        batches = _epoch_batches(settings, data.train_rows, fold_number, epoch)
         # Every process must take the same number of steps, or one waits forever in all-reduce.
         batches = batches[: len(batches) // world * world][rank::world]
         if average_update is not None:
             average_update.steps_per_epoch = max(1, len(batches))
-        loader = batch_source(Path(bank_dir), batches, row_labels, row_patients, device, settings, resident)
-        model.train()
-        start, losses, seen = time.perf_counter(), [], 0
-        for images, labels, groups in loader:
-            images = zscore(images.to(device, non_blocking=True))
-            bags = groups if settings.model == "mil" else None
-            if settings.augment:
-                images = augment(images, bags)
-            if settings.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels, groups = labels.to(device), groups.to(device)
-            target = labels[_bag_starts(groups)] if settings.model == "mil" else labels
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                scale_logits = step_module(images, groups)
-            loss = torch.stack([focal_cross_entropy(s, target, alpha, settings.focal_gamma) for s in scale_logits]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            losses.append(float(loss.detach()))
-            seen += len(images)
+        loader = batch_source(Path(bank_dir), batches, data.row_labels, data.row_patients, device, settings, resident)
+        start = time.perf_counter()
+        losses, seen = trainer.epoch(loader)
         seconds = time.perf_counter() - start
-        if len(validation):
-            predictions = predict_patients(kept, metadata, bank, list(validation["patient_id"]), device, amp)
-            val_loss, val_accuracy = _validation_loss(predictions, label_of, classes)
-        else:  # no validation patients: every epoch replaces the last, none stops early
-            val_loss, val_accuracy = float("nan"), float("nan")
-        if not len(validation) or val_loss < state["best_loss"] - 1e-6:
-            state.update(
-                best_loss=val_loss,
-                best_epoch=epoch,
-                best_state={k: v.detach().cpu().clone() for k, v in kept.state_dict().items()},
-                stale=0,
-            )
+        if len(data.validation):
+            predictions = predict_patients(kept, metadata, bank, list(data.validation["patient_id"]), device, amp)
+            val_loss, val_accuracy = _validation_loss(predictions, data.label_of, classes)
         else:
-            state["stale"] += 1
+            val_loss, val_accuracy = float("nan"), float("nan")
+        _keep_epoch(state, epoch, kept, val_loss, bool(len(data.validation)))
         state["history"].append(
             {
                 "epoch": epoch,
@@ -566,10 +642,25 @@ def train_fold(
         save_model(outputs["model"], model, metadata)
         write_curves(state["history"], Path(outputs["curves"]), Path(outputs["curves_png"]), f"{settings.model}, fold {fold}")
         if fold != "final":
-            result = with_decisions(predict_patients(model, metadata, bank, list(test["patient_id"]), device, amp), classes)
-            result.insert(1, "label", [label_of[p] for p in result["patient_id"]])
-            result.insert(2, "fold", fold_number)
-            write_tsv(result, outputs["predictions"], float_format="%.6f")
+            result = _test_predictions(model, metadata, bank, data, classes, fold_number, device, amp)
+            write_predictions(result, outputs["predictions"])
     if world > 1:
         torch.distributed.destroy_process_group()
+    return result
+
+
+def _test_predictions(
+    model: nn.Module,
+    metadata: dict,
+    bank: SliceBank,
+    data: _FoldData,
+    classes: list[str],
+    fold_number: int,
+    device: torch.device,
+    amp: bool,
+) -> pd.DataFrame:
+    """The fold's held-out patients' predictions, as rows of predictions.tsv."""
+    result = with_decisions(predict_patients(model, metadata, bank, list(data.test["patient_id"]), device, amp), classes)
+    result.insert(1, "label", [data.label_of[p] for p in result["patient_id"]])
+    result.insert(2, "fold", fold_number)
     return result

@@ -1,8 +1,11 @@
-"""Class activation maps: one heatmap per patient, on the grid of its scan (lungcam.cam).
+"""Class activation maps: one heatmap per patient, on the grid of its scan (lungcam.cam.maps).
 
 Each patient is mapped by the model that did not see it in training (the fold model that held
 it out), or by predict.model in mode predict.
 """
+
+# The keys of section cam that change a map (not the lesion or localisation settings).
+MAP_SETTINGS = ("target", "method", "ig_steps", "shifts", "smooth_mm")
 
 
 rule cam:
@@ -31,11 +34,7 @@ rule cam:
         runtime=5,
         gpu=CAM_GPUS,
     params:
-        target=lookup(dpath="cam/target", within=config),
-        method=lookup(dpath="cam/method", within=config),
-        steps=lookup(dpath="cam/ig_steps", within=config),
-        shifts=lookup(dpath="cam/shifts", within=config),
-        smooth_mm=lookup(dpath="cam/smooth_mm", within=config),
+        settings={key: config["cam"][key] for key in MAP_SETTINGS},
         device=lookup(dpath="train/device", within=config),
     script:
         "../../scripts/cam.py"

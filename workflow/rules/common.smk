@@ -11,13 +11,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from lungcam.config import apply_demo_overrides, validate_config
-from lungcam.folds import task_classes
-from lungcam.lungmask_backend import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
+from lungcam.core.config import apply_demo_overrides, validate_config
+from lungcam.core.folds import task_classes
+from lungcam.lungs import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
 from lungcam.phantom import cohort_layout, plan_cohort, sample_rows
-from lungcam.records import read_status_table
-from lungcam.samplesheet import SampleSheetError, load_sample_sheet
-from lungcam.scan_index import shared_scan_problems
+from lungcam.core.records import read_status_table
+from lungcam.core.samplesheet import SampleSheetError, load_sample_sheet
+from lungcam.ingest import RECORD_NAME, shared_scan_problems
 
 import pandas as pd
 
@@ -79,7 +79,7 @@ TRAIN_GPUS = config["train"]["gpus"] if config["train"]["device"] != "cpu" else 
 CAM_GPUS = 1 if config["train"]["device"] != "cpu" else 0
 TRAIN_LAUNCHER = f"torchrun --standalone --nproc_per_node {config['train']['gpus']}" if config["train"]["gpus"] > 1 else "python"
 if MODE == "predict":
-    from lungcam.inference import read_model_metadata  # imports torch: only in mode predict
+    from lungcam.train import read_model_metadata  # imports torch: only in mode predict
 
     # Slices are prepared exactly as for the model's training cohort, whatever this config says.
     if not Path(config["predict"]["model"]).is_file():

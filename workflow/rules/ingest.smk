@@ -40,6 +40,8 @@ checkpoint ingest_status:
         f"{LOGS}/benchmarks/ingest_status.tsv"
     conda:
         "../../envs/ingest.yaml"
+    params:
+        record=RECORD_NAME,  # inside each patient's ingest folder
     script:
         "../../scripts/stage_status.py"
 
@@ -63,49 +65,5 @@ rule nifti:
         "../../scripts/nifti.py"
 
 
-rule patient_qc:
-    input:
-        unpack(patient_qc_inputs),
-    output:
-        f"{RESULTS}/qc/{{patient}}.json",
-    log:
-        log_path("patient_qc"),
-    benchmark:
-        benchmark_path("patient_qc")
-    conda:
-        "../../envs/ingest.yaml"
-    resources:
-        mem_mb=memory_mb(1000),
-        runtime=2,
-    script:
-        "../../scripts/patient_qc.py"
-
-
-# patient_qc only merges two small JSON records and the status rules read one record per
-# patient, so on a cluster they run where Snakemake runs rather than queueing SLURM jobs.
-# patient_qc must stay out of SLURM groups anyway: its input waits on checkpoints, and
-# Snakemake's dry run of a group holding such a job fails now and then with
-# "KeyError: patient_qc" (snakemake/snakemake#4202).
 localrules:
     ingest_status,
-    patient_qc,
-    prepare,
-
-
-rule prepare:
-    """Every patient through ingest, lung masks and the model-input cache, without training
-    (`snakemake prepare`, e.g. on CPU nodes before the GPU jobs); ends with one table of every
-    patient's QC status."""
-    input:
-        qc=qc_records,
-        demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
-    output:
-        f"{RESULTS}/cohort_qc.tsv",
-    log:
-        f"{LOGS}/prepare.log",
-    benchmark:
-        f"{LOGS}/benchmarks/prepare.tsv"
-    conda:
-        "../../envs/ingest.yaml"
-    script:
-        "../../scripts/cohort_qc.py"

@@ -43,6 +43,8 @@ checkpoint lungs_status:
         f"{LOGS}/benchmarks/lungs_status.tsv"
     conda:
         "../../envs/lungs.yaml"
+    params:
+        record="",  # each input is the record itself
     script:
         "../../scripts/stage_status.py"
 

@@ -1,5 +1,5 @@
 """Metrics, figures, provenance, per-patient audit reports and the cohort summary
-(lungcam.metrics, evaluation, figures, provenance, reports).
+(lungcam.report.metrics, evaluation, figures, provenance, reports).
 
 Every patient gets a report, excluded ones too (with the reason in its Errors section); the
 summary links them all and lists every exclusion.
