@@ -39,12 +39,12 @@ onerror:
 rule all:
     default_target: True
     input:
-        demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
+        demo_samples=path("demo_samples") if DEMO else [],
         cohort=final_targets(),
         cam=cam_targets,
         # Paths, not rules.<rule>.output: rule references make Snakemake look up every input
         # of this rule in them (quadratic in patients). cohort_qc stands for every QC file.
-        cohort_qc=f"{RESULTS}/cohort_qc.tsv",
-        metrics=f"{RESULTS}/metrics.json",
-        provenance=f"{RESULTS}/provenance.json",
-        summary=f"{RESULTS}/summary.html",
+        cohort_qc=path("cohort_qc"),
+        metrics=path("metrics"),
+        provenance=path("provenance"),
+        summary=path("summary"),

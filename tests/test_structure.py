@@ -113,7 +113,7 @@ def test_scripts_and_rule_files_keep_to_the_stage_borders():
     for script, stages in sorted(script_stages().items()):
         for stage in stages:
             found += problems(script, stage)
-    for rules in sorted([REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]):
+    for rules in sorted([REPO / "Snakefile", *(REPO / "workflow" / "rules").rglob("*.smk")]):
         found += problems(rules, None)
     assert not found, "\n".join(found)
     assert set(script_stages()) == set((REPO / "scripts").glob("*.py")), "a script no rule runs"
@@ -142,3 +142,35 @@ def test_a_crossing_import_is_caught(tmp_path, monkeypatch):
     outside = tmp_path / "lungcam" / "cam" / "outside.py"
     outside.write_text("from lungcam.train import IMAGES_NAME\n")
     assert problems(outside, "cam") == ["lungcam/cam/outside.py:1: IMAGES_NAME not in lungcam.train's interface"]
+
+
+def layout() -> dict[str, str]:
+    """The LAYOUT table of workflow/rules/common.smk: every file the workflow writes."""
+    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    return ast.literal_eval(re.search(r"^LAYOUT = (\{.*?^\})", text, re.MULTILINE | re.DOTALL).group(1))
+
+
+def test_every_path_is_made_by_the_path_builder():
+    """No rule file but common.smk spells out a results/, work/, logs/ or demo/ path."""
+    spelled = re.compile(r"[\"'](results|work|logs|demo)/")
+    found = [
+        f"{rules.relative_to(REPO)}:{number}"
+        for rules in sorted([REPO / "Snakefile", *(REPO / "workflow" / "rules").rglob("*.smk")])
+        if rules.name != "common.smk"
+        for number, line in enumerate(rules.read_text().splitlines(), 1)
+        if spelled.search(line)
+    ]
+    assert not found, found
+
+
+def test_the_layout_holds_every_output_of_the_contract():
+    """Each output ../shared/CONTRACT.md promises under results/ is a LAYOUT entry."""
+    contract = (REPO.parent / "shared" / "CONTRACT.md").read_text()
+    outputs = contract[contract.index("## Outputs") :]
+    promised = []
+    for cell in re.findall(r"^\| (`[^|]+`) \|", outputs, re.MULTILINE):
+        first, *others = re.findall(r"`([^`]+)`", cell)
+        first = "results/" + first.replace("{patient_id}", "{patient}")
+        promised += [first] + [first.removesuffix(".nii.gz") + other for other in others]  # `x.nii.gz` + `.json`
+    missing = sorted(set(promised) - set(layout().values()))
+    assert promised and not missing, missing

@@ -3,10 +3,10 @@
 
 rule cache:
     input:
-        volume=rules.nifti.output.volume,
-        lungs=rules.lungs.output.labels,
+        volume=path("nifti"),
+        lungs=path("lungs"),
     output:
-        directory(f"{WORK}/cache/{{patient}}"),
+        directory(path("cache")),
     log:
         log_path("cache"),
     benchmark:

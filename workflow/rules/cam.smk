@@ -4,21 +4,21 @@ Each patient is mapped by the model that did not see it in training (the fold mo
 it out), or by predict.model in mode predict.
 """
 
-# The keys of section cam that change a map (not the lesion or localisation settings).
-MAP_SETTINGS = ("target", "method", "ig_steps", "shifts", "smooth_mm")
+
+include: "inputs/cam.smk"
 
 
 rule cam:
     input:
-        cache=f"{WORK}/cache/{{patient}}",
-        volume=f"{RESULTS}/nifti/{{patient}}.nii.gz",
-        lungs=f"{RESULTS}/lungs/{{patient}}.nii.gz",
-        predictions=f"{RESULTS}/predictions.tsv",
+        cache=path("cache"),
+        volume=path("nifti"),
+        lungs=path("lungs"),
+        predictions=path("predictions"),
         models=CAM_MODELS,
     output:
-        cam=f"{RESULTS}/cam/{{patient}}.nii.gz",
+        cam=path("cam"),
         key_slices=report(
-            f"{RESULTS}/cam/{{patient}}_key_slices.png",
+            path("key_slices"),
             caption="../report/key_slices.rst",
             category="Infection maps",
             labels={"patient": "{patient}"},
@@ -42,11 +42,11 @@ rule cam:
 
 rule lesions:
     input:
-        cam=rules.cam.output.cam,
-        lungs=f"{RESULTS}/lungs/{{patient}}.nii.gz",
+        cam=path("cam"),
+        lungs=path("lungs"),
     output:
-        table=f"{RESULTS}/lesions/{{patient}}.tsv",
-        burden=f"{RESULTS}/lesions/{{patient}}.json",
+        table=path("lesions"),
+        burden=path("burden"),
     log:
         log_path("lesions"),
     benchmark:
@@ -66,12 +66,12 @@ rule localisation:
     input:
         unpack(localisation_inputs),
     output:
-        patients=f"{RESULTS}/localisation.tsv",
-        summary=f"{RESULTS}/localisation.json",
+        patients=path("localisation_table"),
+        summary=path("localisation"),
     log:
-        f"{LOGS}/localisation.log",
+        log_path("localisation", None),
     benchmark:
-        f"{LOGS}/benchmarks/localisation.tsv"
+        benchmark_path("localisation", None)
     conda:
         "../../envs/train.yaml"
     params:

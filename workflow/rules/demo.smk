@@ -1,14 +1,16 @@
 """The synthetic demo cohort (config: samples: demo). Nothing here runs for a real cohort."""
 
+from dataclasses import asdict
+
 
 rule phantom:
     input:
         background=config["demo"]["background"] or [],
     output:
-        dicom=directory(f"{DEMO_ROOT}/dicom/{{patient}}"),
-        lungs=f"{DEMO_ROOT}/truth/{{patient}}_lungs.nii.gz",
-        lesions=f"{DEMO_ROOT}/truth/{{patient}}_lesions.nii.gz",
-        record=f"{DEMO_ROOT}/truth/{{patient}}.json",
+        dicom=directory(path("demo_dicom")),
+        lungs=path("demo_lungs"),
+        lesions=path("demo_lesions"),
+        record=path("demo_record"),
     log:
         log_path("phantom"),
     benchmark:
@@ -34,13 +36,13 @@ localrules:
 rule demo_sample_sheet:
     input:
         # The demo patients only: a real cohort plans no input for this rule, not one per patient.
-        records=expand(f"{DEMO_ROOT}/truth/{{patient}}.json", patient=PATIENTS if DEMO else []),
+        records=expand(path("demo_record"), patient=PATIENTS if DEMO else []),
     output:
-        f"{DEMO_ROOT}/samples.tsv",
+        path("demo_samples"),
     log:
-        f"{LOGS}/demo_sample_sheet.log",
+        log_path("demo_sample_sheet", None),
     benchmark:
-        f"{LOGS}/benchmarks/demo_sample_sheet.tsv"
+        benchmark_path("demo_sample_sheet", None)
     conda:
         "../../envs/phantom.yaml"
     params:

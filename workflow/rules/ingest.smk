@@ -8,11 +8,14 @@ re-plans the whole DAG after each checkpoint (benchmarks/checkpoints.py).
 """
 
 
+include: "inputs/ingest.smk"
+
+
 rule ingest:
     input:
         dicom=lambda wildcards: DICOM_DIRS[wildcards.patient],
     output:
-        stage=directory(f"{WORK}/ingest/{{patient}}"),
+        stage=directory(path("ingest")),
     log:
         log_path("ingest"),
     benchmark:
@@ -31,13 +34,13 @@ rule ingest:
 
 checkpoint ingest_status:
     input:
-        records=expand(rules.ingest.output.stage, patient=PATIENTS),
+        records=expand(path("ingest"), patient=PATIENTS),
     output:
-        f"{WORK}/status/ingest.tsv",
+        path("status", stage="ingest"),
     log:
-        f"{LOGS}/ingest_status.log",
+        log_path("ingest_status", None),
     benchmark:
-        f"{LOGS}/benchmarks/ingest_status.tsv"
+        benchmark_path("ingest_status", None)
     conda:
         "../../envs/ingest.yaml"
     params:
@@ -48,10 +51,10 @@ checkpoint ingest_status:
 
 rule nifti:
     input:
-        stage=rules.ingest.output.stage,
+        stage=path("ingest"),
     output:
-        volume=f"{RESULTS}/nifti/{{patient}}.nii.gz",
-        sidecar=f"{RESULTS}/nifti/{{patient}}.json",
+        volume=path("nifti"),
+        sidecar=path("sidecar"),
     log:
         log_path("nifti"),
     benchmark:

@@ -8,14 +8,17 @@ login node with internet) fetches them once into resources/lungmask/.
 """
 
 
+include: "inputs/lungs.smk"
+
+
 rule lungs:
     input:
         unpack(lungs_inputs),
     output:
-        **lobes_output(),
-        labels=f"{RESULTS}/lungs/{{patient}}.nii.gz",
-        montage=f"{RESULTS}/qc/{{patient}}_lungs.png",
-        record=f"{WORK}/lungs/{{patient}}.json",
+        **({"lobes": path("lobes")} if LOBES else {}),
+        labels=path("lungs"),
+        montage=path("lung_montage"),
+        record=path("lung_record"),
     log:
         log_path("lungs"),
     benchmark:
@@ -36,11 +39,11 @@ checkpoint lungs_status:
     input:
         unpack(lungs_status_inputs),
     output:
-        f"{WORK}/status/lungs.tsv",
+        path("status", stage="lungs"),
     log:
-        f"{LOGS}/lungs_status.log",
+        log_path("lungs_status", None),
     benchmark:
-        f"{LOGS}/benchmarks/lungs_status.tsv"
+        benchmark_path("lungs_status", None)
     conda:
         "../../envs/lungs.yaml"
     params:
@@ -56,11 +59,11 @@ localrules:
 
 rule download_lungmask_weights:
     output:
-        [str(path) for path, _ in LUNGMASK_DOWNLOADS],
+        [str(weights) for weights, _ in LUNGMASK_DOWNLOADS],
     log:
-        f"{LOGS}/download_lungmask_weights.log",
+        log_path("download_lungmask_weights", None),
     benchmark:
-        f"{LOGS}/benchmarks/download_lungmask_weights.tsv"
+        benchmark_path("download_lungmask_weights", None)
     conda:
         "../../envs/lungs.yaml"
     params:

@@ -3,11 +3,14 @@ table; `snakemake prepare` runs ingest, lung masks and the model-input cache, wi
 """
 
 
+include: "inputs/prepare.smk"
+
+
 rule patient_qc:
     input:
         unpack(patient_qc_inputs),
     output:
-        f"{RESULTS}/qc/{{patient}}.json",
+        path("qc"),
     log:
         log_path("patient_qc"),
     benchmark:
@@ -37,13 +40,13 @@ rule prepare:
     patient's QC status."""
     input:
         qc=qc_records,
-        demo_samples=f"{DEMO_ROOT}/samples.tsv" if DEMO else [],
+        demo_samples=path("demo_samples") if DEMO else [],
     output:
-        f"{RESULTS}/cohort_qc.tsv",
+        path("cohort_qc"),
     log:
-        f"{LOGS}/prepare.log",
+        log_path("prepare", None),
     benchmark:
-        f"{LOGS}/benchmarks/prepare.tsv"
+        benchmark_path("prepare", None)
     conda:
         "../../envs/ingest.yaml"
     script:

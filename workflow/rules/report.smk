@@ -1,20 +1,23 @@
 """Metrics, figures, provenance, per-patient audit reports and the cohort summary
-(lungcam.report.metrics, evaluation, figures, provenance, reports).
+(lungcam.report: metrics, evaluation, figures, provenance, pages).
 
 Every patient gets a report, excluded ones too (with the reason in its Errors section); the
 summary links them all and lists every exclusion.
 """
 
 
+include: "inputs/report.smk"
+
+
 rule classification_metrics:
     input:
         unpack(classification_metrics_inputs),
     output:
-        f"{WORK}/metrics/classification.json",
+        path("classification_metrics"),
     log:
-        f"{LOGS}/classification_metrics.log",
+        log_path("classification_metrics", None),
     benchmark:
-        f"{LOGS}/benchmarks/classification_metrics.tsv"
+        benchmark_path("classification_metrics", None)
     conda:
         "../../envs/train.yaml"
     params:
@@ -31,11 +34,11 @@ rule metrics:
     input:
         unpack(metrics_inputs),
     output:
-        f"{RESULTS}/metrics.json",
+        path("metrics"),
     log:
-        f"{LOGS}/metrics.log",
+        log_path("metrics", None),
     benchmark:
-        f"{LOGS}/benchmarks/metrics.tsv"
+        benchmark_path("metrics", None)
     conda:
         "../../envs/train.yaml"
     script:
@@ -44,15 +47,15 @@ rule metrics:
 
 rule classification_figures:
     input:
-        predictions=f"{RESULTS}/predictions.tsv",
+        predictions=path("predictions"),
     output:
-        roc_pr=report(f"{RESULTS}/figures/roc_pr.png", caption="../report/roc_pr.rst", category="Classification"),
-        confusion=report(f"{RESULTS}/figures/confusion.png", caption="../report/confusion.rst", category="Classification"),
-        reliability=report(f"{RESULTS}/figures/reliability.png", caption="../report/reliability.rst", category="Classification"),
+        roc_pr=report(CLASSIFICATION_FIGURES["roc_pr"], caption="../report/roc_pr.rst", category="Classification"),
+        confusion=report(CLASSIFICATION_FIGURES["confusion"], caption="../report/confusion.rst", category="Classification"),
+        reliability=report(CLASSIFICATION_FIGURES["reliability"], caption="../report/reliability.rst", category="Classification"),
     log:
-        f"{LOGS}/classification_figures.log",
+        log_path("classification_figures", None),
     benchmark:
-        f"{LOGS}/benchmarks/classification_figures.tsv"
+        benchmark_path("classification_figures", None)
     conda:
         "../../envs/train.yaml"
     params:
@@ -65,11 +68,11 @@ rule provenance:
     input:
         unpack(provenance_inputs),
     output:
-        f"{RESULTS}/provenance.json",
+        path("provenance"),
     log:
-        f"{LOGS}/provenance.log",
+        log_path("provenance", None),
     benchmark:
-        f"{LOGS}/benchmarks/provenance.tsv"
+        benchmark_path("provenance", None)
     conda:
         "../../envs/train.yaml"
     params:
@@ -83,7 +86,7 @@ rule patient_report:
     input:
         unpack(patient_report_inputs),
     output:
-        f"{RESULTS}/reports/{{patient}}.html",
+        path("report"),
     log:
         log_path("patient_report"),
     benchmark:
@@ -95,7 +98,7 @@ rule patient_report:
         runtime=2,
     params:
         classes=TASK_CLASSES,
-        benchmarks=f"{LOGS}/benchmarks",
+        benchmarks=path("benchmarks"),
         models=REPORT_MODELS,
         label=lambda wildcards: SAMPLES.loc[wildcards.patient, "label"],
     script:
@@ -106,11 +109,11 @@ rule summary:
     input:
         unpack(summary_inputs),
     output:
-        report(f"{RESULTS}/summary.html", caption="../report/summary.rst", category="Summary"),
+        report(path("summary"), caption="../report/summary.rst", category="Summary"),
     log:
-        f"{LOGS}/summary.log",
+        log_path("summary", None),
     benchmark:
-        f"{LOGS}/benchmarks/summary.tsv"
+        benchmark_path("summary", None)
     conda:
         "../../envs/train.yaml"
     params:

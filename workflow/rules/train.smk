@@ -4,19 +4,22 @@ In mode predict, the model file predict.model is applied to the cohort instead.
 """
 
 
+include: "inputs/train.smk"
+
+
 localrules:
     folds,
 
 
 rule folds:
     input:
-        cohort_qc=rules.prepare.output[0],
+        cohort_qc=path("cohort_qc"),
     output:
-        f"{WORK}/train/folds.tsv",
+        path("folds"),
     log:
-        f"{LOGS}/folds.log",
+        log_path("folds", None),
     benchmark:
-        f"{LOGS}/benchmarks/folds.tsv"
+        benchmark_path("folds", None)
     conda:
         "../../envs/train.yaml"
     params:
@@ -30,13 +33,13 @@ rule folds:
 
 rule slice_bank:
     input:
-        cohort_qc=rules.prepare.output[0],
+        cohort_qc=path("cohort_qc"),
     output:
-        directory(f"{WORK}/train/bank"),
+        directory(path("bank")),
     log:
-        f"{LOGS}/slice_bank.log",
+        log_path("slice_bank", None),
     benchmark:
-        f"{LOGS}/benchmarks/slice_bank.tsv"
+        benchmark_path("slice_bank", None)
     conda:
         "../../envs/train.yaml"
     resources:
@@ -45,29 +48,29 @@ rule slice_bank:
         input_size=lookup(dpath="train/input_size", within=config),
         min_lung_fraction=lookup(dpath="train/min_lung_fraction", within=config),
         cache=config["cache"],
-        cache_root=f"{WORK}/cache",
+        cache_root=str(Path(path("cache")).parent),  # each patient's cache below it
     script:
         "../../scripts/slice_bank.py"
 
 
 rule train_fold:
     input:
-        bank=rules.slice_bank.output[0],
-        folds=rules.folds.output[0],
+        bank=path("bank"),
+        folds=path("folds"),
     output:
-        model=f"{RESULTS}/model/fold{{fold}}.pt",
-        curves=f"{RESULTS}/training/fold{{fold}}.tsv",
+        model=path("model", model="fold{fold}"),
+        curves=path("curves", model="fold{fold}"),
         curves_png=report(
-            f"{RESULTS}/training/fold{{fold}}.png",
+            path("curves_png", model="fold{fold}"),
             caption="../report/training_curves.rst",
             category="Training",
             labels={"model": "fold {fold}"},
         ),
-        predictions=f"{WORK}/train/fold{{fold}}/predictions.tsv",
+        predictions=path("fold_predictions", model="fold{fold}"),
     log:
-        f"{LOGS}/train_fold/fold{{fold}}.log",
+        log_path("train_fold", "fold{fold}"),
     benchmark:
-        f"{LOGS}/benchmarks/train_fold/fold{{fold}}.tsv"
+        benchmark_path("train_fold", "fold{fold}")
     wildcard_constraints:
         fold=r"\d+",
     conda:
@@ -81,7 +84,7 @@ rule train_fold:
         launcher=TRAIN_LAUNCHER,
         settings=TRAIN_SETTINGS_JSON,
         classes=TASK_CLASSES_JSON,
-        work=f"{WORK}/train/fold{{fold}}",
+        work=path("training_work", model="fold{fold}"),
     shell:
         "{params.launcher} -m lungcam.cli train-fold --bank {input.bank} --folds {input.folds} --fold {wildcards.fold}"
         " --work {params.work} --model {output.model} --curves {output.curves} --curves-png {output.curves_png}"
@@ -91,16 +94,16 @@ rule train_fold:
 
 rule train_final:
     input:
-        bank=rules.slice_bank.output[0],
-        folds=rules.folds.output[0],
+        bank=path("bank"),
+        folds=path("folds"),
     output:
-        model=f"{RESULTS}/model/final.pt",
-        curves=f"{RESULTS}/training/final.tsv",
-        curves_png=f"{RESULTS}/training/final.png",
+        model=path("model", model="final"),
+        curves=path("curves", model="final"),
+        curves_png=path("curves_png", model="final"),
     log:
-        f"{LOGS}/train_final.log",
+        log_path("train_final", None),
     benchmark:
-        f"{LOGS}/benchmarks/train_final.tsv"
+        benchmark_path("train_final", None)
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
@@ -112,7 +115,7 @@ rule train_final:
         launcher=TRAIN_LAUNCHER,
         settings=TRAIN_SETTINGS_JSON,
         classes=TASK_CLASSES_JSON,
-        work=f"{WORK}/train/final",
+        work=path("training_work", model="final"),
     shell:
         "{params.launcher} -m lungcam.cli train-fold --bank {input.bank} --folds {input.folds} --fold final"
         " --work {params.work} --model {output.model} --curves {output.curves} --curves-png {output.curves_png}"
@@ -126,13 +129,13 @@ if MODE == "train":
 
     rule predictions:
         input:
-            expand(f"{WORK}/train/fold{{fold}}/predictions.tsv", fold=range(config["train"]["folds"])),
+            expand(path("fold_predictions", model="fold{fold}"), fold=FOLDS),
         output:
-            f"{RESULTS}/predictions.tsv",
+            path("predictions"),
         log:
-            f"{LOGS}/predictions.log",
+            log_path("predictions", None),
         benchmark:
-            f"{LOGS}/benchmarks/predictions.tsv"
+            benchmark_path("predictions", None)
         conda:
             "../../envs/train.yaml"
         script:
@@ -142,14 +145,14 @@ else:
 
     rule predict:
         input:
-            bank=rules.slice_bank.output[0],
+            bank=path("bank"),
             model=config["predict"]["model"],
         output:
-            f"{RESULTS}/predictions.tsv",
+            path("predictions"),
         log:
-            f"{LOGS}/predict.log",
+            log_path("predict", None),
         benchmark:
-            f"{LOGS}/benchmarks/predict.tsv"
+            benchmark_path("predict", None)
         conda:
             "../../envs/train.yaml"
         resources:

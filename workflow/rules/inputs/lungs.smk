@@ -1,0 +1,42 @@
+"""What the lungs rules are given: the scan, lungmask's weights; who passed lung QC."""
+
+from lungcam.lungs import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
+
+LUNGMASK = config["lungs"]["method"] == "lungmask"
+LUNGMASK_SETTINGS = LungmaskSettings.from_config(config["lungs"]["lungmask"])
+LOBES = LUNGMASK and LUNGMASK_SETTINGS.model == "LTRCLobes"
+LUNGMASK_WEIGHTS = weights_path(LUNGMASK_SETTINGS)
+LUNGMASK_FILL = weights_path(LUNGMASK_SETTINGS, "R231", LUNGMASK_SETTINGS.fill_weights) if LOBES else None
+if LUNGMASK:  # a configured weights file must exist: no rule can make it
+    for configured, weights, model in (
+        (LUNGMASK_SETTINGS.weights, LUNGMASK_WEIGHTS, LUNGMASK_SETTINGS.model),
+        (LUNGMASK_SETTINGS.fill_weights, LUNGMASK_FILL, "R231"),
+    ):
+        if configured:
+            require_weights(weights, model, LUNGMASK_SETTINGS.url(model))
+# (path, url) of the weight files the download rule can fetch into resources/.
+LUNGMASK_DOWNLOADS = [
+    (weights, LUNGMASK_SETTINGS.url(model))
+    for weights, model in ((LUNGMASK_WEIGHTS, LUNGMASK_SETTINGS.model), (LUNGMASK_FILL, "R231"))
+    if weights is not None and Path(weights).parent == RESOURCE_DIR
+] or [(RESOURCE_DIR / Path(LUNGMASK_SETTINGS.url()).name, LUNGMASK_SETTINGS.url())]
+
+
+def lungs_inputs(wildcards) -> dict:
+    """The scan, and lungmask's weights when it segments."""
+    inputs = {"volume": path("nifti", patient=wildcards.patient)}
+    if LUNGMASK:
+        inputs["weights"] = str(LUNGMASK_WEIGHTS)
+        if LOBES:
+            inputs["fill_weights"] = str(LUNGMASK_FILL)
+    return inputs
+
+
+def lungs_status_inputs(wildcards) -> dict:
+    """The lung records of the patients that passed ingest."""
+    return {"records": expand(path("lung_record"), patient=[p for p in PATIENTS if ingest_ok(p)])}
+
+
+def lungs_ok(patient: str) -> bool:
+    """Whether `patient` passed ingest and lung QC (waits for the cohort's lung status)."""
+    return ingest_ok(patient) and stage_statuses(checkpoints.lungs_status).get(patient) == "ok"
