@@ -1,13 +1,12 @@
 """Rule `lesions`: lesion candidates and infection burden of one patient (lungcam.cam.lesions)."""
 
-import json
-
 import nibabel as nib
 import numpy as np
 
 from lungcam.cam.lesions import LesionSettings, find_lesions
-from lungcam.core.atomic import write_text, write_tsv
+from lungcam.core.atomic import write_tsv
 from lungcam.core.joblog import job_log
+from lungcam.core.records import write_record
 
 snakemake = globals()["snakemake"]
 
@@ -16,7 +15,5 @@ with job_log(snakemake.log[0]) as log:
     lungs = np.asarray(nib.load(snakemake.input.lungs).dataobj)
     table, burden = find_lesions(np.asarray(cam.dataobj), lungs, cam.affine, LesionSettings.from_config(snakemake.params.settings))
     write_tsv(table, snakemake.output.table)
-    write_text(
-        snakemake.output.burden, json.dumps({"patient_id": snakemake.wildcards.patient, **burden, "candidates": len(table)}, indent=1)
-    )
+    write_record(snakemake.output.burden, {"patient_id": snakemake.wildcards.patient, **burden, "candidates": len(table)})
     log.info("%s: %d lesion candidates, burden %s", snakemake.wildcards.patient, len(table), burden)

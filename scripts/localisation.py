@@ -1,14 +1,13 @@
 """Rule `localisation`: CAM against the sample sheet's lesion masks and the slice-level labels
 of `cam.slice_labels` (lungcam.cam.localisation)."""
 
-import json
-
 import pandas as pd
 
 from lungcam.cam.lesions import LesionSettings
 from lungcam.cam.localisation import localise_cohort
-from lungcam.core.atomic import write_text, write_tsv
+from lungcam.core.atomic import write_tsv
 from lungcam.core.joblog import job_log
+from lungcam.core.records import write_record
 
 snakemake = globals()["snakemake"]
 
@@ -28,5 +27,5 @@ with job_log(snakemake.log[0]) as log:
     if "slice_labels" in summary:
         summary["slice_labels"] = {"file": str(snakemake.input.slice_labels)} | summary["slice_labels"]
     write_tsv(table, snakemake.output.patients, float_format="%.4f")
-    write_text(snakemake.output.summary, json.dumps(summary, indent=1))
+    write_record(snakemake.output.summary, summary)
     log.info("localisation of %d patients: %s", len(table), summary)

@@ -1,10 +1,7 @@
 """Rule `provenance`: results/provenance.json (lungcam.report.provenance)."""
 
-import json
-
-from lungcam.core.atomic import write_text
 from lungcam.core.joblog import job_log
-from lungcam.core.records import read_record
+from lungcam.core.records import read_record, write_document
 from lungcam.report.provenance import provenance_document
 
 snakemake = globals()["snakemake"]
@@ -18,7 +15,7 @@ with job_log(snakemake.log[0]) as log:
         snakemake.input.get("slice_labels"),
         snakemake.input.get("model"),
     )
-    write_text(snakemake.output[0], json.dumps(document, indent=1, default=str))
+    write_document(snakemake.output[0], document)
     log.info(
         "provenance: code %s, config %s, %d patients",
         document["code"]["describe"],

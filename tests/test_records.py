@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from lungcam.core.records import StatusTableError, read_passed_patients, read_status_table, write_record, write_status_table
+from lungcam.core.records import (
+    StatusTableError,
+    read_passed_patients,
+    read_record,
+    read_status_table,
+    write_document,
+    write_record,
+    write_status_table,
+)
 
 
 def test_a_status_table_lists_every_patient_with_its_record_status(tmp_path):
@@ -48,3 +57,18 @@ def test_the_passed_patients_are_read_from_the_cohort_table_in_its_order(tmp_pat
         "007\tok\tingest ok, lungs ok\t\tgantry tilt 18.5 degrees\n"
     )
     assert read_passed_patients(table) == ["b", "007"]  # ids stay text
+
+
+def test_records_round_and_documents_keep_numbers_exact(tmp_path):
+    """Records round floats (stable files); provenance keeps the config's numbers as run."""
+    values = {"learning_rate": 1e-05, "dice": 0.123456789, "missing": float("nan"), "path": tmp_path, "n": np.int64(3)}
+    write_record(tmp_path / "record.json", values)
+    write_document(tmp_path / "document.json", values)
+    assert read_record(tmp_path / "record.json") == {"learning_rate": 0.0, "dice": 0.1235, "missing": None, "path": str(tmp_path), "n": 3}
+    assert read_record(tmp_path / "document.json") == {
+        "learning_rate": 1e-05,
+        "dice": 0.123456789,
+        "missing": None,
+        "path": str(tmp_path),
+        "n": 3,
+    }

@@ -1,7 +1,7 @@
 """Write and read the JSON records each stage leaves behind, and the predictions tables.
 
-One format everywhere: UTF-8, sorted keys, two-space indent, floats rounded to 4 decimals and
-NaN written as null, so that records are stable across runs and diff cleanly.
+One JSON format everywhere: UTF-8, sorted keys, two-space indent, NaN written as null; records
+round floats to 4 decimals so that they are stable across runs and diff cleanly.
 """
 
 from __future__ import annotations
@@ -15,22 +15,30 @@ import numpy as np
 from lungcam.core.atomic import write_text, write_tsv
 
 
-def _plain(value):
+def _plain(value, digits: int | None = 4):
+    """`value` in plain JSON types: numpy scalars as Python ones, paths as text, non-finite
+    floats as None, floats rounded to `digits` decimals (None: kept exact)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, digits) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
-        return None if not math.isfinite(value) else round(value, 4)
+        return None if not math.isfinite(value) else value if digits is None else round(value, digits)
     if isinstance(value, Path):
         return str(value)
     return value
 
 
 def write_record(path: Path | str, record: dict) -> None:
+    """A stage record or figure file: floats rounded to 4 decimals."""
     write_text(path, json.dumps(_plain(record), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_document(path: Path | str, document: dict) -> None:
+    """A JSON document that must keep its numbers exact (provenance: the config as run)."""
+    write_text(path, json.dumps(_plain(document, None), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def read_record(path: Path | str) -> dict:
