@@ -26,7 +26,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,13 +35,8 @@ from lungcam.cam.localisation import localise_cohort  # noqa: E402
 from lungcam.cam.maps import METHODS, MapSettings, write_patient_cam  # noqa: E402
 from lungcam.core.config import validate_config  # noqa: E402
 from lungcam.core.map_sampling import SHIFTS, evaluations_per_axis  # noqa: E402
-
-
-def lesion_masks(workdir: Path) -> dict[str, str]:
-    """patient -> lesion mask of the run's sample sheet (paths relative to the sheet)."""
-    sheet = workdir / "demo" / "samples.tsv"
-    samples = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
-    return {row.patient_id: str(sheet.parent / row.lesion_mask) for row in samples.itertuples() if row.lesion_mask}
+from lungcam.core.records import read_predictions  # noqa: E402
+from lungcam.core.samplesheet import lesion_masks, load_sample_sheet  # noqa: E402
 
 
 def main() -> None:
@@ -66,12 +60,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = args.workdir / "results"
-    rows = pd.read_csv(results / "predictions.tsv", sep="\t", dtype={"patient_id": str, "label": str}, keep_default_na=False).to_dict(
-        "records"
-    )
+    rows = read_predictions(results / "predictions.tsv").to_dict("records")
     if args.cohort:
         rows = rows[: args.cohort]
-    masks = lesion_masks(args.workdir)
+    masks = lesion_masks(load_sample_sheet(args.workdir / "demo" / "samples.tsv", validate_config({})["classes"]))
     print(
         f"{'method':>20s}  s/patient  pointing game [95% CI]   hit    Dice (best)  slice AUC mean [95% CI]  pooled  peak to lesion "
         "(mm): median, mean"

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungcam.cam.maps import METHODS, MapSettings, write_patient_cam  # noqa: E402
+from lungcam.core.records import read_predictions  # noqa: E402
 
 
 def main() -> None:
@@ -32,9 +32,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=8)
     args = parser.parse_args()
     root = args.workdir
-    rows = (
-        pd.read_csv(root / "results" / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False).head(args.patients).to_dict("records")
-    )
+    rows = read_predictions(root / "results" / "predictions.tsv").head(args.patients).to_dict("records")
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
     settings = MapSettings(target="predicted", method=METHODS[0], ig_steps=32, shifts=1, smooth_mm=0.0)  # one raw evaluation
     with tempfile.TemporaryDirectory() as tmp:

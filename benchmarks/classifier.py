@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lungcam.core.records import read_predictions  # noqa: E402
 from lungcam.report.metrics import point_metrics  # noqa: E402
 from lungcam.train.inference import AGGREGATIONS, aggregate_slices, load_model, out_of_fold_slice_predictions  # noqa: E402
 from lungcam.train.slice_bank import SliceBank  # noqa: E402
@@ -50,7 +51,7 @@ def report(name: str, result: dict, classes: list[str], count: int) -> None:
 
 
 def evaluate(workdir: Path) -> None:
-    predictions = pd.read_csv(workdir / "results" / "predictions.tsv", sep="\t", dtype={"patient_id": str})
+    predictions = read_predictions(workdir / "results" / "predictions.tsv")
     classes = [c[len("prob_") :] for c in predictions.columns if c.startswith("prob_")]
     _, metadata = load_model(workdir / "results" / "model" / "fold0.pt")
     print(

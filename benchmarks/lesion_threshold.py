@@ -28,23 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungcam.cam.lesions import LesionSettings, find_lesions  # noqa: E402
 from lungcam.cam.localisation import mask_on_grid  # noqa: E402
 from lungcam.core.config import validate_config  # noqa: E402
+from lungcam.core.records import read_predictions  # noqa: E402
+from lungcam.core.samplesheet import lesion_masks, load_sample_sheet  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0.30, 0.951, 0.05), 2)
 NO_PNEUMONIA = "NP"
 
 
-def lesion_masks(workdir: Path) -> dict[str, Path]:
-    """patient -> lesion mask of a demo run's sample sheet (paths relative to the sheet)."""
-    sheet = workdir / "demo" / "samples.tsv"
-    samples = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
-    return {row.patient_id: sheet.parent / row.lesion_mask for row in samples.itertuples() if row.lesion_mask}
-
-
 def run_rows(workdir: Path, min_volume_ml: float) -> list[dict]:
     """One row per patient and threshold: Dice (lesion patients) or flagged mL (NP patients)."""
     results = workdir / "results"
-    predictions = pd.read_csv(results / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
-    masks = lesion_masks(workdir)
+    predictions = read_predictions(results / "predictions.tsv")
+    masks = lesion_masks(load_sample_sheet(workdir / "demo" / "samples.tsv", validate_config({})["classes"]))
     rows = []
     for row in predictions.itertuples():
         cam_image = nib.load(results / "cam" / f"{row.patient_id}.nii.gz")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lungcam.core.config import ConfigError, apply_demo_overrides, load_config, load_schema, record_validator, validate_config
-from lungcam.core.samplesheet import SampleSheetError, load_sample_sheet, row_checker
+from lungcam.core.samplesheet import SampleSheetError, lesion_masks, load_sample_sheet, row_checker
 
 from .conftest import REPO
 
@@ -110,6 +110,16 @@ def test_good_sheet_resolves_paths_relative_to_the_sheet(tmp_path):
     table = load_sample_sheet(sheet, CLASSES)
     assert list(table.index) == ["P1", "P2"]
     assert table.loc["P1", "dicom_dir"] == str(tmp_path / "p1")
+
+
+def test_lesion_masks_of_the_patients_that_have_one(tmp_path):
+    (tmp_path / "p1").mkdir()
+    (tmp_path / "p2").mkdir()
+    (tmp_path / "m1.nii.gz").write_bytes(b"")
+    sheet = tmp_path / "patients.tsv"
+    sheet.write_text("patient_id\tlabel\tdicom_dir\tlesion_mask\nP1\tCAP\tp1\tm1.nii.gz\nP2\tNP\tp2\t\n")
+    assert lesion_masks(load_sample_sheet(sheet, CLASSES)) == {"P1": str(tmp_path / "m1.nii.gz")}
+    assert lesion_masks(load_sample_sheet(write_sheet(tmp_path, ["P1\tNP\tp1"]), CLASSES)) == {}
 
 
 @pytest.mark.parametrize(

@@ -183,3 +183,9 @@ def load_sample_sheet(
         raise SampleSheetError(f"sample sheet {path} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     sheet = pd.DataFrame(rows, columns=list(COLUMNS), dtype=object).fillna("").astype(str)
     return sheet.set_index("patient_id", drop=False)
+
+
+def lesion_masks(samples: pd.DataFrame) -> dict[str, str]:
+    """patient_id -> lesion mask, for the patients a sample sheet gives one (column optional)."""
+    column = samples.get("lesion_mask", pd.Series(dtype=str))
+    return {patient: mask for patient, mask in column.items() if isinstance(mask, str) and mask}

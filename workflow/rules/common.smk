@@ -13,7 +13,7 @@ from lungcam.core.config import apply_demo_overrides, validate_config
 from lungcam.core.folds import task_classes
 from lungcam.phantom import plan_cohort, sample_rows
 from lungcam.core.records import read_status_table
-from lungcam.core.samplesheet import SampleSheetError, load_sample_sheet
+from lungcam.core.samplesheet import SampleSheetError, lesion_masks, load_sample_sheet
 from lungcam.ingest import shared_scan_problems
 
 import pandas as pd
@@ -138,7 +138,7 @@ SAMPLE_SHEET = path("demo_samples") if DEMO else config["samples"]
 DICOM_DIRS = SAMPLES["dicom_dir"].to_dict()  # a dict lookup per ingest job, not a DataFrame one
 STUDY_UIDS = {p: uid for p, uid in SAMPLES.get("study_uid", pd.Series(dtype=str)).items() if isinstance(uid, str) and uid}
 # The sample sheet's optional columns (cells may be empty).
-LESION_MASKS = {p: m for p, m in SAMPLES.get("lesion_mask", pd.Series(dtype=str)).items() if isinstance(m, str) and m}
+LESION_MASKS = lesion_masks(SAMPLES)
 SITES = {p: s for p, s in SAMPLES.get("site", pd.Series(dtype=str)).items() if isinstance(s, str) and s}
 # One scan under two patient ids would sit in two cross-validation folds: refused before any job
 # starts. One header read per folder, cached; only where Snakemake plans, not in every cluster job.
