@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from lungcam.cam.maps import MapSettings, cache_cam, scan_cam, slice_cams, smooth_within_lungs, target_class
+from lungcam.cam.maps import MapSettings, cache_cam, scan_cam, slice_cams, smooth_within_lungs
+from lungcam.core.folds import target_class
 from lungcam.core.map_sampling import shift_offsets
 from lungcam.train.cache import load_cache
 from lungcam.train.models import build_model
@@ -241,18 +242,21 @@ def test_a_lesion_mask_reaches_the_map_grid_as_resampling_would_bring_it():
     assert not np.array_equal(mask_on_grid(mask, ras), np.asarray(mask.dataobj))  # really turned
 
 
-def test_key_slices_are_those_with_the_most_map_mass(tmp_path):
+def test_key_slices_are_spread_over_the_map_mass(tmp_path):
     from lungcam.core.montage import key_slices, key_slices_figure
 
     cam = np.zeros((16, 32, 32), dtype=np.float32)
-    for k, value in ((3, 0.2), (7, 1.0), (9, 0.6), (12, 0.4)):
+    for k, value in ((3, 0.2), (7, 1.0), (8, 0.9), (12, 0.4)):
         cam[k, 10:20, 10:20] = value
-    assert key_slices(cam) == [7, 9, 12] and key_slices(np.zeros_like(cam)) == []
+    assert key_slices(cam, spacing_z=20.0) == [12, 8, 7]  # 20 mm slices: neighbours are far enough apart
+    assert key_slices(cam, spacing_z=5.0) == [12, 7, 3]  # 8 is 5 mm from 7: the next slice 20 mm away instead
+    assert key_slices(np.zeros_like(cam), spacing_z=5.0) == []
     labels = np.zeros(cam.shape, dtype=np.uint8)
     labels[:, 5:27, 3:15], labels[:, 5:27, 17:29] = 1, 2
     hu = np.where(labels > 0, -850.0, 40.0).astype(np.float32)
-    shown = key_slices_figure(hu, labels, cam, (2.5, 1.0, 1.0), tmp_path / "key.png", "test")
-    assert shown == [7, 9, 12] and (tmp_path / "key.png").stat().st_size > 5000
+    z_mm = np.arange(16) * 5.0 - 40.0
+    shown = key_slices_figure(hu, labels, cam, (5.0, 1.0, 1.0), z_mm, tmp_path / "key.png", "test", "COVID-19")
+    assert shown == [12, 7, 3] and (tmp_path / "key.png").stat().st_size > 5000
 
 
 def test_slice_labels_count_from_the_most_superior_slice():

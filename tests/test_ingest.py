@@ -35,6 +35,19 @@ def test_covid_ct_md_cases_convert_with_hu(real_ingest, pid):
     assert "only axial CT volume" in record["series"]["why"]
 
 
+def test_slice_positions_are_those_of_the_dicom_headers(real_ingest, data):
+    """The reports give each key slice's z in mm so that a reader finds it in PACS: the NIfTI's
+    LPS slices must sit where the DICOM headers put them (ImagePositionPatient z), top last."""
+    from lungcam.core.orientation import LPSView
+
+    out, _, _, _ = real_ingest
+    z_mm = LPSView.of(nib.load(out / "P001" / VOLUME_NAME)).slice_z_mm()
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted((data / "covid-ct-md" / "P001").iterdir()) if f.is_file()]
+    dicom_z = sorted(float(h.ImagePositionPatient[2]) for h in headers if "ImagePositionPatient" in h)
+    assert len(z_mm) == len(dicom_z) and np.all(np.diff(z_mm) > 0)
+    assert np.allclose(z_mm, dicom_z, atol=0.01)
+
+
 def test_tilted_ge_series_is_detected_corrected_and_excluded_as_head(real_ingest):
     out, records, _, _ = real_ingest
     record = records["GE"]

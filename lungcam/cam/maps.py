@@ -46,6 +46,7 @@ from torch.nn import functional as F
 
 from lungcam.core.atomic import atomic_path
 from lungcam.core.config import settings_from
+from lungcam.core.folds import target_class
 from lungcam.core.geometry import crop_box
 from lungcam.core.map_sampling import CELL, evaluations_per_axis, shift_offsets
 from lungcam.train import AttentionMIL, CacheTransform, Hu2020Net, load_cache, resize_slices, to_source_grid, zscore
@@ -280,13 +281,6 @@ def to_unit_range(values: np.ndarray) -> np.ndarray:
     return (values / (values + 1.0)).astype(np.float32)
 
 
-def target_class(row: dict, classes: list[str], target: str) -> str:
-    """The class to map for a patient's predictions row: `predicted`, or `label` when given."""
-    if target == "label" and isinstance(row.get("label"), str) and row["label"] in classes:
-        return row["label"]
-    return row["predicted"]
-
-
 @dataclass(frozen=True)
 class MapSettings:
     """Config section `cam`: which class is mapped (`target`) and how."""
@@ -348,6 +342,6 @@ def write_patient_cam(
         hu, view = load_hu_lps(volume)
         title = f"{row.get('patient_id', '')} {settings.method} map of {mapped} (predicted {row['predicted']})"
         summary["key_slices"] = key_slices_figure(
-            hu, view.lps(np.asarray(lung_image.dataobj)), view.lps(values), view.spacing, key_slices, title
+            hu, view.lps(np.asarray(lung_image.dataobj)), view.lps(values), view.spacing, view.slice_z_mm(), key_slices, title, mapped
         )
     return summary

@@ -61,3 +61,10 @@ def validation_split(train: pd.DataFrame, fraction: float, seed: int, fold: int)
         held += list(group.index[rng.permutation(len(group))[:n]])
     validation = train.loc[sorted(held)]
     return train.drop(index=held), validation
+
+
+def target_class(row: dict, classes: list[str], target: str) -> str:
+    """The class to map for a patient's predictions row: `predicted`, or `label` when given."""
+    if target == "label" and isinstance(row.get("label"), str) and row["label"] in classes:
+        return row["label"]
+    return row["predicted"]

@@ -61,30 +61,74 @@ def lung_montage(hu_lps: np.ndarray, labels: np.ndarray, spacing: tuple[float, f
     _save_figure(fig, path, title)
 
 
-def key_slices(cam: np.ndarray, count: int = 3) -> list[int]:
-    """The `count` axial slices (LPS z) holding the most map mass, in head-foot order."""
+KEY_SLICE_GAP_MM = 20.0  # key slices at least this far apart, so that they show more than one lesion
+
+
+def key_slices(cam: np.ndarray, spacing_z: float, count: int = 3) -> list[int]:
+    """Up to `count` axial slices (LPS z) holding the most map mass, each at least
+    KEY_SLICE_GAP_MM from the others (the next best slice elsewhere rather than a neighbour of
+    the best), from the head down."""
     mass = cam.reshape(cam.shape[0], -1).sum(axis=1)
-    ranked = [int(k) for k in np.argsort(-mass, kind="stable")[:count] if mass[k] > 0]
-    return sorted(ranked)
+    gap = max(1, int(round(KEY_SLICE_GAP_MM / spacing_z)))
+    chosen: list[int] = []
+    for k in np.argsort(-mass, kind="stable"):
+        if mass[k] <= 0 or len(chosen) == count:
+            break
+        if all(abs(int(k) - c) >= gap for c in chosen):
+            chosen.append(int(k))
+    return sorted(chosen, reverse=True)
+
+
+def _mark_sides(ax) -> None:
+    """R and L at the panel's sides: the patient's right is on the viewer's left."""
+    for x, letter, align in ((0.02, "R", "left"), (0.98, "L", "right")):
+        ax.text(
+            x,
+            0.5,
+            letter,
+            transform=ax.transAxes,
+            color="white",
+            fontsize=11,
+            fontweight="bold",
+            ha=align,
+            va="center",
+            bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none", "pad": 1.5},
+        )
 
 
 def key_slices_figure(
-    hu_lps: np.ndarray, labels: np.ndarray, cam: np.ndarray, spacing: tuple[float, float, float], path: Path | str, title: str
+    hu_lps: np.ndarray,
+    labels: np.ndarray,
+    cam: np.ndarray,
+    spacing: tuple[float, float, float],
+    z_mm: np.ndarray,
+    path: Path | str,
+    title: str,
+    class_name: str,
 ) -> list[int]:
     """Write the key slices of a CAM (LPS z, y, x, like the CT) over the CT in a lung window, the
-    map as a heatmap scaled to its maximum where it is at least 0.1 of it, and the lung outlines;
-    returns the slices shown."""
-    chosen = key_slices(cam) or lung_slices(labels)
+    map as a heatmap where it is at least 0.1 of its maximum, with a colour bar in map units, the
+    lung outlines and R/L markers; each panel names its slice (counted from the top, as PACS
+    lists a series head first) and its position `z_mm` (patient superior, mm). Returns the
+    slices shown."""
+    chosen = key_slices(cam, spacing[0]) or lung_slices(labels)
     peak = float(cam.max())
-    shown = cam / peak if peak > 0 else cam
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 4.6), facecolor="black", squeeze=False)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen) + 0.9, 4.6), facecolor="black", squeeze=False)
     aspect = spacing[1] / spacing[2]
+    heat = None
     for ax, k in zip(axes[0], chosen):
         ax.imshow(hu_lps[k], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=aspect, interpolation="nearest")
-        heat = np.ma.masked_less(shown[k], 0.1)
-        ax.imshow(heat, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, aspect=aspect, interpolation="bilinear")
+        shown = np.ma.masked_less(cam[k], 0.1 * peak) if peak > 0 else np.ma.masked_all(cam[k].shape)
+        heat = ax.imshow(shown, cmap="inferno", vmin=0.0, vmax=peak or 1.0, alpha=0.55, aspect=aspect, interpolation="bilinear")
         _draw_outlines(ax, labels[k])
-        ax.set_title(f"axial {k}: map mass {float(cam[k].sum()):.0f}", color="white", fontsize=9)
+        _mark_sides(ax)
+        ax.set_title(f"slice {cam.shape[0] - k} of {cam.shape[0]} from the top, z {float(z_mm[k]):.1f} mm", color="white", fontsize=9)
         ax.axis("off")
-    _save_figure(fig, path, title)
+    bar = fig.colorbar(heat, ax=axes[0].tolist(), fraction=0.025, pad=0.01)
+    bar.set_label(f"map of {class_name} evidence", color="white", fontsize=9)
+    bar.ax.tick_params(colors="white", labelsize=8)
+    fig.suptitle(title, color="white", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, facecolor="black", bbox_inches="tight")
+    plt.close(fig)
     return chosen

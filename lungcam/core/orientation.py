@@ -54,6 +54,13 @@ class LPSView:
         shape = self.source.shape[:3]
         return self.source.affine @ orientations.inv_ornt_aff(self.to_lps, shape)
 
+    def slice_z_mm(self) -> np.ndarray:
+        """Height (mm, patient superior positive, as DICOM's z) of the centre of each LPS slice."""
+        shape = np.empty(3, int)  # (x, y, z) size of the LPS-ordered array
+        shape[self.to_lps[:, 0].astype(int)] = self.source.shape[:3]
+        columns = [np.full(shape[2], (shape[0] - 1) / 2), np.full(shape[2], (shape[1] - 1) / 2), np.arange(shape[2]), np.ones(shape[2])]
+        return (self.lps_affine() @ np.stack(columns))[2]
+
     def save(self, lps_zyx: np.ndarray, path: Path | str, dtype=np.uint8) -> None:
         """Write an LPS-ordered result on the source grid (same shape and affine)."""
         data = np.ascontiguousarray(self.source_order(lps_zyx)).astype(dtype)
