@@ -21,7 +21,7 @@ from lungcam.core.folds import assign_folds, task_classes, validation_split
 from lungcam.train.inference import aggregate_slices, bf16_autocast, check_preprocessing, load_model
 from lungcam.train.models import AttentionMIL, Hu2020Net, focal_cross_entropy
 from lungcam.train.slice_bank import IMAGES_NAME, INDEX_NAME, PREPROCESSING_NAME, SliceBank, bank_preprocessing, zscore
-from lungcam.train.training import STATE_NAME, TrainSettings, _weight_average, augment, train_fold
+from lungcam.train.training import STATE_NAME, TrainSettings, _weight_average, augment, train_fold, write_curves
 
 from .conftest import REPO
 
@@ -479,3 +479,23 @@ def test_a_crafted_model_stops_a_dry_run_before_it_runs_anything(tmp_path):
     )
     assert result.returncode != 0 and "was refused" in result.stdout + result.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_training_curves_show_validation_only_when_there_was_some(tmp_path, validated):
+    from PIL import Image
+
+    nan = float("nan")
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / (e + 1),
+            "val_loss": 0.9 / (e + 1) if validated else nan,
+            "val_accuracy": 0.5 if validated else nan,
+        }
+        for e in range(4)
+    ]
+    write_curves(history, tmp_path / "curves.tsv", tmp_path / "curves.png", "fold 0")
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.width == (900 if validated else 495)  # two panels, or the losses alone
+    assert len(pd.read_csv(tmp_path / "curves.tsv", sep="\t")) == 4

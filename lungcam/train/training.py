@@ -304,6 +304,8 @@ def _validation_loss(predictions: pd.DataFrame, labels: pd.Series, classes: list
 
 
 def write_curves(history: list[dict], tsv: Path, png: Path, title: str) -> None:
+    """The training history as a table and a figure: the losses, and the validation accuracy
+    beside them only when there were validation patients (no empty panel without them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,18 +313,21 @@ def write_curves(history: list[dict], tsv: Path, png: Path, title: str) -> None:
 
     table = pd.DataFrame(history)
     write_tsv(table, tsv, float_format="%.6g")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(table["epoch"], table["train_loss"], label="training")
-    if table["val_loss"].notna().any():  # NaN throughout without validation patients
-        left.plot(table["epoch"], table["val_loss"], label="validation")
-    left.set_xlabel("epoch")
-    left.set_ylabel("loss")
-    left.legend()
-    right.plot(table["epoch"], table["val_accuracy"], color="tab:green")
-    right.set_xlabel("epoch")
-    right.set_ylabel("validation accuracy")
-    right.set_ylim(0, 1.02)
-    fig.suptitle(title)
+    validated = bool(table["val_loss"].notna().any())  # NaN throughout without validation patients
+    fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(10 if validated else 5.5, 3.6), squeeze=False)
+    losses = axes[0][0]
+    losses.plot(table["epoch"], table["train_loss"], label="training")
+    if validated:
+        losses.plot(table["epoch"], table["val_loss"], label="validation")
+        accuracy = axes[0][1]
+        accuracy.plot(table["epoch"], table["val_accuracy"], color="tab:green")
+        accuracy.set_xlabel("epoch")
+        accuracy.set_ylabel("validation accuracy")
+        accuracy.set_ylim(0, 1.02)
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("loss")
+    losses.legend()
+    fig.suptitle(title if validated else f"{title} (no validation patients)")
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=90)
