@@ -29,6 +29,7 @@ include: "workflow/rules/report.smk"
 
 
 onstart:
+    record_run()
     print(startup_message())
 
 

@@ -5,8 +5,8 @@ each in its own checkout, and compare. Files are compared byte for byte, except 
 when and from which code a run was made, which differs between any two runs:
 
 - gzip files (NIfTI) by their uncompressed bytes (the gzip header holds a time);
-- provenance.json without its `code` section (commit, dirty flag);
-- HTML reports without the code version row and the run-times table (each job's seconds).
+- provenance.json without its `code` and `run` sections (commit, command line, start time);
+- HTML reports without those rows and the run-times table (each job's seconds).
 
 Prints one line per file that differs or exists on one side only, then the counts; exits 1 when
 anything differs.
@@ -26,7 +26,7 @@ from pathlib import Path
 FOLDERS = ("results", "demo")
 # What records when and from which code: removed from HTML before comparing.
 VOLATILE_HTML = (
-    re.compile(r"<tr><th>code version \(git\)</th>.*?</tr>", re.DOTALL),
+    re.compile(r"<tr><th>(code version \(git\)|run started|command)</th>.*?</tr>", re.DOTALL),
     re.compile(r"<table>\s*<tr><th>stage \(rule\)</th><th>wall time \(s\)</th>.*?</table>", re.DOTALL),
 )
 
@@ -39,6 +39,7 @@ def content(path: Path) -> bytes:
     if path.name == "provenance.json":
         document = json.loads(data)
         document.pop("code", None)
+        document.pop("run", None)
         return json.dumps(document, sort_keys=True).encode()
     if path.suffix == ".html":
         text = data.decode()

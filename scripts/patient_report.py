@@ -17,7 +17,6 @@ with job_log(snakemake.log[0]) as log:
         prediction = predictions.loc[patient].to_dict() if patient in predictions.index else None
     lesions = pd.read_csv(inputs.lesions, sep="\t") if inputs.get("lesions") else None
     burden = read_record(inputs.burden) if inputs.get("burden") else None
-    model = snakemake.params.models.get(str(prediction["fold"])) if prediction else None
     context = patient_context(
         read_record(inputs.qc),
         read_record(inputs.provenance),
@@ -29,7 +28,7 @@ with job_log(snakemake.log[0]) as log:
         key_slices=inputs.get("key_slices"),
         lung_montage=inputs.get("montage"),
         times=run_times(snakemake.params.benchmarks, patient),
-        model_file=model,
+        map_target=snakemake.params.map_target,
     )
     render("patient.html.j2", context, snakemake.output[0])
     log.info("report of %s (%s)", patient, context["status"])

@@ -1,5 +1,7 @@
 """Rule `provenance`: results/provenance.json (lungcam.report.provenance)."""
 
+from pathlib import Path
+
 from lungcam.core.joblog import job_log
 from lungcam.core.records import read_record, write_document
 from lungcam.report.provenance import provenance_document
@@ -13,7 +15,8 @@ with job_log(snakemake.log[0]) as log:
         snakemake.input.sample_sheet,
         snakemake.params.lesion_masks,
         snakemake.input.get("slice_labels"),
-        snakemake.input.get("model"),
+        dict(zip(snakemake.params.models, snakemake.input.models)),
+        read_record(snakemake.params.run) if Path(snakemake.params.run).is_file() else None,
     )
     write_document(snakemake.output[0], document)
     log.info(

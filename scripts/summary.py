@@ -5,7 +5,7 @@ from pathlib import Path
 from lungcam.core.joblog import job_log
 from lungcam.core.records import read_predictions, read_record
 from lungcam.report.figures import qc_strip_svg
-from lungcam.report.pages import QC_MEASURES, qc_table, render, summary_context
+from lungcam.report.pages import QC_MEASURES, qc_outliers, qc_table, render, summary_context
 
 snakemake = globals()["snakemake"]
 
@@ -13,7 +13,8 @@ with job_log(snakemake.log[0]) as log:
     inputs, params = snakemake.input, snakemake.params
     burdens = {Path(p).stem: read_record(p) for p in inputs.burdens}
     table = qc_table([read_record(p) for p in inputs.qc], read_predictions(inputs.predictions), burdens, params.labels, params.sites)
-    strip = qc_strip_svg(table, QC_MEASURES, params.classes, {p: f"reports/{p}.html" for p in table["patient_id"]})
+    outliers = {(o["patient_id"], o["measure"]) for o in qc_outliers(table, QC_MEASURES)}
+    strip = qc_strip_svg(table, QC_MEASURES, params.classes, {p: f"reports/{p}.html" for p in table["patient_id"]}, outliers)
     figures = [
         (title, path) for title, path in zip(("ROC and precision-recall curves", "Confusion matrix", "Reliability diagram"), inputs.figures)
     ]

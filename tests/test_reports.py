@@ -22,7 +22,8 @@ from lungcam.core.config import load_config, load_schema
 from lungcam.core.folders import folder_digest
 from lungcam.ingest.leak_scan import find_leaks
 from lungcam.report.figures import qc_strip_svg
-from lungcam.report.pages import QC_MEASURES, methods_paragraph, patient_context, qc_table
+from lungcam.report.metrics import cohort_metrics
+from lungcam.report.pages import QC_MEASURES, methods_paragraph, patient_context, qc_outliers, qc_table, render, summary_context, verdict
 
 from .conftest import snakemake
 
@@ -96,11 +97,92 @@ def test_cohort_table_names_the_stage_that_excluded_a_patient():
     assert (a["lung_warnings"], b["lung_warnings"]) == ("the left lung mask ends abruptly", "")
 
 
+CLASSES = ["COVID-19", "CAP", "NP"]
+
+
+def summary_with(tmp_path, records: list[dict], predictions: pd.DataFrame, metrics: dict) -> str:
+    """The summary page of a small cohort, rendered with the default config."""
+    labels = dict(zip(predictions["patient_id"], predictions["label"]))
+    table = qc_table(records, predictions, {}, labels | {r["patient_id"]: "NP" for r in records if r["patient_id"] not in labels}, {})
+    provenance = {"code": {"describe": "v1", "dirty": False}, "config_hash": "x", "software": {"lungcam": "0.1.0"}, "inputs": {}}
+    context = summary_context(table, metrics, provenance, load_config(), CLASSES, [], "")
+    render("summary.html.j2", context, tmp_path / "summary.html")
+    text = (tmp_path / "summary.html").read_text()
+    return re.search(r'<div id="verdict".*?</div>', text, re.DOTALL).group(0)
+
+
+def test_summary_verdict_reports_a_failed_stage_and_a_chance_level_metric(tmp_path):
+    ok = {"status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"}, "warnings": []}
+    records = [{"patient_id": p} | ok for p in ("a", "b", "c")] + [
+        {
+            "patient_id": "d",
+            "status": "excluded",
+            "reasons": ["ingest: unexpected error during ingest (RuntimeError: decoder exploded); see the job log"],
+            "stages": {"ingest": "excluded"},
+        }
+    ]
+    predictions = pd.DataFrame(
+        {
+            "patient_id": ["a", "b", "c"],
+            "label": ["COVID-19", "CAP", "NP"],
+            "fold": ["0", "1", "2"],
+            "prob_COVID-19": [0.5, 0.5, 0.5],
+            "prob_CAP": [0.2, 0.2, 0.2],
+            "prob_NP": [0.3, 0.3, 0.3],
+            "predicted": ["COVID-19"] * 3,
+        }
+    )
+    metrics = {
+        "classification": cohort_metrics(predictions, CLASSES, seed=0, repeats=200),
+        "localisation": None,
+        "slice_level": None,
+        "nuisance_baseline": None,
+        "bootstrap": 200,
+    }
+    box = summary_with(tmp_path, records, predictions, metrics)
+    assert 'class="verdict bad"' in box
+    for text in (
+        "ingest failed with an unexpected error for 1 patient(s)",
+        "accuracy 0.333 is not above chance (0.333",
+        "macro ROC AUC 0.500 is not above chance",
+        "no patient was predicted CAP",
+        "no patient was predicted NP",
+    ):
+        assert text in box, text
+    assert box.index("ingest failed") < box.index("no patient was predicted")  # errors first
+    table = qc_table(records, predictions, {}, {}, {})
+    pointing = verdict(table, metrics | {"localisation": {"pointing_game": {"mean": 0.0, "n": 2}}}, CLASSES)
+    assert {
+        "level": "error",
+        "text": "the maps' peak lies in a lesion for none of 2 patients with lesion masks (pointing game 0)",
+    } in pointing
+
+
+def test_summary_verdict_is_clean_for_a_sound_cohort(tmp_path):
+    ok = {"status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"}, "warnings": []}
+    predictions = pd.DataFrame(
+        {
+            "patient_id": ["a", "b", "c"],
+            "label": ["COVID-19", "CAP", "NP"],
+            "fold": ["0", "1", "2"],
+            "prob_COVID-19": [0.8, 0.1, 0.1],
+            "prob_CAP": [0.1, 0.8, 0.1],
+            "prob_NP": [0.1, 0.1, 0.8],
+            "predicted": ["COVID-19", "CAP", "NP"],
+        }
+    )
+    classification = cohort_metrics(predictions, CLASSES, seed=0, repeats=200)
+    metrics = {"classification": classification, "localisation": None, "slice_level": None, "nuisance_baseline": None, "bootstrap": 200}
+    box = summary_with(tmp_path, [{"patient_id": p} | ok for p in "abc"], predictions, metrics)
+    assert 'class="verdict good"' in box and "No failed stage" in box
+
+
 def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
     """A scan judged free of pneumonia gets no infection burden, in its report or the summary;
     a patient the prediction model was trained on is flagged in both."""
     qc = {"patient_id": "a", "status": "ok", "reasons": [], "stages": {"ingest": "ok"}, "warnings": [], "ingest": {}, "lungs": {}}
-    provenance = {"code": {}, "config_hash": "x", "software": {}}
+    model = {"path": "model.pt", "sha256": "ab" * 32, "classes": ["CAP", "NP"], "trained_on": 30}
+    provenance = {"code": {}, "config_hash": "x", "software": {}, "inputs": {"models": {"predict": model}}}
     burden = {"total_percent": 37.0, "right_percent": 40.0, "left_percent": 34.0, "flagged_ml": 900.0, "candidates": 3}
     lesions = pd.DataFrame({"lesion": [1], "volume_ml": [5.0]})
     classes = ["CAP", "NP"]
@@ -115,14 +197,33 @@ def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
             "predicted": predicted,
         }
         context = patient_context(
-            qc, provenance, label="NP", prediction=prediction, classes=classes, lesions=lesions, burden=burden, model_file="model.pt"
+            qc, provenance, label="NP", prediction=prediction, classes=classes, lesions=lesions, burden=burden, map_target="label"
         )
+        assert context["map_class"] == "NP" and context["provenance"]["model"] == model
         assert (context["burden"] is None) == (predicted == "NP") and bool(context["burden_note"]) == (predicted == "NP")
         assert (context["lesions"] == []) == (predicted == "NP")
         assert any("trained on" in w for w in context["warnings"]) == (trained_on == "True")
         table = qc_table([qc], pd.DataFrame([prediction]), {"a": burden}, {"a": "NP"}, {})
         row = table.iloc[0]
         assert pd.isna(row["burden_percent"]) == (predicted == "NP") and bool(row["trained_on"]) == (trained_on == "True")
+
+
+def test_qc_outliers_are_flagged_within_their_class_and_ringed_in_the_strip_plot():
+    """A lobe cut off shows as a low left/right ratio: more than 3 robust SDs from the class median."""
+    ratios = [0.86, 0.88, 0.9, 0.84, 0.87, 0.89, 0.31]
+    table = pd.DataFrame(
+        {
+            "patient_id": [f"p{i}" for i in range(7)] + ["n1"],
+            "label": ["CAP"] * 7 + ["NP"],
+            "left_right_ratio": ratios + [0.2],  # alone in its class: never an outlier
+            "lung_volume_ml": [4000.0, 4100.0, 3900.0, 4050.0, 3950.0, 4020.0, 3980.0, 4000.0],
+        }
+    )
+    found = qc_outliers(table, QC_MEASURES)
+    assert found == [{"patient_id": "p6", "measure": "left/right lung volume", "value": 0.31, "median": 0.87}]
+    links = {p: f"reports/{p}.html" for p in table["patient_id"]}
+    ringed = qc_strip_svg(table, QC_MEASURES, ["CAP", "NP"], links, {("p6", "left/right lung volume")})
+    assert ringed.count("#b3261e") > qc_strip_svg(table, QC_MEASURES, ["CAP", "NP"], links).count("#b3261e")
 
 
 def test_qc_strip_points_link_to_reports_and_the_figure_is_reproducible():

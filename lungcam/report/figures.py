@@ -79,10 +79,17 @@ def reliability_figure(truth: np.ndarray, probabilities: np.ndarray, path: Path 
     _save(fig, path)
 
 
-def qc_strip_svg(table: pd.DataFrame, measures: dict[str, str], classes: list[str], links: dict[str, str], seed: int = 0) -> str:
+def qc_strip_svg(
+    table: pd.DataFrame,
+    measures: dict[str, str],
+    classes: list[str],
+    links: dict[str, str],
+    outliers: set[tuple[str, str]] = frozenset(),
+    seed: int = 0,
+) -> str:
     """SVG text of one strip plot per QC measure (`measures`: column of `table` -> axis title;
     `table` also has `patient_id` and `label`), patients grouped by class; each point links to
-    links[patient_id].
+    links[patient_id]; `outliers` (patient_id, axis title) get a red ring.
 
     Patients without a label (prediction mode) form their own group; the horizontal jitter is
     seeded so the figure is the same every run.
@@ -94,8 +101,12 @@ def qc_strip_svg(table: pd.DataFrame, measures: dict[str, str], classes: list[st
     for ax, measure in zip(axes[0], shown):
         for position, group in enumerate(groups):
             rows = table[(table["label"] == group) if group != "unlabelled" else ~table["label"].isin(classes)].dropna(subset=[measure])
-            points = ax.scatter(position + rng.uniform(-0.2, 0.2, len(rows)), rows[measure], s=22, alpha=0.8)
+            x = position + rng.uniform(-0.2, 0.2, len(rows))
+            points = ax.scatter(x, rows[measure], s=22, alpha=0.8)
             points.set_urls([links.get(p) for p in rows["patient_id"]])
+            flagged = np.array([(p, measures[measure]) in outliers for p in rows["patient_id"]], dtype=bool)
+            if flagged.any():
+                ax.scatter(x[flagged], rows[measure].to_numpy()[flagged], s=90, facecolors="none", edgecolors="#b3261e", linewidths=1.5)
         ax.set(xticks=range(len(groups)), title=measures[measure])
         ax.set_xticklabels(groups, rotation=20)
     fig.tight_layout()

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 from pathlib import Path
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from lungcam.core.atomic import write_text
-from lungcam.core.folds import NO_PNEUMONIA
+from lungcam.core.folds import NO_PNEUMONIA, target_class
 from lungcam.core.map_sampling import evaluations_per_axis
 
 # QC measures of the summary's strip plots: column of the cohort table -> axis title.
 QC_MEASURES = {
     "lung_volume_ml": "lung volume (mL)",
+    "left_right_ratio": "left/right lung volume",
+    "lung_z_extent_mm": "lungs' z extent (mm)",
     "slice_thickness_mm": "slice thickness (mm)",
     "noise_hu": "noise (HU, SD in air)",
     "burden_percent": "infection burden (% of lung)",
@@ -59,11 +62,22 @@ LUNG_FIELDS = {
 }
 
 
-def data_uri(path: Path | str | None) -> str | None:
-    """A PNG as a data URI (None when there is no file)."""
+JPEG_QUALITY = 80  # CT pictures in the patient reports: a quarter of the PNG's bytes, no visible loss
+
+
+def data_uri(path: Path | str | None, photo: bool = False) -> str | None:
+    """A PNG as a data URI (None when there is no file); a `photo` (CT slices) re-encoded as
+    JPEG, which keeps a patient report small."""
     if path is None or not Path(path).is_file():
         return None
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    if not photo:
+        return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        image.convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _environment() -> Environment:
@@ -143,12 +157,14 @@ def patient_context(
     key_slices: Path | None = None,
     lung_montage: Path | None = None,
     times: list[dict] | None = None,
-    model_file: str | None = None,
+    map_target: str = "predicted",
     summary_link: str = "../summary.html",
 ) -> dict:
     """Everything the patient report shows, from its QC record and the run's provenance.
     `label` is the sample sheet's; `prediction` the patient's predictions.tsv row (None when the
-    patient was excluded before classification); the rest are shown where given."""
+    patient was excluded before classification); `map_target` is config cam.target (which
+    class the map shows); the rest are shown where given. The model is the one provenance lists
+    for the prediction's fold."""
     ingest, lungs = qc.get("ingest", {}), qc.get("lungs", {})
     header = ingest.get("header", {})
     errors = [f"{reason}" for reason in qc.get("reasons", [])]
@@ -174,8 +190,8 @@ def patient_context(
         "label": label,
         "prediction": prediction,
         "probabilities": probabilities,
-        "key_slices": data_uri(key_slices),
-        "lung_montage": data_uri(lung_montage),
+        "key_slices": data_uri(key_slices, photo=True),
+        "lung_montage": data_uri(lung_montage, photo=True),
         "lesions": lesions.to_dict("records") if lesions is not None else [],
         "burden": burden,
         "burden_note": burden_note,
@@ -186,10 +202,12 @@ def patient_context(
         "lung_method": lungs.get("method"),
         "warnings": warnings,
         "errors": errors,
+        "map_class": target_class(prediction, classes, map_target) if prediction else None,
         "provenance": {
             "code": provenance["code"],
             "config_hash": provenance["config_hash"],
-            "model_file": model_file,
+            "run": provenance.get("run", {}),
+            "model": provenance["inputs"].get("models", {}).get(str(prediction["fold"])) if prediction else None,
             "lungcam": provenance["software"].get("lungcam"),
         },
         "times": times or [],
@@ -221,6 +239,8 @@ def qc_table(
             "reasons": "; ".join(qc.get("reasons", [])),
             "lung_warnings": "; ".join(w.removeprefix("lungs: ") for w in qc.get("warnings", []) if w.startswith("lungs: ")),
             "lung_volume_ml": lungs.get("total_ml"),
+            "left_right_ratio": lungs.get("left_right_ratio"),
+            "lung_z_extent_mm": max((lungs.get(f"{side}_z_extent_mm") or 0.0 for side in ("right", "left")), default=0.0) or None,
             "slice_thickness_mm": ingest.get("header", {}).get("slice_thickness_mm"),
             "noise_hu": ingest.get("hu", {}).get("noise_hu"),
             "burden_percent": burdens.get(patient, {}).get("total_percent"),
@@ -242,6 +262,32 @@ def qc_table(
         if column not in table:
             table[column] = None
     return table
+
+
+OUTLIER_Z = 3.0  # robust z (median and MAD of the patient's class) beyond which a QC measure is flagged
+MIN_GROUP = 5  # fewer patients in a class: no outliers flagged there
+
+
+def qc_outliers(table: pd.DataFrame, measures: dict[str, str]) -> list[dict]:
+    """Patients whose QC measure lies more than OUTLIER_Z robust standard deviations (1.4826 x
+    the median absolute deviation) from the median of their class, one item per patient and
+    measure: patient_id, measure (its title), value, median."""
+    found = []
+    for _, group in table.groupby(table["label"].replace("", "unlabelled")):
+        for measure, title in measures.items():
+            if measure not in group:
+                continue
+            values = pd.to_numeric(group[measure], errors="coerce").dropna()
+            if len(values) < MIN_GROUP:
+                continue
+            median = float(values.median())
+            spread = 1.4826 * float((values - median).abs().median())
+            if spread == 0:
+                continue
+            for index, value in values.items():
+                if abs(value - median) / spread > OUTLIER_Z:
+                    found.append({"patient_id": group.loc[index, "patient_id"], "measure": title, "value": float(value), "median": median})
+    return sorted(found, key=lambda item: (item["patient_id"], item["measure"]))
 
 
 def _failed_stage(stages: dict[str, str]) -> str:
@@ -353,6 +399,45 @@ SUMMARY_COLUMNS = [
 ]
 
 
+MIN_CI_PATIENTS = 10  # fewer patients in a fold or site: no figures with confidence intervals
+
+
+def verdict(table: pd.DataFrame, metrics: dict, classes: list[str]) -> list[dict]:
+    """What an auditor must know before the tables, as (level, text) items, worst first:
+    patients a stage failed on or excluded, metrics no better than chance, maps that never
+    point at a lesion, classes never predicted, lung masks with warnings."""
+    items = []
+    failed = table[table["reasons"].str.contains("unexpected error", na=False)]
+    for stage, group in failed.groupby("stage"):
+        items.append(("error", f"{stage} failed with an unexpected error for {len(group)} patient(s): see their reports"))
+    excluded = table[(table["status"] != "ok") & ~table.index.isin(failed.index)]
+    for stage, group in excluded.groupby("stage"):
+        items.append(("warning", f"{stage} excluded {len(group)} patient(s), each with its reason below"))
+    overall = (metrics.get("classification") or {}).get("overall", {})
+    classified = table[table["predicted"].notna()]
+    labelled = classified["label"][classified["label"].isin(classes)]
+    chance = float(labelled.value_counts(normalize=True).max()) if len(labelled) else None
+    accuracy, auc = overall.get("accuracy", {}), overall.get("macro_roc_auc", {})
+    if chance is not None and accuracy.get("ci95") and accuracy["ci95"][0] <= chance:
+        items.append(
+            ("error", f"accuracy {accuracy['value']:.3f} is not above chance ({chance:.3f}, the largest class): its 95% CI reaches it")
+        )
+    if auc.get("ci95") and auc["ci95"][0] <= 0.5:
+        items.append(("error", f"macro ROC AUC {auc['value']:.3f} is not above chance (0.5): its 95% CI reaches it"))
+    pointing = (metrics.get("localisation") or {}).get("pointing_game", {})
+    if pointing.get("n") and pointing.get("mean") == 0:
+        items.append(("error", f"the maps' peak lies in a lesion for none of {pointing['n']} patients with lesion masks (pointing game 0)"))
+    predicted = set(table["predicted"].dropna())
+    if predicted:
+        for name in classes:
+            if name not in predicted:
+                items.append(("warning", f"no patient was predicted {name}"))
+    warned = int((table["lung_warnings"].fillna("") != "").sum())
+    if warned:
+        items.append(("warning", f"{warned} patient(s) have lung mask warnings: check their lung QC pictures"))
+    return [{"level": level, "text": text} for level, text in sorted(items, key=lambda item: item[0] != "error")]
+
+
 def summary_context(
     table: pd.DataFrame,
     metrics: dict,
@@ -383,4 +468,7 @@ def summary_context(
         "mode": config["mode"],
         "classes": classes,
         "cam_method": config["cam"]["method"],
+        "verdict": verdict(table, metrics, classes),
+        "qc_outliers": [item | {"link": report_link.format(item["patient_id"])} for item in qc_outliers(table, QC_MEASURES)],
+        "min_ci_patients": MIN_CI_PATIENTS,
     }

@@ -71,17 +71,33 @@ def code_version(repository: Path | str) -> dict:
     }
 
 
+def model_summary(path: Path | str) -> dict:
+    """A model file's path, checksum, classes and how many patients it was trained on."""
+    from lungcam.train import read_model_metadata
+
+    metadata = read_model_metadata(path)
+    return {
+        "path": str(path),
+        "sha256": file_digest(path),
+        "classes": metadata["classes"],
+        "trained_on": len(metadata.get("trained_on", [])),
+    }
+
+
 def provenance_document(
     config: dict,
     qc_records: list[dict],
     sample_sheet: Path | str,
     lesion_masks: dict[str, str],
     slice_labels: Path | str | None = None,
-    model: Path | str | None = None,
+    models: dict[str, Path | str] | None = None,
+    run: dict | None = None,
 ) -> dict:
-    """provenance.json: code and software versions, the resolved config and its hash, and the
+    """provenance.json: code and software versions, the resolved config and its hash, the run
+    (`run`: the command and when it started, as Snakemake's main process wrote them), and the
     checksums of every input (DICOM folders from the QC records, the sample sheet, lesion
-    masks, slice labels, the prediction model)."""
+    masks, slice labels, and the `models` that classified the patients, by fold, with how many
+    patients each was trained on)."""
     from lungcam import __version__
     from lungcam.core.config import config_hash
     from lungcam.core.samplesheet import read_sheet_table
@@ -106,11 +122,12 @@ def provenance_document(
     }
     if slice_labels:
         inputs["slice_labels"] = {"path": str(slice_labels), "sha256": file_digest(slice_labels)}
-    if model:
-        inputs["model"] = {"path": str(model), "sha256": file_digest(model)}
+    if models:
+        inputs["models"] = {name: model_summary(path) for name, path in sorted(models.items())}
     return {
         "lungcam": __version__,
         "code": code_version(Path(__file__).resolve().parents[1]),
+        "run": {"command": None, "started": None} | (run or {}),
         "software": software,
         "config_hash": config_hash(config),
         "config": config,

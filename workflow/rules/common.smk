@@ -6,13 +6,14 @@ the run with a message naming it. Each stage's rule file holds its own input fun
 
 import functools
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from lungcam.core.config import apply_demo_overrides, validate_config
 from lungcam.core.folds import task_classes
 from lungcam.phantom import plan_cohort, sample_rows
-from lungcam.core.records import read_status_table
+from lungcam.core.records import read_status_table, write_record
 from lungcam.core.samplesheet import SampleSheetError, lesion_masks, load_sample_sheet
 from lungcam.ingest import shared_scan_problems
 
@@ -72,6 +73,7 @@ LAYOUT = {
     "training_work": "work/train/{model}",
     "fold_predictions": "work/train/{model}/predictions.tsv",
     "classification_metrics": "work/metrics/classification.json",
+    "run": "work/run.json",
     "log": "logs/{rule}/{job}.log",
     "cohort_log": "logs/{rule}.log",
     "benchmark": "logs/benchmarks/{rule}/{job}.tsv",
@@ -162,6 +164,14 @@ if MODE == "predict":
 
 wildcard_constraints:
     patient="[A-Za-z0-9_-]+",
+
+
+def record_run() -> None:
+    """Write this run's command line and start time (work/run.json) for provenance.json."""
+    from datetime import datetime, timezone
+
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    write_record(path("run"), {"command": command, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
 def startup_message() -> str:

@@ -78,6 +78,8 @@ rule provenance:
     params:
         config=config,
         lesion_masks=LESION_MASKS,
+        models=list(REPORT_MODELS),
+        run=path("run"),  # written at the start of each run; not an input, it changes every run
     script:
         "../../scripts/provenance.py"
 
@@ -99,7 +101,7 @@ rule patient_report:
     params:
         classes=TASK_CLASSES,
         benchmarks=path("benchmarks"),
-        models=REPORT_MODELS,
+        map_target=lookup(dpath="cam/target", within=config),
         label=lambda wildcards: SAMPLES.loc[wildcards.patient, "label"],
     script:
         "../../scripts/patient_report.py"

@@ -27,12 +27,11 @@ def metrics_inputs(wildcards) -> dict:
 
 def provenance_inputs(wildcards) -> dict:
     """Every patient's QC record (with its DICOM checksum), the sample sheet, and the other
-    files the run read: lesion masks, slice labels, the prediction model."""
+    files the run read: lesion masks, slice labels, the models that classified the patients."""
     inputs = {"qc": qc_records(wildcards), "sample_sheet": SAMPLE_SHEET, "masks": list(LESION_MASKS.values())}
     if SLICE_LABELS:
         inputs["slice_labels"] = SLICE_LABELS
-    if MODE == "predict":
-        inputs["model"] = config["predict"]["model"]
+    inputs["models"] = list(REPORT_MODELS.values())
     return inputs
 
 
