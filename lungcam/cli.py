@@ -1,4 +1,6 @@
-"""Command line: `lungcam phantom` (synthetic cohort) and `lungcam ingest` (one patient).
+"""Command line: `lungcam phantom` (a synthetic cohort), `lungcam ingest` (one patient's DICOM
+folder), `lungcam predict-scan` (a model file applied to one scan) and `lungcam train-fold`
+(what the workflow's training jobs run).
 
 Defaults come from the configuration schema, so `lungcam phantom demo/` writes the same cohort
 as the workflow's demo mode with default settings.
@@ -13,6 +15,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from lungcam import __version__
 from lungcam.core.config import load_config
 
 
@@ -77,10 +80,84 @@ def run_train_fold(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_predict_scan(args: argparse.Namespace) -> int:
+    """A model file applied to one scan, as the workflow's mode predict does for a cohort."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    record = predict_scan(Path(args.scan), Path(args.model), Path(args.out), args.device)
+    json.dump(record, sys.stdout, indent=2)
+    print()
+    return 0 if record["status"] == "ok" else 3
+
+
+def predict_scan(scan: Path, model_file: Path, out: Path, device: str = "cpu") -> dict:
+    """Ingest `scan` (a DICOM folder, or a NIfTI in HU), segment its lungs, prepare it as
+    `model_file` was trained, classify it and map it: writes scan.nii.gz (DICOM only),
+    lungs.nii.gz, cam.nii.gz, key_slices.png and prediction.json into `out`; returns the
+    prediction record (status `excluded` with the reasons when a stage refused the scan)."""
+    from lungcam.core.records import write_record
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"scan": str(scan), "model": str(model_file)} | _predicted(scan, model_file, out, device)
+    write_record(out / "prediction.json", record)
+    return record
+
+
+def _predicted(scan: Path, model_file: Path, out: Path, device: str, scan_id: str = "scan") -> dict:
+    from lungcam.cam import MapSettings, write_patient_cam
+    from lungcam.core.config import validate_config
+    from lungcam.core.device import pick_device
+    from lungcam.ingest import VOLUME_NAME, IngestSettings, ingest_patient
+    from lungcam.lungs import LungSettings, run_lungs
+    from lungcam.train import CacheSettings, SliceBank, build_cache, build_slice_bank, load_model, predict_patients, with_decisions
+
+    config = validate_config({})
+    work = out / "work"
+    record = {"status": "ok", "reasons": []}
+    volume = scan
+    if scan.is_dir():
+        ingested = ingest_patient(scan_id, scan, work / "ingest", IngestSettings.from_config(config["ingest"]))
+        if ingested["status"] != "ok":
+            return record | {"status": "excluded", "reasons": [f"ingest: {r}" for r in ingested["reasons"]]}
+        volume = out / "scan.nii.gz"
+        volume.write_bytes((work / "ingest" / VOLUME_NAME).read_bytes())
+    lungs = run_lungs(
+        scan_id,
+        volume,
+        {"labels": out / "lungs.nii.gz", "montage": work / "lungs.png", "record": work / "lungs.json"},
+        LungSettings.from_config(config["lungs"]),
+    )
+    record["lung_warnings"] = lungs["warnings"]
+    if lungs["status"] != "ok":
+        return record | {"status": "excluded", "reasons": [f"lungs: {r}" for r in lungs["reasons"]]}
+    torch_device = pick_device(device)
+    model, metadata = load_model(model_file, torch_device)
+    preprocessing = metadata["preprocessing"]
+    build_cache(volume, out / "lungs.nii.gz", work / "cache", CacheSettings.from_config(preprocessing["cache"]))
+    build_slice_bank(
+        {scan_id: work / "cache"}, work / "bank", preprocessing["input_size"], preprocessing["min_lung_fraction"], preprocessing["cache"]
+    )
+    row = with_decisions(predict_patients(model, metadata, SliceBank.load(work / "bank"), [scan_id], torch_device), metadata["classes"])
+    prediction = row.iloc[0].to_dict() | {"label": "", "fold": "predict"}
+    record |= {"predicted": prediction["predicted"]} | {k: float(v) for k, v in prediction.items() if k.startswith("prob_")}
+    record["map"] = write_patient_cam(
+        model_file,
+        prediction,
+        MapSettings.from_config(config["cam"]),
+        cache=work / "cache",
+        lungs=out / "lungs.nii.gz",
+        cam=out / "cam.nii.gz",
+        device=torch_device,
+        volume=volume,
+        key_slices=out / "key_slices.png",
+    )
+    return record
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = load_config()["demo"]
-    parser = argparse.ArgumentParser(prog="lungcam", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="lungcam", description="chest CT -> weakly supervised COVID-19 classifier and infection maps")
+    parser.add_argument("--version", action="version", version=f"lungcam {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{phantom,ingest,predict-scan,train-fold}")
 
     phantom = commands.add_parser("phantom", help="write a synthetic chest CT cohort (DICOM, truth masks, sample sheet)")
     phantom.add_argument("out", help="output folder (dicom/, truth/, samples.tsv)")
@@ -98,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("dicom_dir")
     ingest.add_argument("out", help="stage folder to write (scan.nii.gz, scan.json, record.json)")
     ingest.set_defaults(run=run_ingest)
+
+    predict = commands.add_parser("predict-scan", help="apply a model file to one DICOM folder or NIfTI: map and probabilities")
+    predict.add_argument("scan", help="DICOM folder of one study, or a NIfTI volume in HU")
+    predict.add_argument("model", help="model file (results/model/fold<k>.pt or final.pt of a training run)")
+    predict.add_argument("out", help="output folder (lungs.nii.gz, cam.nii.gz, key_slices.png, prediction.json)")
+    predict.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    predict.set_defaults(run=run_predict_scan)
 
     train = commands.add_parser("train-fold", help="train one cross-validation fold (or 'final') from a slice bank")
     train.add_argument("--bank", required=True, help="slice bank folder")

@@ -9,6 +9,7 @@ from lungcam.core.interface import lazy_interface
 
 # Interface name -> the module that defines it.
 INTERFACE = {
+    "MapSettings": "maps",
     "write_patient_cam": "maps",
     "LesionSettings": "lesions",
     "find_lesions": "lesions",
