@@ -33,6 +33,10 @@ onstart:
     print(startup_message())
 
 
+onsuccess:
+    print(finish_message())
+
+
 onerror:
     print("lungcam: a job failed; its log is under logs/<rule>/. Rerun with --rerun-incomplete after fixing it.")
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from lungcam.core.joblog import job_log
-from lungcam.core.records import read_predictions, read_record
+from lungcam.core.records import read_predictions, read_record, write_record
 from lungcam.report.figures import qc_strip_svg
 from lungcam.report.pages import QC_MEASURES, qc_outliers, qc_table, render, summary_context
 
@@ -22,5 +22,6 @@ with job_log(snakemake.log[0]) as log:
     context = summary_context(
         table, read_record(inputs.metrics), read_record(inputs.provenance), dict(params.config), params.classes, figures, strip
     )
-    render("summary.html.j2", context, snakemake.output[0])
+    render("summary.html.j2", context, snakemake.output.summary)
+    write_record(snakemake.output.verdict, {"summary": snakemake.output.summary, "verdict": context["verdict"]})
     log.info("summary of %d patients, %d excluded", len(table), len(context["exclusions"]))

@@ -112,7 +112,8 @@ def training_demo(tmp_path_factory) -> tuple[Path, Path]:
     """The workflow run once on TRAINING_DEMO, every stage: (working directory, its config)."""
     workdir = tmp_path_factory.mktemp("training-demo")
     config = write_config(workdir, TRAINING_DEMO)
-    snakemake(workdir, "--configfile", str(config))
+    result = snakemake(workdir, "--configfile", str(config))
+    (workdir / "snakemake.out").write_text(result.stdout + result.stderr)  # what the user saw
     return workdir, config
 
 

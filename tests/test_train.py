@@ -310,9 +310,13 @@ def test_model_file_carries_what_prediction_needs(bank, tmp_path):
     assert load_model(tmp_path / "older.pt")[1]["preprocessing"]["cache"]["antialias"] is False  # its slices were sampled so
 
 
-def test_final_model_trains_on_every_patient(bank, tmp_path):
+def test_final_model_trains_on_every_patient(bank, tmp_path, caplog, monkeypatch):
     folder, patients = bank
-    predictions = train_fold(toy_settings(max_epochs=1), CLASSES, folder, patients, "final", tmp_path, outputs(tmp_path))
+    monkeypatch.setattr("lungcam.train.training.PROGRESS_SECONDS", 0.0)  # every step logs its progress
+    with caplog.at_level("INFO", logger="lungcam.train.training"):
+        predictions = train_fold(toy_settings(max_epochs=2), CLASSES, folder, patients, "final", tmp_path, outputs(tmp_path))
+    assert "fold final epoch 1/2, step 2/" in caplog.text and "fold final epoch 2/2: train loss" in caplog.text
+    assert "ETA 0 min at most" in caplog.text
     _, metadata = load_model(tmp_path / "model.pt")
     assert metadata["fold"] == "final" and set(metadata["trained_on"]) == set(patients["patient_id"])
     assert predictions.empty and not (tmp_path / "pred.tsv").exists()

@@ -143,6 +143,10 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     exclusions = summary[summary.index('id="exclusions"') : summary.index('id="metrics"')]
     assert f'href="reports/{scout.patient_id}.html"' in exclusions and "only localizer (scout) images" in exclusions
     assert "Nuisance-only baseline" in summary[summary.index('id="metrics"') :]
+    assert "lungcam: done; the cohort summary is results/summary.html" in (tmp_path / "snakemake.out").read_text()
+    run = json.loads((tmp_path / "results" / "provenance.json").read_text())["run"]
+    assert run["command"].startswith("snakemake ")
+    assert "--configfile" in run["command"] and run["started"].startswith("20")
     planted = [
         v for plan in plans for v in draw_identity(patient_rng(plan.seed, plan.index, STREAM_IDENTITY), plan.patient_id).planted_values()
     ]

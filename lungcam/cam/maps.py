@@ -33,6 +33,7 @@ Integrated Gradients attributes to the input's own pixels and is always evaluate
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ from lungcam.core.folds import target_class
 from lungcam.core.geometry import crop_box
 from lungcam.core.map_sampling import CELL, evaluations_per_axis, shift_offsets
 from lungcam.train import AttentionMIL, CacheTransform, Hu2020Net, load_cache, resize_slices, to_source_grid, zscore
+
+log = logging.getLogger(__name__)
 
 SCALE_CAMS = {"lungcam_mean": slice(None), "pool3": slice(0, 1), "pool4": slice(1, 2), "pool5": slice(2, 3)}
 METHODS = (*SCALE_CAMS, "joint_saliency", "gradcam", "gradcampp", "layercam", "integrated_gradients")
@@ -320,9 +323,11 @@ def write_patient_cam(
     device = torch.device(device)
     model, metadata = load_model(model_path, device)
     mapped = target_class(row, metadata["classes"], settings.target)
+    log.info("mapping %s evidence with %s (%d x %d evaluations)", mapped, settings.method, *(2 * [settings.shifts]))
     cache_volume, transform = cache_cam(
         model, metadata, cache, metadata["classes"].index(mapped), device, settings.method, settings.ig_steps, settings.shifts
     )
+    log.info("map computed on the cache; back onto the scan's grid")
     lung_image = nib.load(lungs)
     values = scan_cam(cache_volume, transform, np.asarray(lung_image.dataobj), settings.smooth_mm)
     image = nib.Nifti1Image(values, lung_image.affine)

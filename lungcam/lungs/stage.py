@@ -59,7 +59,9 @@ def run_lungs(
     """Segment one patient; writes outputs['labels'], ['montage'], ['record'] (and ['lobes'])."""
     hu, view = load_hu_lps(nifti_path)
     spacing = view.spacing
+    log.info("patient %s: segmenting %s voxels with method %s", patient_id, "x".join(map(str, hu.shape)), settings.method)
     labels, lobes = segment(hu, spacing, settings, weights, fill_weights)
+    log.info("patient %s: lungs segmented; QC and montage", patient_id)
     view.save(labels, outputs["labels"])
     if lobes is not None and outputs.get("lobes"):
         view.save(lobes, outputs["lobes"])

@@ -45,6 +45,7 @@ from lungcam.train.slice_bank import IMAGES_NAME, SliceBank, zscore
 
 log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
+PROGRESS_SECONDS = 30.0  # a training job logs the step it reached this often
 
 
 @dataclass(frozen=True)
@@ -501,12 +502,17 @@ class _Trainer:
     device: torch.device
     amp: bool
 
-    def epoch(self, loader) -> tuple[list[float], int]:
-        """One pass over `loader`: (the steps' losses, slices seen)."""
+    def epoch(self, loader, steps: int, where: str) -> tuple[list[float], int]:
+        """One pass over `loader` (`steps` steps): (the steps' losses, slices seen). Logs
+        `where` (fold and epoch) with the step reached every PROGRESS_SECONDS."""
         settings, device = self.settings, self.device
         self.model.train()
         losses, seen = [], 0
+        last_report = time.perf_counter()
         for images, labels, groups in loader:
+            if time.perf_counter() - last_report > PROGRESS_SECONDS:
+                log.info("%s, step %d/%d", where, len(losses) + 1, steps)
+                last_report = time.perf_counter()
             images = zscore(images.to(device, non_blocking=True))
             bags = groups if settings.model == "mil" else None
             if settings.augment:
@@ -601,7 +607,7 @@ def train_fold(
             average_update.steps_per_epoch = max(1, len(batches))
         loader = batch_source(Path(bank_dir), batches, data.row_labels, data.row_patients, device, settings, resident)
         start = time.perf_counter()
-        losses, seen = trainer.epoch(loader)
+        losses, seen = trainer.epoch(loader, len(batches), f"fold {fold} epoch {epoch + 1}/{settings.max_epochs}")
         seconds = time.perf_counter() - start
         if len(data.validation):
             predictions = predict_patients(kept, metadata, bank, list(data.validation["patient_id"]), device, amp)
@@ -627,14 +633,17 @@ def train_fold(
             state["averaged"] = averaged.state_dict()
         if rank == 0:
             _save_state(state_path, state)
+        remaining = (settings.max_epochs - epoch - 1) * float(np.mean([h["seconds"] for h in state["history"]]))
         log.info(
-            "fold %s epoch %d: train loss %.4f, validation loss %.4f, accuracy %.3f, %.0f slices/s",
+            "fold %s epoch %d/%d: train loss %.4f, validation loss %.4f, accuracy %.3f, %.0f slices/s; ETA %.0f min at most",
             fold,
-            epoch,
+            epoch + 1,
+            settings.max_epochs,
             state["history"][-1]["train_loss"],
             val_loss,
             val_accuracy,
             state["history"][-1]["slices_per_second"],
+            remaining / 60,
         )
         epoch += 1
 

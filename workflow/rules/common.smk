@@ -13,7 +13,7 @@ from pathlib import Path
 from lungcam.core.config import apply_demo_overrides, validate_config
 from lungcam.core.folds import task_classes
 from lungcam.phantom import plan_cohort, sample_rows
-from lungcam.core.records import read_status_table, write_record
+from lungcam.core.records import read_record, read_status_table, write_record
 from lungcam.core.samplesheet import SampleSheetError, lesion_masks, load_sample_sheet
 from lungcam.ingest import shared_scan_problems
 
@@ -74,6 +74,7 @@ LAYOUT = {
     "fold_predictions": "work/train/{model}/predictions.tsv",
     "classification_metrics": "work/metrics/classification.json",
     "run": "work/run.json",
+    "verdict": "work/verdict.json",
     "log": "logs/{rule}/{job}.log",
     "cohort_log": "logs/{rule}.log",
     "benchmark": "logs/benchmarks/{rule}/{job}.tsv",
@@ -170,8 +171,21 @@ def record_run() -> None:
     """Write this run's command line and start time (work/run.json) for provenance.json."""
     from datetime import datetime, timezone
 
-    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    program = Path(sys.argv[0]).name
+    command = shlex.join(["snakemake" if program == "__main__.py" else program, *sys.argv[1:]])  # python -m snakemake
     write_record(path("run"), {"command": command, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def finish_message() -> str:
+    """Where the summary is and what its verdict box says (nothing when no summary was made)."""
+    if not Path(path("verdict")).is_file():
+        return "lungcam: done."
+    verdict = read_record(path("verdict"))
+    lines = [f"lungcam: done; the cohort summary is {verdict['summary']}"]
+    lines += [f"  {item['level']}: {item['text']}" for item in verdict["verdict"]] or [
+        "  no failed stage, exclusion or chance-level metric"
+    ]
+    return "\n".join(lines)
 
 
 def startup_message() -> str:

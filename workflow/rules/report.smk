@@ -111,7 +111,8 @@ rule summary:
     input:
         unpack(summary_inputs),
     output:
-        report(path("summary"), caption="../report/summary.rst", category="Summary"),
+        summary=report(path("summary"), caption="../report/summary.rst", category="Summary"),
+        verdict=path("verdict"),  # printed when the run ends
     log:
         log_path("summary", None),
     benchmark:
