@@ -243,7 +243,7 @@ def test_a_lesion_mask_reaches_the_map_grid_as_resampling_would_bring_it():
 
 
 def test_key_slices_are_spread_over_the_map_mass(tmp_path):
-    from lungcam.core.montage import key_slices, key_slices_figure
+    from lungcam.core.montage import key_slices, key_slices_figure, key_slices_shown
 
     cam = np.zeros((16, 32, 32), dtype=np.float32)
     for k, value in ((3, 0.2), (7, 1.0), (8, 0.9), (12, 0.4)):
@@ -257,6 +257,15 @@ def test_key_slices_are_spread_over_the_map_mass(tmp_path):
     z_mm = np.arange(16) * 5.0 - 40.0
     shown = key_slices_figure(hu, labels, cam, (5.0, 1.0, 1.0), z_mm, tmp_path / "key.png", "test", "COVID-19")
     assert shown == [12, 7, 3] and (tmp_path / "key.png").stat().st_size > 5000
+    assert key_slices_shown(tmp_path / "key.png") == {
+        "class": "COVID-19",
+        "scale": [0.1, 1.0],
+        "slices": [
+            {"from_top": 4, "of": 16, "z_mm": 20.0},
+            {"from_top": 9, "of": 16, "z_mm": -5.0},
+            {"from_top": 13, "of": 16, "z_mm": -25.0},
+        ],
+    }
 
 
 def test_slice_labels_count_from_the_most_superior_slice():

@@ -9,6 +9,7 @@ failure.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -345,20 +346,30 @@ def check_page(driver, path: Path, screenshot: Path) -> tuple[list[str], int]:
 
 
 @pytest.mark.slow
-def test_summary_and_reports_in_headless_chromium(training_demo):
-    """The summary and two patient reports (one classified, one excluded) in a real browser;
-    the cohort table sorts when its heading is clicked. Screenshots go to tests/screenshots/
-    (or $LUNGCAM_SCREENSHOTS)."""
+def test_summary_and_reports_in_headless_chromium(training_demo, tmp_path):
+    """The summary and three patient reports (one mapped with lesions, one NP, one excluded) in a
+    real browser: the cohort table sorts when its heading is clicked; each report carries the
+    research-use notice and stays within 250 KB; a mapped patient's map has its colour scale,
+    R/L markers and slice positions; the rating control saves a file that the summary loads.
+    Screenshots go to tests/screenshots/ (or $LUNGCAM_SCREENSHOTS)."""
+    import time
+
     from selenium.webdriver.common.by import By
 
     workdir, _ = training_demo
     results = workdir / "results"
+    predictions = pd.read_csv(results / "predictions.tsv", sep="\t").set_index("patient_id")
+    mapped = next(p for p, row in predictions.iterrows() if row["label"] != "NP" and row["predicted"] != "NP")
+    normal = next(p for p, row in predictions.iterrows() if row["label"] == "NP")
     driver = browser()
+    downloads = tmp_path / "downloads"
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     try:
         links, images = check_page(driver, results / "summary.html", SCREENSHOTS / "summary.png")
         reports = {p.name for p in (results / "reports").iterdir()}
         assert {Path(link).name for link in links if link.startswith("reports/")} == reports  # every report linked, QC points included
         assert images >= 3 + 3  # ROC/PR, confusion, reliability, and the training curves of 3 folds
+        assert driver.find_element(By.ID, "verdict").is_displayed()
         patient_column = [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#cohort tbody td:first-child")]
         assert patient_column == sorted(patient_column)
         driver.find_element(By.CSS_SELECTOR, "#cohort th.sortable").click()
@@ -366,9 +377,34 @@ def test_summary_and_reports_in_headless_chromium(training_demo):
         assert [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#cohort tbody td:first-child")] == sorted(
             patient_column, reverse=True
         )
-        _, shown = check_page(driver, results / "reports" / "demo001.html", SCREENSHOTS / "report_demo001.png")
-        assert shown == 2  # key slices and lung montage
         scout = sorted(reports)[-1]
+        for patient in (mapped, normal, Path(scout).stem):
+            page = results / "reports" / f"{patient}.html"
+            assert page.stat().st_size <= 250_000, f"{page.name}: {page.stat().st_size} bytes"
+            check_page(driver, page, SCREENSHOTS / f"report_{patient}.png")
+            assert "Research use only, not for diagnosis" in driver.find_element(By.CLASS_NAME, "notice").text
+        check_page(driver, results / "reports" / f"{mapped}.html", SCREENSHOTS / f"report_{mapped}.png")
+        caption = driver.find_element(By.CSS_SELECTOR, "#key-slices figcaption").text
+        assert "Colour scale: map values" in caption and "R: the patient's right, L: the patient's left" in caption
+        assert re.search(r"Slices shown: \d+ of \d+ from the top \(z -?\d+\.\d mm\)", caption), caption
+        driver.find_element(By.CSS_SELECTOR, "#rating-form input[value=flag]").click()
+        driver.find_element(By.CSS_SELECTOR, "#rating-form input[name=comment]").send_keys("check the left base")
+        driver.find_element(By.ID, "save-rating").click()
+        saved = downloads / f"rating_{mapped}.json"
+        for _ in range(50):
+            if saved.is_file():
+                break
+            time.sleep(0.2)
+        rating = json.loads(saved.read_text())
+        assert (rating["patient_id"], rating["rating"], rating["comment"]) == (mapped, "flag", "check the left base")
+        driver.get((results / "summary.html").as_uri())
+        driver.find_element(By.ID, "ratings").send_keys(str(saved))
+        cell = driver.find_element(By.CSS_SELECTOR, f'td.rating[data-patient="{mapped}"]')
+        for _ in range(50):
+            if cell.text:
+                break
+            time.sleep(0.1)
+        assert cell.text == "flag: check the left base"
         check_page(driver, results / "reports" / scout, SCREENSHOTS / f"report_{Path(scout).stem}.png")
         errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "div.error")]
         assert errors == ["ingest: only localizer (scout) images, no axial CT series"]

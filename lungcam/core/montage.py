@@ -8,6 +8,7 @@ display.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -61,6 +62,7 @@ def lung_montage(hu_lps: np.ndarray, labels: np.ndarray, spacing: tuple[float, f
     _save_figure(fig, path, title)
 
 
+KEY_SLICES_TEXT = "lungcam key slices"  # PNG text chunk: what the figure shows, as JSON
 KEY_SLICE_GAP_MM = 20.0  # key slices at least this far apart, so that they show more than one lesion
 
 
@@ -128,7 +130,21 @@ def key_slices_figure(
     bar.set_label(f"map of {class_name} evidence", color="white", fontsize=9)
     bar.ax.tick_params(colors="white", labelsize=8)
     fig.suptitle(title, color="white", fontsize=10)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, facecolor="black", bbox_inches="tight")
+    shown = {
+        "class": class_name,
+        "scale": [round(0.1 * peak, 4), round(peak, 4)],
+        "slices": [{"from_top": cam.shape[0] - k, "of": cam.shape[0], "z_mm": round(float(z_mm[k]), 1)} for k in chosen],
+    }
+    with atomic_path(path) as tmp:  # what the picture shows, for the report's caption
+        fig.savefig(tmp, dpi=80, facecolor="black", bbox_inches="tight", metadata={KEY_SLICES_TEXT: json.dumps(shown)})
     plt.close(fig)
     return chosen
+
+
+def key_slices_shown(path: Path | str) -> dict | None:
+    """What a key slices figure shows (class, colour scale, slices), from its PNG text."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = getattr(image, "text", {}).get(KEY_SLICES_TEXT)
+    return json.loads(text) if text else None

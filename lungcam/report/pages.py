@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from lungcam.core.atomic import write_text
 from lungcam.core.folds import NO_PNEUMONIA, target_class
 from lungcam.core.map_sampling import evaluations_per_axis
+from lungcam.core.montage import key_slices_shown
 
 # QC measures of the summary's strip plots: column of the cohort table -> axis title.
 QC_MEASURES = {
@@ -191,6 +192,7 @@ def patient_context(
         "prediction": prediction,
         "probabilities": probabilities,
         "key_slices": data_uri(key_slices, photo=True),
+        "key_slices_shown": key_slices_shown(key_slices) if key_slices and Path(key_slices).is_file() else None,
         "lung_montage": data_uri(lung_montage, photo=True),
         "lesions": lesions.to_dict("records") if lesions is not None else [],
         "burden": burden,
@@ -396,6 +398,7 @@ SUMMARY_COLUMNS = [
     ("noise (HU)", "number"),
     ("burden (%)", "number"),
     ("lesions", "number"),
+    ("auditor's rating", "text"),
 ]
 
 
