@@ -53,3 +53,4 @@ rule all:
         metrics=path("metrics"),
         provenance=path("provenance"),
         summary=path("summary"),
+        report_site=path("report_site"),

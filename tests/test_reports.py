@@ -283,15 +283,33 @@ def test_methods_paragraph_follows_the_config():
 
 
 @pytest.mark.slow
-def test_snakemake_report_builds_with_categories(training_demo):
-    """`snakemake --report report.html` embeds the summary, the classification figures, the
-    training curves and every patient's key slices."""
+def test_snakemake_report_builds_with_categories(training_demo, tmp_path):
+    """`snakemake --report report.zip` holds the summary with every patient report beside it
+    (its links resolve in the unpacked report: a browser opens a patient report from it), the
+    classification figures, the training curves, every patient's key slices and lung montage."""
+    import zipfile
+
+    from selenium.webdriver.common.by import By
+
     workdir, config = training_demo
-    snakemake(workdir, "--configfile", str(config), "--report", "report.html")
-    text = (workdir / "report.html").read_text()
-    for name in ("results/summary.html", "results/figures/roc_pr.png", "results/figures/reliability.png", "results/training/fold2.png"):
-        assert name in text, name
-    assert len(set(re.findall(r"results/cam/demo\d+_key_slices\.png", text))) == 9
+    snakemake(workdir, "--configfile", str(config), "--report", "report.zip")
+    with zipfile.ZipFile(workdir / "report.zip") as bundle:
+        names = bundle.namelist()
+        bundle.extractall(tmp_path)
+    for suffix in ("figures/roc_pr.png", "figures/reliability.png", "training/fold2.png"):
+        assert any(n.endswith(suffix) for n in names), suffix
+    assert len([n for n in names if re.search(r"demo\d+_key_slices\.png$", n)]) == 9
+    assert len([n for n in names if re.search(r"demo\d+_lungs\.png$", n)]) == 9
+    summary = next(tmp_path / n for n in names if n.endswith("/summary.html"))
+    assert len(list((summary.parent / "reports").glob("demo*.html"))) == 10  # 9 patients and the excluded scout
+    driver = browser()
+    try:
+        links, _ = check_page(driver, summary, SCREENSHOTS / "report_zip_summary.png")
+        assert any(link.startswith("reports/") for link in links)
+        driver.find_element(By.CSS_SELECTOR, "#cohort tbody td:first-child a").click()
+        assert driver.title.startswith("lungcam report: demo")
+    finally:
+        driver.quit()
 
 
 def browser():

@@ -57,6 +57,7 @@ def lung_montage(hu_lps: np.ndarray, labels: np.ndarray, spacing: tuple[float, f
     for ax, (image, outline, aspect, name) in zip(axes, views):
         ax.imshow(image, cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], aspect=aspect, interpolation="nearest")
         _draw_outlines(ax, outline)
+        _mark_sides(ax)
         ax.set_title(name, color="white", fontsize=9)
         ax.axis("off")
     _save_figure(fig, path, title)

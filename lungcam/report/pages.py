@@ -475,3 +475,23 @@ def summary_context(
         "qc_outliers": [item | {"link": report_link.format(item["patient_id"])} for item in qc_outliers(table, QC_MEASURES)],
         "min_ci_patients": MIN_CI_PATIENTS,
     }
+
+
+def link_site(summary: Path | str, reports: list[Path | str], site: Path | str) -> str:
+    """Put the summary (as summary.html) and the patient reports (reports/) into folder `site`,
+    where the summary's links to the reports resolve: hard links where the file system allows
+    them (no copy of 5,000 reports), copies elsewhere. Returns how they were placed."""
+    import os
+    import shutil
+
+    site = Path(site)
+    (site / "reports").mkdir(parents=True, exist_ok=True)
+    placed = set()
+    for source, target in [(Path(summary), site / "summary.html")] + [(Path(r), site / "reports" / Path(r).name) for r in reports]:
+        try:
+            os.link(source, target)
+            placed.add("linked")
+        except OSError:
+            shutil.copyfile(source, target)
+            placed.add("copied")
+    return " and ".join(sorted(placed))

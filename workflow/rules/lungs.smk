@@ -17,7 +17,7 @@ rule lungs:
     output:
         **({"lobes": path("lobes")} if LOBES else {}),
         labels=path("lungs"),
-        montage=path("lung_montage"),
+        montage=report(path("lung_montage"), caption="../report/lung_montage.rst", category="Lung QC", labels={"patient": "{patient}"}),
         record=path("lung_record"),
     log:
         log_path("lungs"),

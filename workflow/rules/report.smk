@@ -111,7 +111,7 @@ rule summary:
     input:
         unpack(summary_inputs),
     output:
-        summary=report(path("summary"), caption="../report/summary.rst", category="Summary"),
+        summary=path("summary"),
         verdict=path("verdict"),  # printed when the run ends
     log:
         log_path("summary", None),
@@ -126,3 +126,25 @@ rule summary:
         config=config,
     script:
         "../../scripts/summary.py"
+
+
+localrules:
+    report_site,
+
+
+rule report_site:
+    """The summary and the patient reports in one folder, linked as in results/, for
+    `snakemake --report report.zip`."""
+    input:
+        summary=path("summary"),
+        reports=expand(path("report"), patient=PATIENTS),
+    output:
+        report(directory(path("report_site")), htmlindex="summary.html", caption="../report/summary.rst", category="Summary"),
+    log:
+        log_path("report_site", None),
+    benchmark:
+        benchmark_path("report_site", None)
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/report_site.py"
