@@ -6,7 +6,8 @@ when and from which code a run was made, which differs between any two runs:
 
 - gzip files (NIfTI) by their uncompressed bytes (the gzip header holds a time);
 - provenance.json without its `code` and `run` sections (commit, command line, start time);
-- HTML reports without those rows and the run-times table (each job's seconds).
+- HTML reports without those rows and the run-times table (each job's seconds);
+- training curves (training/*.tsv) without their timing columns.
 
 Prints one line per file that differs or exists on one side only, then the counts; exits 1 when
 anything differs.
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 FOLDERS = ("results", "demo")
+TIMING_COLUMNS = ("seconds", "slices_per_second")  # of the training curves
 # What records when and from which code: removed from HTML before comparing.
 VOLATILE_HTML = (
     re.compile(r"<tr><th>(code version \(git\)|run started|command)</th>.*?</tr>", re.DOTALL),
@@ -41,6 +43,10 @@ def content(path: Path) -> bytes:
         document.pop("code", None)
         document.pop("run", None)
         return json.dumps(document, sort_keys=True).encode()
+    if path.suffix == ".tsv" and path.parent.name == "training":
+        rows = [line.split("\t") for line in data.decode().splitlines()]
+        keep = [i for i, name in enumerate(rows[0]) if name not in TIMING_COLUMNS]
+        return "\n".join("\t".join(row[i] for i in keep) for row in rows).encode()
     if path.suffix == ".html":
         text = data.decode()
         for pattern in VOLATILE_HTML:

@@ -32,6 +32,8 @@ def write_run(root, commit: str, seconds: str, predicted: str, mtime: int, extra
     (root / "results" / "nifti" / "p1.nii.gz").write_bytes(gzip.compress(b"voxels", mtime=mtime))
     (root / "results" / "provenance.json").write_text(json.dumps({"code": {"commit": commit}, "config_hash": "abc"}))
     (root / "demo" / "samples.tsv").write_text("patient_id\tlabel\np1\tNP\n")
+    (root / "results" / "training").mkdir()
+    (root / "results" / "training" / "fold0.tsv").write_text(f"epoch\ttrain_loss\tseconds\n0\t1.5\t{seconds}\n")
     if extra:
         (root / "results" / "extra.tsv").write_text("x\n")
 
@@ -39,11 +41,11 @@ def write_run(root, commit: str, seconds: str, predicted: str, mtime: int, extra
 def test_runs_that_differ_only_in_code_version_and_times_are_the_same(tmp_path):
     write_run(tmp_path / "a", "v1-1-gabc", "12.3", "NP", mtime=1)
     write_run(tmp_path / "b", "v1-2-gdef", "15.9", "NP", mtime=2)
-    assert compare_runs.compare(tmp_path / "a", tmp_path / "b") == ([], 4)
+    assert compare_runs.compare(tmp_path / "a", tmp_path / "b") == ([], 5)
 
 
 def test_a_different_result_and_a_missing_file_are_reported(tmp_path):
     write_run(tmp_path / "a", "v1", "1.0", "NP", mtime=1)
     write_run(tmp_path / "b", "v1", "1.0", "CAP", mtime=1, extra=True)
     lines, compared = compare_runs.compare(tmp_path / "a", tmp_path / "b")
-    assert lines == ["only in after: results/extra.tsv", "differs: results/reports/p1.html"] and compared == 4
+    assert lines == ["only in after: results/extra.tsv", "differs: results/reports/p1.html"] and compared == 5
