@@ -29,6 +29,7 @@ with job_log(snakemake.log[0]) as log:
         lung_montage=inputs.get("montage"),
         times=run_times(snakemake.params.benchmarks, patient),
         map_target=snakemake.params.map_target,
+        models=read_record(inputs.models) if inputs.get("models") else None,
     )
     render("patient.html.j2", context, snakemake.output[0])
     log.info("report of %s (%s)", patient, context["status"])

@@ -15,7 +15,7 @@ with job_log(snakemake.log[0]) as log:
         snakemake.input.sample_sheet,
         snakemake.params.lesion_masks,
         snakemake.input.get("slice_labels"),
-        dict(zip(snakemake.params.models, snakemake.input.models)),
+        dict(zip(snakemake.params.models, snakemake.input.get("models", []))),
         read_record(snakemake.params.run) if Path(snakemake.params.run).is_file() else None,
     )
     write_document(snakemake.output[0], document)

@@ -108,8 +108,11 @@ def summary_with(tmp_path, records: list[dict], predictions: pd.DataFrame, metri
     provenance = {"code": {"describe": "v1", "dirty": False}, "config_hash": "x", "software": {"lungcam": "0.1.0"}, "inputs": {}}
     context = summary_context(table, metrics, provenance, load_config(), CLASSES, [], "")
     render("summary.html.j2", context, tmp_path / "summary.html")
-    text = (tmp_path / "summary.html").read_text()
-    return re.search(r'<div id="verdict".*?</div>', text, re.DOTALL).group(0)
+    return (tmp_path / "summary.html").read_text()
+
+
+def verdict_box(page: str) -> str:
+    return re.search(r'<div id="verdict".*?</div>', page, re.DOTALL).group(0)
 
 
 def test_summary_verdict_reports_a_failed_stage_and_a_chance_level_metric(tmp_path):
@@ -140,7 +143,8 @@ def test_summary_verdict_reports_a_failed_stage_and_a_chance_level_metric(tmp_pa
         "nuisance_baseline": None,
         "bootstrap": 200,
     }
-    box = summary_with(tmp_path, records, predictions, metrics)
+    page = summary_with(tmp_path, records, predictions, metrics)
+    box = verdict_box(page)
     assert 'class="verdict bad"' in box
     for text in (
         "ingest failed with an unexpected error for 1 patient(s)",
@@ -174,8 +178,10 @@ def test_summary_verdict_is_clean_for_a_sound_cohort(tmp_path):
     )
     classification = cohort_metrics(predictions, CLASSES, seed=0, repeats=200)
     metrics = {"classification": classification, "localisation": None, "slice_level": None, "nuisance_baseline": None, "bootstrap": 200}
-    box = summary_with(tmp_path, [{"patient_id": p} | ok for p in "abc"], predictions, metrics)
+    page = summary_with(tmp_path, [{"patient_id": p} | ok for p in "abc"], predictions, metrics)
+    box = verdict_box(page)
     assert 'class="verdict good"' in box and "No failed stage" in box
+    assert page.count("n too small (fewer than 10 patients)") == 3  # one patient per fold: no per-fold CIs
 
 
 def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
@@ -183,7 +189,7 @@ def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
     a patient the prediction model was trained on is flagged in both."""
     qc = {"patient_id": "a", "status": "ok", "reasons": [], "stages": {"ingest": "ok"}, "warnings": [], "ingest": {}, "lungs": {}}
     model = {"path": "model.pt", "sha256": "ab" * 32, "classes": ["CAP", "NP"], "trained_on": 30}
-    provenance = {"code": {}, "config_hash": "x", "software": {}, "inputs": {"models": {"predict": model}}}
+    provenance = {"code": {}, "config_hash": "x", "software": {}, "inputs": {}}
     burden = {"total_percent": 37.0, "right_percent": 40.0, "left_percent": 34.0, "flagged_ml": 900.0, "candidates": 3}
     lesions = pd.DataFrame({"lesion": [1], "volume_ml": [5.0]})
     classes = ["CAP", "NP"]
@@ -198,7 +204,15 @@ def test_reports_give_no_burden_for_predicted_np_and_flag_training_patients():
             "predicted": predicted,
         }
         context = patient_context(
-            qc, provenance, label="NP", prediction=prediction, classes=classes, lesions=lesions, burden=burden, map_target="label"
+            qc,
+            provenance,
+            label="NP",
+            prediction=prediction,
+            classes=classes,
+            lesions=lesions,
+            burden=burden,
+            map_target="label",
+            models={"predict": model},
         )
         assert context["map_class"] == "NP" and context["provenance"]["model"] == model
         assert (context["burden"] is None) == (predicted == "NP") and bool(context["burden_note"]) == (predicted == "NP")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -138,6 +139,9 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     }
     assert sorted(p.name for p in (tmp_path / "results" / "reports").iterdir()) == sorted(f"{p.patient_id}.html" for p in plans)
     scout_report = (tmp_path / "results" / "reports" / f"{scout.patient_id}.html").read_text()
+    report = (tmp_path / "results" / "reports" / f"{included[0].patient_id}.html").read_text()
+    assert "<th>run started</th><td>20" in report and "<th>command</th><td><code>snakemake " in report
+    assert re.search(r"model file</th><td>results/model/fold\d\.pt \(sha256 [0-9a-f]{12}&hellip;\), trained on \d+ patients", report)
     assert 'id="errors"' in scout_report and "only localizer (scout) images" in scout_report
     summary = (tmp_path / "results" / "summary.html").read_text()
     exclusions = summary[summary.index('id="exclusions"') : summary.index('id="metrics"')]

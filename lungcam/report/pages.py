@@ -159,13 +159,14 @@ def patient_context(
     lung_montage: Path | None = None,
     times: list[dict] | None = None,
     map_target: str = "predicted",
+    models: dict | None = None,
     summary_link: str = "../summary.html",
 ) -> dict:
     """Everything the patient report shows, from its QC record and the run's provenance.
     `label` is the sample sheet's; `prediction` the patient's predictions.tsv row (None when the
     patient was excluded before classification); `map_target` is config cam.target (which
-    class the map shows); the rest are shown where given. The model is the one provenance lists
-    for the prediction's fold."""
+    class the map shows); `models` (work/models.json) describes the model of each fold; the
+    rest are shown where given."""
     ingest, lungs = qc.get("ingest", {}), qc.get("lungs", {})
     header = ingest.get("header", {})
     errors = [f"{reason}" for reason in qc.get("reasons", [])]
@@ -209,7 +210,7 @@ def patient_context(
             "code": provenance["code"],
             "config_hash": provenance["config_hash"],
             "run": provenance.get("run", {}),
-            "model": provenance["inputs"].get("models", {}).get(str(prediction["fold"])) if prediction else None,
+            "model": (models or {}).get(str(prediction["fold"])) if prediction else None,
             "lungcam": provenance["software"].get("lungcam"),
         },
         "times": times or [],

@@ -75,6 +75,7 @@ LAYOUT = {
     "classification_metrics": "work/metrics/classification.json",
     "run": "work/run.json",
     "verdict": "work/verdict.json",
+    "models": "work/models.json",
     "report_site": "work/report_site",
     "log": "logs/{rule}/{job}.log",
     "cohort_log": "logs/{rule}.log",

@@ -78,10 +78,29 @@ rule provenance:
     params:
         config=config,
         lesion_masks=LESION_MASKS,
-        models=list(REPORT_MODELS),
+        models=list(REPORT_MODELS) if MODE == "predict" else [],
         run=path("run"),  # written at the start of each run; not an input, it changes every run
     script:
         "../../scripts/provenance.py"
+
+
+rule models:
+    """Each model that classified patients: path, checksum, classes, training-set size (for the
+    reports' About)."""
+    input:
+        models=list(REPORT_MODELS.values()),
+    output:
+        path("models"),
+    log:
+        log_path("models", None),
+    benchmark:
+        benchmark_path("models", None)
+    conda:
+        "../../envs/train.yaml"
+    params:
+        names=list(REPORT_MODELS),
+    script:
+        "../../scripts/models.py"
 
 
 rule patient_report:

@@ -27,11 +27,13 @@ def metrics_inputs(wildcards) -> dict:
 
 def provenance_inputs(wildcards) -> dict:
     """Every patient's QC record (with its DICOM checksum), the sample sheet, and the other
-    files the run read: lesion masks, slice labels, the models that classified the patients."""
+    files the run read: lesion masks, slice labels, the prediction model. Not the fold models:
+    provenance must not wait for training (`snakemake prepare results/provenance.json`)."""
     inputs = {"qc": qc_records(wildcards), "sample_sheet": SAMPLE_SHEET, "masks": list(LESION_MASKS.values())}
     if SLICE_LABELS:
         inputs["slice_labels"] = SLICE_LABELS
-    inputs["models"] = list(REPORT_MODELS.values())
+    if MODE == "predict":
+        inputs["models"] = list(REPORT_MODELS.values())
     return inputs
 
 
@@ -48,6 +50,7 @@ def patient_report_inputs(wildcards) -> dict:
                 "key_slices": path("key_slices", patient=patient),
                 "lesions": path("lesions", patient=patient),
                 "burden": path("burden", patient=patient),
+                "models": path("models"),
             }
     return inputs
 
