@@ -474,6 +474,6 @@ def test_an_unknown_map_method_is_refused(blob_network):
 
 def test_the_cam_rule_passes_every_map_setting():
     """The rule's params (a change reruns the maps) hold exactly MapSettings' fields of section cam."""
-    rules = (REPO / "workflow" / "rules" / "cam.smk").read_text()
+    rules = (REPO / "workflow" / "rules" / "inputs" / "cam.smk").read_text()
     listed = ast.literal_eval(re.search(r"^MAP_SETTINGS = (\(.*\))$", rules, re.MULTILINE).group(1))
     assert set(listed) == {field.name for field in dataclasses.fields(MapSettings)}

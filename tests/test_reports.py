@@ -310,7 +310,7 @@ def test_snakemake_report_builds_with_categories(training_demo, tmp_path):
     with zipfile.ZipFile(workdir / "report.zip") as bundle:
         names = bundle.namelist()
         bundle.extractall(tmp_path)
-    for suffix in ("figures/roc_pr.png", "figures/reliability.png", "training/fold2.png"):
+    for suffix in ("/roc_pr.png", "/reliability.png", "/fold2.png"):
         assert any(n.endswith(suffix) for n in names), suffix
     assert len([n for n in names if re.search(r"demo\d+_key_slices\.png$", n)]) == 9
     assert len([n for n in names if re.search(r"demo\d+_lungs\.png$", n)]) == 9

@@ -210,7 +210,7 @@ def test_incremental_reruns_touch_only_what_a_change_concerns(training_demo):
         config = write_config(workdir / "variants" / str(abs(hash(str(changes)))), variant(TRAINING_DEMO, changes))
         return planned_jobs(snakemake(workdir, "--configfile", str(config), "-n").stdout)
 
-    reports = {"metrics", "provenance", "patient_report", "summary", "all"}
+    reports = {"metrics", "provenance", "patient_report", "summary", "report_site", "all"}
     cam_method = planned({"cam": {"method": "layercam"}})
     assert set(cam_method) == {"cam", "lesions", "localisation"} | reports and cam_method["cam"] == 9
     assert planned({"cam": {"shifts": 1}}) == cam_method

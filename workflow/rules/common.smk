@@ -6,6 +6,7 @@ the run with a message naming it. Each stage's rule file holds its own input fun
 
 import functools
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -169,12 +170,18 @@ wildcard_constraints:
     patient="[A-Za-z0-9_-]+",
 
 
+# Absolute paths in a command line may name people or places: outputs keep only the last part.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s=,:;'\"]+")
+
+
 def record_run() -> None:
-    """Write this run's command line and start time (work/run.json) for provenance.json."""
+    """Write this run's command line (absolute paths cut to their last part) and start time
+    (work/run.json) for provenance.json."""
     from datetime import datetime, timezone
 
     program = Path(sys.argv[0]).name
-    command = shlex.join(["snakemake" if program == "__main__.py" else program, *sys.argv[1:]])  # python -m snakemake
+    arguments = [ABSOLUTE_PATH.sub(lambda m: f"…/{Path(m.group(0)).name}", a) for a in sys.argv[1:]]
+    command = shlex.join(["snakemake" if program == "__main__.py" else program, *arguments])  # python -m snakemake
     write_record(path("run"), {"command": command, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 

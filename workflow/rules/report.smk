@@ -155,8 +155,7 @@ rule report_site:
     """The summary and the patient reports in one folder, linked as in results/, for
     `snakemake --report report.zip`."""
     input:
-        summary=path("summary"),
-        reports=expand(path("report"), patient=PATIENTS),
+        unpack(report_site_inputs),
     output:
         report(directory(path("report_site")), htmlindex="summary.html", caption="../report/summary.rst", category="Summary"),
     log:

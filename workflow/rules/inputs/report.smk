@@ -67,3 +67,9 @@ def summary_inputs(wildcards) -> dict:
         "figures": list(CLASSIFICATION_FIGURES.values()) if LABELLED else [],
         "curves": [path("curves_png", model=f"fold{f}") for f in FOLDS] if MODE == "train" else [],
     }
+
+
+def report_site_inputs(wildcards) -> dict:
+    """The summary and every patient's report, requested once the status tables exist (as the
+    summary's), so that a fresh plan holds no report job before the checkpoints."""
+    return {"summary": path("summary"), "reports": summary_inputs(wildcards)["reports"]}
