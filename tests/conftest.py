@@ -100,6 +100,26 @@ def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = 
     return result
 
 
+def write_untrained_model(path: Path, dropout: float = 0.0, trained_on: tuple[str, ...] = ()) -> Path:
+    """A small untrained hu2020 model file for 32 px slices of 5 x 2 x 2 mm caches: for tests of
+    the prediction chain, where the figures do not matter."""
+    import torch
+
+    from lungcam.train.inference import save_model
+    from lungcam.train.models import build_model
+    from lungcam.train.slice_bank import bank_preprocessing
+
+    torch.manual_seed(0)
+    metadata = {
+        "model": "hu2020",
+        "classes": ["COVID-19", "CAP", "NP"],
+        "settings": {"width": 0.25, "dropout": dropout, "aggregation": "topk_mean", "top_k": 5},
+        "preprocessing": bank_preprocessing(32, 0.25, load_config()["cache"] | {"spacing_mm": [5.0, 2.0, 2.0]}),
+    }
+    save_model(path, build_model("hu2020", 3, 0.25, dropout), metadata | ({"trained_on": list(trained_on)} if trained_on else {}))
+    return path
+
+
 def write_config(workdir: Path, config: dict) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yaml"

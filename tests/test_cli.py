@@ -8,15 +8,13 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from lungcam import __version__
 from lungcam.cli import build_parser, predict_scan
-from lungcam.core.config import load_config
 from lungcam.core.records import read_record
 from lungcam.ingest import VOLUME_NAME
 
-from .conftest import REPO
+from .conftest import REPO, write_untrained_model
 
 
 def test_version_and_help_list_every_subcommand():
@@ -29,25 +27,7 @@ def test_version_and_help_list_every_subcommand():
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    """An untrained small model file (the chain matters here, not the figures)."""
-    from lungcam.train.inference import save_model
-    from lungcam.train.models import build_model
-    from lungcam.train.slice_bank import bank_preprocessing
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(
-        path,
-        build_model("hu2020", 3, 0.25, 0.0),
-        {
-            "model": "hu2020",
-            "classes": ["COVID-19", "CAP", "NP"],
-            "settings": {"width": 0.25, "dropout": 0.0, "aggregation": "topk_mean", "top_k": 5},
-            "preprocessing": bank_preprocessing(32, 0.25, load_config()["cache"] | {"spacing_mm": [5.0, 2.0, 2.0]}),
-            "trained_on": ["x1", "x2"],
-        },
-    )
-    return path
+    return write_untrained_model(tmp_path_factory.mktemp("model") / "model.pt", trained_on=("x1", "x2"))
 
 
 def test_predict_scan_maps_and_classifies_a_real_nifti(real_ingest, model_file, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lungcam.cam.lesions import COLUMNS as LESION_COLUMNS
-from lungcam.core.config import config_hash, load_config
+from lungcam.core.config import config_hash
 from lungcam.core.folders import folder_digest
 from lungcam.core.records import read_record
 from lungcam.ingest.leak_scan import find_leaks
@@ -27,7 +27,7 @@ from lungcam.phantom.dicom_writer import draw_identity
 from lungcam.train.inference import load_model, predict_patients
 from lungcam.train.slice_bank import SliceBank
 
-from .conftest import REPO, TRAINING_DEMO, snakemake, write_config
+from .conftest import REPO, TRAINING_DEMO, snakemake, write_config, write_untrained_model
 
 SMALL_DEMO = {"demo": {"patients_per_class": 1, "matrix": 128}}
 
@@ -352,22 +352,7 @@ def test_prediction_mode_on_the_real_covid_ct_md_cases(data, tmp_path):
     """A model file (untrained here: the figures do not matter, the chain does) applied to the
     real COVID-19, CAP and normal scans: predictions, heatmaps, lesion tables, and the slice-level
     AUC against the radiologists' slice labels."""
-    from lungcam.train.inference import save_model
-    from lungcam.train.models import build_model
-    from lungcam.train.slice_bank import bank_preprocessing
-
-    torch.manual_seed(0)
-    model_file = tmp_path / "model.pt"
-    save_model(
-        model_file,
-        build_model("hu2020", 3, 0.25, 0.5),
-        {
-            "model": "hu2020",
-            "classes": ["COVID-19", "CAP", "NP"],
-            "settings": {"width": 0.25, "dropout": 0.5, "aggregation": "topk_mean", "top_k": 5},
-            "preprocessing": bank_preprocessing(32, 0.25, load_config()["cache"] | {"spacing_mm": [5.0, 2.0, 2.0]}),
-        },
-    )
+    model_file = write_untrained_model(tmp_path / "model.pt", dropout=0.5)
     cases = {"P001": "COVID-19", "cap001": "CAP", "normal001": "NP"}
     sheet = tmp_path / "patients.tsv"
     sheet.write_text(
