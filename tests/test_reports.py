@@ -115,9 +115,27 @@ def verdict_box(page: str) -> str:
     return re.search(r'<div id="verdict".*?</div>', page, re.DOTALL).group(0)
 
 
+OK_RECORD = {"status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"}, "warnings": []}
+
+
+def three_patients(probabilities: list[list[float]]) -> pd.DataFrame:
+    """Predictions of patients a, b, c (labelled COVID-19, CAP, NP; one per fold), each
+    predicted its most probable class."""
+    table = pd.DataFrame({"patient_id": ["a", "b", "c"], "label": CLASSES, "fold": ["0", "1", "2"]})
+    for column, values in zip(CLASSES, zip(*probabilities)):
+        table[f"prob_{column}"] = values
+    table["predicted"] = [CLASSES[max(range(3), key=row.__getitem__)] for row in probabilities]
+    return table
+
+
+def metrics_of(predictions: pd.DataFrame) -> dict:
+    """metrics.json of a run without lesion masks, slice metrics or nuisance baseline."""
+    classification = cohort_metrics(predictions, CLASSES, seed=0, repeats=200)
+    return {"classification": classification, "localisation": None, "slice_level": None, "nuisance_baseline": None, "bootstrap": 200}
+
+
 def test_summary_verdict_reports_a_failed_stage_and_a_chance_level_metric(tmp_path):
-    ok = {"status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"}, "warnings": []}
-    records = [{"patient_id": p} | ok for p in ("a", "b", "c")] + [
+    records = [{"patient_id": p} | OK_RECORD for p in ("a", "b", "c")] + [
         {
             "patient_id": "d",
             "status": "excluded",
@@ -125,24 +143,8 @@ def test_summary_verdict_reports_a_failed_stage_and_a_chance_level_metric(tmp_pa
             "stages": {"ingest": "excluded"},
         }
     ]
-    predictions = pd.DataFrame(
-        {
-            "patient_id": ["a", "b", "c"],
-            "label": ["COVID-19", "CAP", "NP"],
-            "fold": ["0", "1", "2"],
-            "prob_COVID-19": [0.5, 0.5, 0.5],
-            "prob_CAP": [0.2, 0.2, 0.2],
-            "prob_NP": [0.3, 0.3, 0.3],
-            "predicted": ["COVID-19"] * 3,
-        }
-    )
-    metrics = {
-        "classification": cohort_metrics(predictions, CLASSES, seed=0, repeats=200),
-        "localisation": None,
-        "slice_level": None,
-        "nuisance_baseline": None,
-        "bootstrap": 200,
-    }
+    predictions = three_patients([[0.5, 0.2, 0.3]] * 3)  # every patient predicted COVID-19
+    metrics = metrics_of(predictions)
     page = summary_with(tmp_path, records, predictions, metrics)
     box = verdict_box(page)
     assert 'class="verdict bad"' in box
@@ -164,21 +166,8 @@ def test_summary_verdict_reports_a_failed_stage_and_a_chance_level_metric(tmp_pa
 
 
 def test_summary_verdict_is_clean_for_a_sound_cohort(tmp_path):
-    ok = {"status": "ok", "reasons": [], "stages": {"ingest": "ok", "lungs": "ok"}, "warnings": []}
-    predictions = pd.DataFrame(
-        {
-            "patient_id": ["a", "b", "c"],
-            "label": ["COVID-19", "CAP", "NP"],
-            "fold": ["0", "1", "2"],
-            "prob_COVID-19": [0.8, 0.1, 0.1],
-            "prob_CAP": [0.1, 0.8, 0.1],
-            "prob_NP": [0.1, 0.1, 0.8],
-            "predicted": ["COVID-19", "CAP", "NP"],
-        }
-    )
-    classification = cohort_metrics(predictions, CLASSES, seed=0, repeats=200)
-    metrics = {"classification": classification, "localisation": None, "slice_level": None, "nuisance_baseline": None, "bootstrap": 200}
-    page = summary_with(tmp_path, [{"patient_id": p} | ok for p in "abc"], predictions, metrics)
+    predictions = three_patients([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    page = summary_with(tmp_path, [{"patient_id": p} | OK_RECORD for p in "abc"], predictions, metrics_of(predictions))
     box = verdict_box(page)
     assert 'class="verdict good"' in box and "No failed stage" in box
     assert page.count("n too small (fewer than 10 patients)") == 3  # one patient per fold: no per-fold CIs
