@@ -63,24 +63,6 @@ def test_a_fresh_plan_waits_on_one_status_checkpoint_per_stage(tmp_path):
     assert not {"nifti", "lungs", "cache", "patient_qc", "cam", "patient_report"} & set(jobs)
 
 
-def test_slurm_profile_sends_training_to_the_gpu_partition(tmp_path):
-    """Dry run with profiles/slurm: every job is submitted with the account placeholder, the
-    training jobs to the GPU partition with one GPU, the others to the CPU partition; the
-    per-patient jobs in groups."""
-    result = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "-n")
-    assert "Group job prepare" in result.stdout
-    jobs, rule = {}, None
-    for line in result.stdout.splitlines():
-        if line.strip().startswith(("rule ", "checkpoint ")):  # indented within a group job
-            rule = line.split()[1].rstrip(":")
-        elif line.strip().startswith("resources:") and rule:
-            jobs.setdefault(rule, line)
-    assert {"phantom", "ingest", "train_fold"} <= set(jobs)
-    assert all("slurm_account=<your-account>" in r for r in jobs.values())
-    assert "slurm_partition=<gpu-partition>" in jobs["train_fold"] and "gpu=1" in jobs["train_fold"]
-    assert all("slurm_partition=<cpu-partition>" in r for rule, r in jobs.items() if rule != "train_fold")
-
-
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     tmp_path, config = training_demo

@@ -11,6 +11,8 @@ rule cache:
         log_path("cache"),
     benchmark:
         benchmark_path("cache")
+    group:
+        LUNGS_GROUP
     conda:
         "../../envs/lungs.yaml"
     resources:

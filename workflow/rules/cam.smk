@@ -27,6 +27,8 @@ rule cam:
         log_path("cam"),
     benchmark:
         benchmark_path("cam")
+    group:
+        cluster_group("maps")
     conda:
         "../../envs/train.yaml"
     resources:
@@ -51,6 +53,8 @@ rule lesions:
         log_path("lesions"),
     benchmark:
         benchmark_path("lesions")
+    group:
+        cluster_group("findings")
     conda:
         "../../envs/lungs.yaml"
     resources:

@@ -166,6 +166,50 @@ if MODE == "predict":
     config["cache"] = dict(MODEL_PREPROCESSING["cache"])
 
 
+# ---- cluster jobs --------------------------------------------------------------------------
+
+PATIENT_INDEX = {patient: i for i, patient in enumerate(PATIENTS)}
+
+
+def cluster_group(name: str):
+    """A per-patient rule's SLURM group. With `group-components: {name}: N` (profiles/slurm),
+    the jobs of each N consecutive patients of the sample sheet form group `{name}-<batch>`, one
+    SLURM job; without it (local runs) no group. A group never holds more than N patients, so
+    Snakemake's planning, which checks every job of a group against the others, stays linear in
+    patients. The batch ids count as `name` for group-components (`parent_groupids`: the map
+    Snakemake keeps for group ids filled in from wildcards)."""
+
+    def group(wildcards) -> str | None:
+        size = (workflow.group_settings.group_components if workflow.group_settings else {}).get(name)
+        if not size:
+            return None
+        batch = f"{name}-{PATIENT_INDEX[wildcards.patient] // size}"
+        workflow.parent_groupids[batch] = name
+        return batch
+
+    return group
+
+
+def unfilled_placeholders() -> list[str]:
+    """The `<...>` placeholders (profiles/slurm's `<your-account>`, `<cpu-partition>`, ...) left
+    in the resources this run was given."""
+    settings = workflow.resource_settings
+    values = list(getattr(settings.default_resources, "args", None) or [])
+    for resources in settings.overwrite_resources.values():
+        values += [getattr(resource, "raw", resource) for resource in resources.values()]
+    return sorted({found for value in values for found in re.findall(r"<[\w-]+>", str(value))})
+
+
+# A profile that still holds its placeholders would plan the whole cohort and then submit every
+# job to accounts and partitions the cluster refuses.
+if workflow.is_main_process and unfilled_placeholders():
+    raise ValueError(
+        f"the profile still holds the placeholders {', '.join(unfilled_placeholders())}: replace them in its "
+        "config.yaml with your SLURM account and partitions (`sacctmgr show assoc user=$USER`, `sinfo -s`; "
+        "docs/hpc.md)"
+    )
+
+
 wildcard_constraints:
     patient="[A-Za-z0-9_-]+",
 

@@ -15,6 +15,8 @@ rule phantom:
         log_path("phantom"),
     benchmark:
         benchmark_path("phantom")
+    group:
+        cluster_group("prepare")
     conda:
         "../../envs/phantom.yaml"
     resources:

@@ -20,6 +20,8 @@ rule ingest:
         log_path("ingest"),
     benchmark:
         benchmark_path("ingest")
+    group:
+        cluster_group("prepare")
     conda:
         "../../envs/ingest.yaml"
     resources:
@@ -59,6 +61,8 @@ rule nifti:
         log_path("nifti"),
     benchmark:
         benchmark_path("nifti")
+    group:
+        cluster_group("prepare")
     conda:
         "../../envs/ingest.yaml"
     resources:

@@ -12,6 +12,10 @@ include: "inputs/lungs.smk"
 
 
 rule lungs:
+    # With lungmask the jobs need a GPU: named lungs_gpu, so that a profile can send them to a
+    # GPU partition (profiles/slurm), and grouped apart from the CPU chain.
+    name:
+        "lungs_gpu" if LUNGMASK else "lungs"
     input:
         unpack(lungs_inputs),
     output:
@@ -23,6 +27,8 @@ rule lungs:
         log_path("lungs"),
     benchmark:
         benchmark_path("lungs")
+    group:
+        LUNGS_GROUP
     conda:
         "../../envs/lungs.yaml"
     resources:

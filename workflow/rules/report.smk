@@ -112,6 +112,8 @@ rule patient_report:
         log_path("patient_report"),
     benchmark:
         benchmark_path("patient_report")
+    group:
+        cluster_group("findings")
     conda:
         "../../envs/train.yaml"
     resources:

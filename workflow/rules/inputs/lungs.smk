@@ -21,6 +21,9 @@ LUNGMASK_DOWNLOADS = [
     if weights is not None and Path(weights).parent == RESOURCE_DIR
 ] or [(RESOURCE_DIR / Path(LUNGMASK_SETTINGS.url()).name, LUNGMASK_SETTINGS.url())]
 
+# The SLURM group of the lungs and cache jobs: with lungmask a GPU job per batch of patients.
+LUNGS_GROUP = cluster_group("masks" if LUNGMASK else "prepare")
+
 
 def lungs_inputs(wildcards) -> dict:
     """The scan, and lungmask's weights when it segments."""
