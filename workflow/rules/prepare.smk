@@ -7,25 +7,27 @@ include: "inputs/prepare.smk"
 
 
 rule patient_qc:
+    # Run inside Snakemake's own process: merging two small JSON records must not start a Python
+    # process per patient where Snakemake runs (a cluster's login node, thousands of patients).
     input:
         unpack(patient_qc_inputs),
     output:
-        path("qc"),
+        qc=path("qc"),
     log:
-        log_path("patient_qc"),
+        path=log_path("patient_qc"),
     benchmark:
         benchmark_path("patient_qc")
-    conda:
-        "../../envs/ingest.yaml"
     resources:
-        mem_mb=memory_mb(1000),
-        runtime=2,
-    script:
-        "../../scripts/patient_qc.py"
+        # Merging two small records in Snakemake's process: the jobs must not hold back one
+        # another (a profile's default mem_mb, counted against what Snakemake's machine has).
+        mem_mb=50,
+        runtime=1,
+    run:
+        merge_patient_records(wildcards.patient, input, output.qc, log.path)
 
 
-# patient_qc only merges two small JSON records and the status rules read one record per
-# patient, so on a cluster they run where Snakemake runs rather than queueing SLURM jobs.
+# patient_qc and the status rules only read one or two small records per patient, so on a
+# cluster they run where Snakemake runs rather than queueing SLURM jobs.
 # patient_qc must stay out of SLURM groups anyway: its input waits on checkpoints, and
 # Snakemake's dry run of a group holding such a job fails now and then with
 # "KeyError: patient_qc" (snakemake/snakemake#4202).

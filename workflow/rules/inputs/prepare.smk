@@ -1,4 +1,8 @@
-"""What each patient's QC record and the cohort QC table are made from."""
+"""What each patient's QC record and the cohort QC table are made from, and patient_qc's job
+(run in Snakemake's own process)."""
+
+from lungcam.ingest import RECORD_NAME
+from lungcam.report import write_patient_qc
 
 
 def qc_records(wildcards) -> list[str]:
@@ -22,3 +26,13 @@ def patient_qc_inputs(wildcards) -> dict:
         if lungs_ok(patient):
             inputs["cache"] = path("cache", patient=patient)
     return inputs
+
+
+def merge_patient_records(patient: str, inputs, qc: str, log: str) -> None:
+    """patient_qc's job: the stage records among its inputs (the ingest record inside its
+    folder, the lung record when the patient reached lungs) merged into the patient's QC file."""
+    records = {"ingest": str(Path(inputs.ingest) / RECORD_NAME)}
+    if "lungs" in inputs.keys():
+        records["lungs"] = inputs.lungs
+    write_patient_qc(patient, records, qc)
+    Path(log).write_text(f"merged the {' and '.join(records)} records into {qc}\n")
