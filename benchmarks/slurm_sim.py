@@ -11,7 +11,8 @@ status checkpoint, and runs the local QC rules, as on a cluster whose jobs take 
 Snakemake's own time is the CPU time of the Snakemake process itself (sampled from /proc while
 it runs; jobs run inside it, such as patient_qc, count), per patient. The local script jobs and
 the fake SLURM commands run as its child processes and are counted apart. At each cohort
-size it also prints how many SLURM jobs were submitted.
+size it also prints how many SLURM jobs were submitted, and how much of Snakemake's time went to
+selecting which ready jobs to start, by the kind of ready jobs (`group`: SLURM group jobs).
 
     .venv/bin/python benchmarks/slurm_sim.py --patients 1000 5000
 """
@@ -19,6 +20,7 @@ size it also prints how many SLURM jobs were submitted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import stat
 import subprocess
@@ -32,6 +34,31 @@ TEMPLATE_SCAN = REPO.parent / "shared" / "data" / "covid-ct-md" / "P001"
 TEMPLATE_ID = "P001"
 TEXT_SUFFIXES = (".json", ".tsv")
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# The simulated run's Snakemake, with the time of each scheduling round's job selection added up
+# by the kind of jobs selected from, written to $SELECTION_TIMES at exit. Timing changes nothing
+# Snakemake decides.
+TIMED_SNAKEMAKE = [
+    sys.executable,
+    "-c",
+    """
+import atexit, collections, json, os, time
+import snakemake.scheduling.job_scheduler as scheduler
+seconds = collections.Counter()
+select = scheduler.JobScheduler.job_selector
+def timed(self, jobs):
+    jobs = list(jobs)
+    start = time.perf_counter()
+    try:
+        return select(self, jobs)
+    finally:
+        kinds = {job.rule.name if hasattr(job, "rule") else "group" for job in jobs}
+        seconds[" + ".join(sorted(kinds))] += time.perf_counter() - start
+scheduler.JobScheduler.job_selector = timed
+atexit.register(lambda: open(os.environ["SELECTION_TIMES"], "w").write(json.dumps(seconds)))
+from snakemake.cli import main
+main()
+""",
+]
 
 # sbatch: run the payload, then answer with a new job id. The payload writes, for every job in the
 # submitted group (`--target-jobs 'rule:patient=ID'`), the template patient's outputs of that rule.
@@ -148,9 +175,10 @@ def simulate(root: Path, patients: int, profile: Path, bin_dir: Path, template_d
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "FAKE_SLURM": str(state),
         "FAKE_SLURM_TEMPLATE": str(template_dir),
+        "SELECTION_TIMES": str(state / "selection.json"),
     }
     command = [
-        *SNAKEMAKE,
+        *TIMED_SNAKEMAKE,
         "prepare",
         "--directory",
         str(root / "run"),
@@ -185,6 +213,7 @@ def simulate(root: Path, patients: int, profile: Path, bin_dir: Path, template_d
         "children": children,
         "jobs": len((state / "jobs").read_text().split()),
         "done": done,
+        "selection": json.loads((state / "selection.json").read_text()),
     }
 
 
@@ -208,6 +237,8 @@ def main() -> None:
                 f"Snakemake's own CPU {result['own']:.1f} s ({1000 * per_patient[patients]:.1f} ms per patient); "
                 f"its child processes (local jobs, fake SLURM commands) {result['children']:.1f} s CPU"
             )
+            selection = ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in sorted(result["selection"].items()))
+            print(f"  seconds Snakemake spent selecting which ready jobs to start, by kind: {selection}")
         if len(per_patient) > 1:
             small, large = min(per_patient), max(per_patient)
             print(f"own CPU per patient, {large} against {small} patients: {per_patient[large] / per_patient[small]:.2f}x")
