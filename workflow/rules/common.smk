@@ -202,9 +202,10 @@ def unfilled_placeholders() -> list[str]:
 
 # A profile that still holds its placeholders would plan the whole cohort and then submit every
 # job to accounts and partitions the cluster refuses.
-if workflow.is_main_process and unfilled_placeholders():
+PLACEHOLDERS = unfilled_placeholders() if workflow.is_main_process else []
+if PLACEHOLDERS:
     raise ValueError(
-        f"the profile still holds the placeholders {', '.join(unfilled_placeholders())}: replace them in its "
+        f"the profile still holds the placeholders {', '.join(PLACEHOLDERS)}: replace them in its "
         "config.yaml with your SLURM account and partitions (`sacctmgr show assoc user=$USER`, `sinfo -s`; "
         "docs/hpc.md)"
     )
