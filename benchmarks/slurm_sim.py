@@ -98,7 +98,9 @@ print(job_id)
 STATUS = """#!/bin/sh
 sed 's/$/|COMPLETED/' "$FAKE_SLURM/jobs" 2>/dev/null
 """
-OTHERS = {
+# What the plugin asks the cluster about itself: the fake cluster's answers (also used by
+# tests/test_slurm.py).
+CLUSTER_INFO = {
     "scontrol": '#!/bin/sh\necho "MinJobAge               = 300 sec"\n',
     "sacctmgr": "#!/bin/sh\necho lab-account\n",
     "sshare": "#!/bin/sh\necho lab-account\n",
@@ -140,7 +142,7 @@ def fake_slurm(folder: Path) -> Path:
         "sbatch": SBATCH.format(python=sys.executable, template_id=TEMPLATE_ID, text_suffixes=TEXT_SUFFIXES),
         "sacct": STATUS,
         "squeue": STATUS,
-        **OTHERS,
+        **CLUSTER_INFO,
     }
     for name, text in scripts.items():
         (folder / name).write_text(text)

@@ -5,6 +5,7 @@ fake status commands report every job as failed, so each run ends after its firs
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -14,6 +15,10 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO, snakemake, write_config
+
+spec = importlib.util.spec_from_file_location("slurm_sim", REPO / "benchmarks" / "slurm_sim.py")
+slurm_sim = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(slurm_sim)
 
 FAKE_COMMANDS = {
     "sbatch": """#!/bin/sh
@@ -30,12 +35,7 @@ cut -d' ' -f1 "$FAKE_SLURM/sbatch.log" 2>/dev/null | sed 's/$/|FAILED/'
     "squeue": """#!/bin/sh
 cut -d' ' -f1 "$FAKE_SLURM/sbatch.log" 2>/dev/null | sed 's/$/|FAILED/'
 """,
-    "scontrol": """#!/bin/sh
-echo "MinJobAge               = 300 sec"
-""",
-    "sacctmgr": "#!/bin/sh\necho lab-account\n",
-    "sshare": "#!/bin/sh\necho lab-account\n",
-    "sinfo": "#!/bin/sh\necho cpu\necho gpu\n",
+    **slurm_sim.CLUSTER_INFO,
 }
 
 
@@ -43,16 +43,14 @@ echo "MinJobAge               = 300 sec"
 def fake_slurm(tmp_path) -> tuple[dict, Path, Path]:
     """(environment with the fake commands first on PATH, folder of their records, a copy of
     profiles/slurm with its placeholders filled in as a user would)."""
-    bin_dir, records, profile = tmp_path / "bin", tmp_path / "records", tmp_path / "profile"
-    for folder in (bin_dir, records, profile):
+    bin_dir, records = tmp_path / "bin", tmp_path / "records"
+    for folder in (bin_dir, records):
         folder.mkdir()
     for name, text in FAKE_COMMANDS.items():
         path = bin_dir / name
         path.write_text(text)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    settings = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
-    settings = settings.replace("<your-account>", "lab-account").replace("<cpu-partition>", "cpu").replace("<gpu-partition>", "gpu")
-    (profile / "config.yaml").write_text(settings)
+    profile = slurm_sim.filled_profile(tmp_path / "profile")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM": str(records)}
     return env, records, profile
 
