@@ -9,7 +9,7 @@ ingest status checkpoint, submits the NIfTI, lungs and cache groups, re-plans af
 status checkpoint, and runs the local QC rules, as on a cluster whose jobs take no time.
 
 Snakemake's own time is the CPU time of the Snakemake process itself (sampled from /proc while
-it runs; jobs run inside it, such as patient_qc, count), per patient. The local script jobs and
+it runs), per patient. The local script jobs and
 the fake SLURM commands run as its child processes and are counted apart. At each cohort
 size it also prints how many SLURM jobs were submitted, and how much of Snakemake's time went to
 selecting which ready jobs to start, by the kind of ready jobs (`group`: SLURM group jobs).

@@ -2,9 +2,10 @@
 and the nuisance-only baseline beside it (lungcam.report.nuisance_baseline)."""
 
 from lungcam.core.joblog import job_log
-from lungcam.core.records import read_predictions, read_record, write_record
+from lungcam.core.records import read_predictions, write_record
 from lungcam.report.evaluation import classification_metrics
 from lungcam.report.nuisance_baseline import nuisance_baseline, nuisance_features
+from lungcam.report.patient_qc import read_patient_qc
 
 snakemake = globals()["snakemake"]
 
@@ -20,7 +21,7 @@ with job_log(snakemake.log[0]) as log:
         params.models if snakemake.input.get("bank") else None,
         snakemake.input.get("bank"),
     )
-    records = {record["patient_id"]: record for record in map(read_record, snakemake.input.qc)}
+    records = {record["patient_id"]: record for record in read_patient_qc(snakemake.input.qc)}
     document["nuisance_baseline"] = nuisance_baseline(nuisance_features(records), predictions, params.classes, params.seed, params.repeats)
     write_record(snakemake.output[0], document)
     overall = (document["classification"] or {}).get("overall")

@@ -4,14 +4,13 @@ import pandas as pd
 
 from lungcam.core.atomic import write_tsv
 from lungcam.core.joblog import job_log
-from lungcam.core.records import read_record
+from lungcam.report.patient_qc import read_patient_qc
 
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
     rows = []
-    for path in snakemake.input.qc:
-        record = read_record(path)
+    for record in read_patient_qc(snakemake.input.qc):
         stages = record.get("stages", {})
         rows.append(
             {

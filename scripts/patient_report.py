@@ -18,7 +18,7 @@ with job_log(snakemake.log[0]) as log:
     lesions = pd.read_csv(inputs.lesions, sep="\t") if inputs.get("lesions") else None
     burden = read_record(inputs.burden) if inputs.get("burden") else None
     context = patient_context(
-        read_record(inputs.qc),
+        read_record(snakemake.params.qc),
         read_record(inputs.provenance),
         label=snakemake.params.label,
         prediction=prediction,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from lungcam.core.joblog import job_log
 from lungcam.core.records import read_record, write_document
+from lungcam.report.patient_qc import read_patient_qc
 from lungcam.report.provenance import provenance_document
 
 snakemake = globals()["snakemake"]
@@ -11,7 +12,7 @@ snakemake = globals()["snakemake"]
 with job_log(snakemake.log[0]) as log:
     document = provenance_document(
         dict(snakemake.params.config),
-        [read_record(p) for p in snakemake.input.qc],
+        read_patient_qc(snakemake.input.qc),
         snakemake.input.sample_sheet,
         snakemake.params.lesion_masks,
         snakemake.input.get("slice_labels"),

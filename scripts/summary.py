@@ -6,13 +6,14 @@ from lungcam.core.joblog import job_log
 from lungcam.core.records import read_predictions, read_record, write_record
 from lungcam.report.figures import qc_strip_svg
 from lungcam.report.pages import QC_MEASURES, qc_outliers, qc_table, render, summary_context
+from lungcam.report.patient_qc import read_patient_qc
 
 snakemake = globals()["snakemake"]
 
 with job_log(snakemake.log[0]) as log:
     inputs, params = snakemake.input, snakemake.params
     burdens = {Path(p).stem: read_record(p) for p in inputs.burdens}
-    table = qc_table([read_record(p) for p in inputs.qc], read_predictions(inputs.predictions), burdens, params.labels, params.sites)
+    table = qc_table(read_patient_qc(inputs.qc), read_predictions(inputs.predictions), burdens, params.labels, params.sites)
     outliers = {(o["patient_id"], o["measure"]) for o in qc_outliers(table, QC_MEASURES)}
     strip = qc_strip_svg(table, QC_MEASURES, params.classes, {p: f"reports/{p}.html" for p in table["patient_id"]}, outliers)
     figures = [

@@ -48,8 +48,7 @@ def rule_envs_and_scripts() -> list[tuple[str, Path, Path]]:
         for name, body in RULE.findall(path.read_text()):
             conda = re.search(r"conda:\s*\n\s*\"([^\"]+)\"", body)
             script = re.search(r"script:\s*\n\s*\"([^\"]+)\"", body)
-            # A `run:` block runs in Snakemake's own environment: Snakemake allows it no conda env.
-            assert conda or re.search(r"^\s+run:", body, re.MULTILINE), f"rule {name} has no conda env"
+            assert conda, f"rule {name} has no conda env"
             if script:
                 found.append((name, (path.parent / conda.group(1)).resolve(), (path.parent / script.group(1)).resolve()))
     return found

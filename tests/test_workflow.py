@@ -56,11 +56,11 @@ def test_a_fresh_plan_waits_on_one_status_checkpoint_per_stage(tmp_path):
     """Who goes on after ingest and lung QC is read from one status table per stage, not from a
     checkpoint per patient (Snakemake re-plans after every checkpoint: quadratic in patients,
     benchmarks/checkpoints.py). So a fresh dry run plans every patient's ingest, the two status
-    checkpoints, and no per-patient job that would wait on a checkpoint."""
+    checkpoints, one cohort QC job, and no per-patient job that would wait on a checkpoint."""
     config = write_config(tmp_path, SMALL_DEMO)
     jobs = planned_jobs(snakemake(tmp_path, "--configfile", str(config), "-n").stdout)
-    assert jobs["ingest"] == 4 and jobs["ingest_status"] == 1 and jobs["lungs_status"] == 1
-    assert not {"nifti", "lungs", "cache", "patient_qc", "cam", "patient_report"} & set(jobs)
+    assert jobs["ingest"] == 4 and jobs["ingest_status"] == 1 and jobs["lungs_status"] == 1 and jobs["patient_qc"] == 1
+    assert not {"nifti", "lungs", "cache", "cam", "patient_report"} & set(jobs)
 
 
 @pytest.mark.slow
@@ -236,7 +236,7 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
     assert qc["bad-head"]["ingest"]["header"]["gantry_tilt_deg"] == pytest.approx(18.5, abs=0.2)
     published = sorted(p.name for p in (work / "results" / "nifti").glob("*.nii.gz"))
     assert published == sorted(f"{p.patient_id}.nii.gz" for p in plans[:2])
-    assert sorted(p.name for p in (work / "results" / "lungs").iterdir()) == published
+    assert sorted(p.name for p in (work / "results" / "lungs").glob("*.nii.gz")) == published
     assert sorted(p.name for p in (work / "work" / "cache").iterdir()) == sorted(p.patient_id for p in plans[:2])
     cohort = pd.read_csv(work / "results" / "cohort_qc.tsv", sep="\t", keep_default_na=False).set_index("patient_id")
     assert cohort.loc["bad-scout", "status"] == "excluded" and cohort.loc["bad-scout", "reasons"] == qc["bad-scout"]["reasons"][0]
@@ -245,9 +245,11 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
         assert qc[plan.patient_id]["stages"] == {"ingest": "ok", "lungs": "ok"}
         assert qc[plan.patient_id]["lungs"]["total_ml"] > 1000
 
-    # Nothing changed: nothing to do. One patient added: only that patient is converted.
+    # Nothing changed: nothing to do. One patient added: only that patient is converted, and the
+    # QC folder (one job's output) is written anew with the others' records unchanged.
     assert "Nothing to be done" in snakemake(work, "prepare", "--config", f"samples={sheet}", "-n").stdout
     before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
+    records_before = {p.name: p.read_bytes() for p in (work / "results" / "qc").glob("*.json")}
     new = plans[2]
     with open(sheet, "a") as handle:
         handle.write(f"{new.patient_id}\t{new.label}\t{root / 'dicom' / new.patient_id}\n")
@@ -255,14 +257,16 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
     assert planned_jobs(dry)["ingest"] == 1 and f"patient={new.patient_id}" in dry
     snakemake(work, "prepare", "--config", f"samples={sheet}")
     after = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
-    assert {p for p in after if before.get(p) != after[p]} == {
-        work / "results" / "qc" / f"{new.patient_id}.json",
-        work / "results" / "qc" / f"{new.patient_id}_lungs.png",
+    assert {p for p in after if before.get(p) != after[p] and p.parent.name != "qc"} == {
         work / "results" / "nifti" / f"{new.patient_id}.nii.gz",
         work / "results" / "nifti" / f"{new.patient_id}.json",
         work / "results" / "lungs" / f"{new.patient_id}.nii.gz",
+        work / "results" / "lungs" / f"{new.patient_id}.png",
         work / "results" / "cohort_qc.tsv",
     }
+    records_after = {p.name: p.read_bytes() for p in (work / "results" / "qc").glob("*.json")}
+    assert set(records_after) == set(records_before) | {f"{new.patient_id}.json"}
+    assert all(records_after[name] == record for name, record in records_before.items())
 
 
 def test_sample_sheet_error_stops_before_any_job(tmp_path):

@@ -1,4 +1,4 @@
-"""Merge the per-stage records of one patient into `qc/{patient_id}.json`.
+"""Merge the per-stage records of each patient into `qc/{patient_id}.json`, and read them back.
 
 Each stage leaves a record with its own status, reasons and warnings. The patient's QC file
 carries them all (one key per stage) plus the overall status: `excluded` as soon as one stage
@@ -32,3 +32,9 @@ def write_patient_qc(patient_id: str, record_paths: dict[str, Path | str], outpu
     merged = merge_stage_records(patient_id, {stage: read_record(path) for stage, path in record_paths.items()})
     write_record(output, merged)
     return merged
+
+
+def read_patient_qc(folder: Path | str) -> list[dict]:
+    """Every QC record in the QC folder, by patient id. The workflow writes the folder anew
+    for each run, so it holds exactly the cohort's patients."""
+    return [read_record(path) for path in sorted(Path(folder).glob("*.json"))]

@@ -40,14 +40,16 @@ validate_config(config)
 RESULTS, WORK, LOGS, DEMO_ROOT = "results", "work", "logs", "demo"
 # Every file the workflow writes, by name. results/ is what users get (../shared/CONTRACT.md),
 # work/ what stages pass on, logs/ each job's log and benchmark, demo/ the synthetic cohort.
-# {model} is fold<k> or final.
+# {model} is fold<k> or final. qc_records is one job's folder (rule patient_qc) that holds only
+# the cohort's QC files, `qc`.
 LAYOUT = {
     "nifti": "results/nifti/{patient}.nii.gz",
     "sidecar": "results/nifti/{patient}.json",
     "lungs": "results/lungs/{patient}.nii.gz",
     "lobes": "results/lungs/{patient}_lobes.nii.gz",
+    "lung_montage": "results/lungs/{patient}.png",
+    "qc_records": "results/qc",
     "qc": "results/qc/{patient}.json",
-    "lung_montage": "results/qc/{patient}_lungs.png",
     "cam": "results/cam/{patient}.nii.gz",
     "key_slices": "results/cam/{patient}_key_slices.png",
     "lesions": "results/lesions/{patient}.tsv",

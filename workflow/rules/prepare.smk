@@ -1,4 +1,4 @@
-"""Prepare: each patient's QC record from its ingest and lungs records, and the cohort's QC
+"""Prepare: every patient's QC record from its ingest and lungs records, and the cohort's QC
 table; `snakemake prepare` runs ingest, lung masks and the model-input cache, without training.
 """
 
@@ -7,30 +7,27 @@ include: "inputs/prepare.smk"
 
 
 rule patient_qc:
-    # Run inside Snakemake's own process: merging two small JSON records must not start a Python
-    # process per patient where Snakemake runs (a cluster's login node, thousands of patients).
+    """Every patient's QC file, in one job: thousands of per-patient jobs that each merge two
+    small JSON records would cost Snakemake more to schedule than to run."""
     input:
         unpack(patient_qc_inputs),
     output:
-        qc=path("qc"),
+        folder=directory(path("qc_records")),
     log:
-        path=log_path("patient_qc"),
+        log_path("patient_qc", None),
     benchmark:
-        benchmark_path("patient_qc")
-    resources:
-        # Merging two small records in Snakemake's process: the jobs must not hold back one
-        # another (a profile's default mem_mb, counted against what Snakemake's machine has).
-        mem_mb=50,
-        runtime=1,
-    run:
-        merge_patient_records(wildcards.patient, input, output.qc, log.path)
+        benchmark_path("patient_qc", None)
+    conda:
+        "../../envs/ingest.yaml"
+    params:
+        records=patient_qc_records,
+        files={patient: path("qc", patient=patient) for patient in PATIENTS},
+    script:
+        "../../scripts/patient_qc.py"
 
 
-# patient_qc and the status rules only read one or two small records per patient, so on a
-# cluster they run where Snakemake runs rather than queueing SLURM jobs.
-# patient_qc must stay out of SLURM groups anyway: its input waits on checkpoints, and
-# Snakemake's dry run of a group holding such a job fails now and then with
-# "KeyError: patient_qc" (snakemake/snakemake#4202).
+# patient_qc and prepare only read small records, so on a cluster they run where Snakemake runs
+# rather than queueing SLURM jobs.
 localrules:
     patient_qc,
     prepare,
@@ -41,7 +38,7 @@ rule prepare:
     (`snakemake prepare`, e.g. on CPU nodes before the GPU jobs); ends with one table of every
     patient's QC status."""
     input:
-        qc=qc_records,
+        qc=path("qc_records"),
         demo_samples=path("demo_samples") if DEMO else [],
     output:
         path("cohort_qc"),

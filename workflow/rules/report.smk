@@ -120,6 +120,7 @@ rule patient_report:
         mem_mb=memory_mb(1000),
         runtime=2,
     params:
+        qc=path("qc"),
         classes=TASK_CLASSES,
         benchmarks=path("benchmarks"),
         map_target=lookup(dpath="cam/target", within=config),

@@ -1,38 +1,40 @@
-"""What each patient's QC record and the cohort QC table are made from, and patient_qc's job
-(run in Snakemake's own process)."""
+"""What the patients' QC records are made from."""
 
 from lungcam.ingest import RECORD_NAME
-from lungcam.report import write_patient_qc
 
 
-def qc_records(wildcards) -> list[str]:
-    """Every patient's QC file, requested once both status tables exist: each patient's QC job
-    is then planned once, with its final inputs, instead of waiting on a checkpoint."""
-    stage_statuses(checkpoints.lungs_status)
-    return expand(path("qc"), patient=PATIENTS)
+def status_tables() -> list[str]:
+    """Both stage status tables, which decide whose later records exist (waits for them; the
+    lungs table first, so that a fresh plan already holds both checkpoints)."""
+    return [checkpoints.lungs_status.get().output[0], checkpoints.ingest_status.get().output[0]]
 
 
 def patient_qc_inputs(wildcards) -> dict:
-    """Stage records of one patient, and the outputs of every stage the patient reached.
+    """Every patient's stage records, and the outputs of every stage each patient reached.
 
-    The patient's QC file is the last per-patient output, so requesting it builds the patient's
-    whole chain up to the stage that excluded it (if any).
+    The QC folder is the last output of the per-patient chains, so requesting it builds each
+    patient's chain up to the stage that excluded it (if any). Requested once both status
+    tables exist, so that the job is planned once, with its final inputs.
     """
-    patient = wildcards.patient
-    inputs = {"ingest": path("ingest", patient=patient)}
-    if ingest_ok(patient):
-        inputs["nifti"] = path("nifti", patient=patient)
-        inputs["lungs"] = path("lung_record", patient=patient)
-        if lungs_ok(patient):
-            inputs["cache"] = path("cache", patient=patient)
+    inputs = {"statuses": status_tables()}
+    inputs |= {"ingest": [], "nifti": [], "lungs": [], "cache": []}
+    for patient in PATIENTS:
+        inputs["ingest"].append(path("ingest", patient=patient))
+        if ingest_ok(patient):
+            inputs["nifti"].append(path("nifti", patient=patient))
+            inputs["lungs"].append(path("lung_record", patient=patient))
+            if lungs_ok(patient):
+                inputs["cache"].append(path("cache", patient=patient))
     return inputs
 
 
-def merge_patient_records(patient: str, inputs, qc: str, log: str) -> None:
-    """patient_qc's job: the stage records among its inputs (the ingest record inside its
-    folder, the lung record when the patient reached lungs) merged into the patient's QC file."""
-    records = {"ingest": str(Path(inputs.ingest) / RECORD_NAME)}
-    if "lungs" in inputs.keys():
-        records["lungs"] = inputs.lungs
-    write_patient_qc(patient, records, qc)
-    Path(log).write_text(f"merged the {' and '.join(records)} records into {qc}\n")
+def patient_qc_records(wildcards) -> dict[str, dict[str, str]]:
+    """patient -> the stage records merged into its QC file: the ingest record inside its
+    folder, and the lung record when the patient reached lungs."""
+    status_tables()
+    records = {}
+    for patient in PATIENTS:
+        records[patient] = {"ingest": str(Path(path("ingest", patient=patient)) / RECORD_NAME)}
+        if ingest_ok(patient):
+            records[patient]["lungs"] = path("lung_record", patient=patient)
+    return records

@@ -10,7 +10,7 @@ CLASSIFICATION_FIGURES = {name: path("figure", name=name) for name in ("roc_pr",
 def classification_metrics_inputs(wildcards) -> dict:
     """Predictions, the QC records (for the nuisance-only baseline), and the models and slice
     bank for the slice-level metrics."""
-    inputs = {"predictions": path("predictions"), "qc": qc_records(wildcards)}
+    inputs = {"predictions": path("predictions"), "qc": path("qc_records")}
     if LABELLED:
         inputs["models"] = list(REPORT_MODELS.values())
         inputs["bank"] = path("bank")
@@ -29,7 +29,7 @@ def provenance_inputs(wildcards) -> dict:
     """Every patient's QC record (with its DICOM checksum), the sample sheet, and the other
     files the run read: lesion masks, slice labels, the prediction model. Not the fold models:
     provenance must not wait for training (`snakemake prepare results/provenance.json`)."""
-    inputs = {"qc": qc_records(wildcards), "sample_sheet": SAMPLE_SHEET, "masks": list(LESION_MASKS.values())}
+    inputs = {"qc": path("qc_records"), "sample_sheet": SAMPLE_SHEET, "masks": list(LESION_MASKS.values())}
     if SLICE_LABELS:
         inputs["slice_labels"] = SLICE_LABELS
     if MODE == "predict":
@@ -38,10 +38,10 @@ def provenance_inputs(wildcards) -> dict:
 
 
 def patient_report_inputs(wildcards) -> dict:
-    """What one patient's report shows: its QC record and lung montage, and, once it was
-    classified and mapped, its prediction, key slices and lesion candidates."""
+    """What one patient's report shows: its QC record (in the QC folder) and lung montage, and,
+    once it was classified and mapped, its prediction, key slices and lesion candidates."""
     patient = wildcards.patient
-    inputs = {"qc": path("qc", patient=patient), "provenance": path("provenance")}
+    inputs = {"qc": path("qc_records"), "provenance": path("provenance")}
     if ingest_ok(patient):
         inputs["montage"] = path("lung_montage", patient=patient)
         if lungs_ok(patient):
@@ -59,7 +59,7 @@ def summary_inputs(wildcards) -> dict:
     """Every patient's report and QC record, the cohort outputs, and the figures."""
     return {
         "reports": expand(path("report"), patient=PATIENTS),
-        "qc": qc_records(wildcards),
+        "qc": path("qc_records"),
         "burdens": [path("burden", patient=p) for p in mapped_patients()],
         "predictions": path("predictions"),
         "metrics": path("metrics"),
