@@ -30,6 +30,7 @@ include: "workflow/rules/report.smk"
 
 onstart:
     record_run()
+    skip_pipe_lookups(output for rule in workflow.rules for output in rule.output)
     print(startup_message())
 
 

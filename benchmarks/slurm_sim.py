@@ -9,10 +9,12 @@ ingest status checkpoint, submits the NIfTI, lungs and cache groups, re-plans af
 status checkpoint, and runs the local QC rules, as on a cluster whose jobs take no time.
 
 Snakemake's own time is the CPU time of the Snakemake process itself (sampled from /proc while
-it runs), per patient. The local script jobs and
-the fake SLURM commands run as its child processes and are counted apart. At each cohort
-size it also prints how many SLURM jobs were submitted, and how much of Snakemake's time went to
-selecting which ready jobs to start, by the kind of ready jobs (`group`: SLURM group jobs).
+it runs), per patient. The local script jobs and the fake SLURM commands run as its child
+processes and are counted apart. At each cohort
+size it also prints how many SLURM jobs were submitted, and splits Snakemake's time by phase:
+planning, re-planning after each status checkpoint, finishing jobs (output checks, metadata),
+selecting which ready jobs to start, submitting (SLURM) and starting (local) jobs, and the rest.
+A phase whose time per patient grows with the cohort is not linear in patients.
 
     .venv/bin/python benchmarks/slurm_sim.py --patients 1000 5000
 """
@@ -34,28 +36,58 @@ TEMPLATE_SCAN = REPO.parent / "shared" / "data" / "covid-ct-md" / "P001"
 TEMPLATE_ID = "P001"
 TEXT_SUFFIXES = (".json", ".tsv")
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-# The simulated run's Snakemake, with the time of each scheduling round's job selection added up
-# by the kind of jobs selected from, written to $SELECTION_TIMES at exit. Timing changes nothing
-# Snakemake decides.
+# The simulated run's Snakemake, with the CPU time of its main thread (where Snakemake plans,
+# selects, submits and finishes jobs) added up by phase, written to $PHASE_TIMES at exit. A call
+# nested in another phase counts to that phase, except re-planning after a checkpoint, which
+# Snakemake does while finishing the checkpoint's job. Timing changes nothing Snakemake decides.
 TIMED_SNAKEMAKE = [
     sys.executable,
     "-c",
     """
-import atexit, collections, json, os, time
-import snakemake.scheduling.job_scheduler as scheduler
-seconds = collections.Counter()
-select = scheduler.JobScheduler.job_selector
-def timed(self, jobs):
-    jobs = list(jobs)
-    start = time.perf_counter()
-    try:
-        return select(self, jobs)
-    finally:
-        kinds = {job.rule.name if hasattr(job, "rule") else "group" for job in jobs}
-        seconds[" + ".join(sorted(kinds))] += time.perf_counter() - start
-scheduler.JobScheduler.job_selector = timed
-atexit.register(lambda: open(os.environ["SELECTION_TIMES"], "w").write(json.dumps(seconds)))
+import atexit, collections, functools, inspect, json, os, threading, time
 from snakemake.cli import main
+from snakemake.dag import DAG
+from snakemake.scheduling.job_scheduler import JobScheduler
+from snakemake.workflow import Workflow
+seconds = collections.Counter()
+stack = []
+def timed(owner, name, phase):
+    function = getattr(owner, name)
+    def enter():
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if stack and not (phase == "re-planning after checkpoints" and stack[-1][0] != "planning"):
+            return False
+        stack.append([phase, time.thread_time(), 0.0])
+        return True
+    def leave():
+        own_phase, start, nested = stack.pop()
+        spent = time.thread_time() - start
+        seconds[own_phase] += spent - nested
+        if stack:
+            stack[-1][2] += spent
+    if inspect.iscoroutinefunction(function):
+        async def wrapper(*args, **kwargs):
+            entered = enter()
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                entered and leave()
+    else:
+        def wrapper(*args, **kwargs):
+            entered = enter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                entered and leave()
+    setattr(owner, name, functools.wraps(function)(wrapper))
+timed(Workflow, "_build_dag", "planning")
+timed(DAG, "postprocess", "planning")
+timed(DAG, "update_checkpoint_dependencies", "re-planning after checkpoints")
+timed(JobScheduler, "_finish_jobs", "finishing jobs")
+timed(JobScheduler, "job_selector", "selecting ready jobs")
+timed(JobScheduler, "run", "submitting and starting jobs")
+atexit.register(lambda: open(os.environ["PHASE_TIMES"], "w").write(json.dumps(seconds)))
 main()
 """,
 ]
@@ -177,7 +209,7 @@ def simulate(root: Path, patients: int, profile: Path, bin_dir: Path, template_d
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "FAKE_SLURM": str(state),
         "FAKE_SLURM_TEMPLATE": str(template_dir),
-        "SELECTION_TIMES": str(state / "selection.json"),
+        "PHASE_TIMES": str(state / "phases.json"),
     }
     command = [
         *TIMED_SNAKEMAKE,
@@ -215,7 +247,7 @@ def simulate(root: Path, patients: int, profile: Path, bin_dir: Path, template_d
         "children": children,
         "jobs": len((state / "jobs").read_text().split()),
         "done": done,
-        "selection": json.loads((state / "selection.json").read_text()),
+        "phases": json.loads((state / "phases.json").read_text()),
     }
 
 
@@ -228,22 +260,28 @@ def main() -> None:
         profile = filled_profile(root / "profile")
         template_dir = template(root / "template")
         bin_dir = fake_slurm(root / "bin")
-        per_patient = {}
+        per_patient: dict[int, dict[str, float]] = {}
         for patients in args.patients:
             result = simulate(root / f"cohort{patients}", patients, profile, bin_dir, template_dir)
             if result["done"] != patients:
                 raise SystemExit(f"{patients} patients: only {result['done']} reached the cohort QC table")
-            per_patient[patients] = result["own"] / patients
+            phases = dict(result["phases"])
+            phases["rest (start-up, status checks, logging)"] = result["own"] - sum(phases.values())
+            per_patient[patients] = {phase: 1000 * value / patients for phase, value in phases.items()}
+            per_patient[patients]["all"] = 1000 * result["own"] / patients
             print(
                 f"{patients} patients through prepare: {result['wall']:.0f} s wall, {result['jobs']} SLURM jobs; "
-                f"Snakemake's own CPU {result['own']:.1f} s ({1000 * per_patient[patients]:.1f} ms per patient); "
+                f"Snakemake's own CPU {result['own']:.1f} s ({per_patient[patients]['all']:.1f} ms per patient); "
                 f"its child processes (local jobs, fake SLURM commands) {result['children']:.1f} s CPU"
             )
-            selection = ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in sorted(result["selection"].items()))
-            print(f"  seconds Snakemake spent selecting which ready jobs to start, by kind: {selection}")
-        if len(per_patient) > 1:
-            small, large = min(per_patient), max(per_patient)
-            print(f"own CPU per patient, {large} against {small} patients: {per_patient[large] / per_patient[small]:.2f}x")
+        sizes = sorted(per_patient)
+        growth_note = f"; growth {sizes[-1]} against {sizes[0]} patients" if len(sizes) > 1 else ""
+        print(f"\nSnakemake's own CPU per patient (ms) at {', '.join(map(str, sizes))} patients, by phase{growth_note}")
+        for phase in sorted(per_patient[sizes[-1]], key=lambda p: -per_patient[sizes[-1]][p]):
+            figures = "  ".join(f"{per_patient[n].get(phase, 0.0):8.2f}" for n in sizes)
+            small = per_patient[sizes[0]].get(phase, 0.0)
+            growth = f"  {per_patient[sizes[-1]][phase] / small:5.2f}x" if len(sizes) > 1 and small > 0 else ""
+            print(f"  {phase:<42}{figures}{growth}")
 
 
 if __name__ == "__main__":

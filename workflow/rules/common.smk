@@ -16,6 +16,7 @@ from lungcam.core.folds import task_classes
 from lungcam.phantom import plan_cohort, sample_rows
 from lungcam.core.records import read_record, read_status_table, write_record
 from lungcam.core.samplesheet import SampleSheetError, lesion_masks, load_sample_sheet
+from lungcam.core.snakemake_jobs import skip_pipe_lookups
 from lungcam.ingest import shared_scan_problems
 
 import pandas as pd
