@@ -31,7 +31,7 @@ def patient_qc_inputs(wildcards) -> dict:
 def patient_qc_records(wildcards) -> dict[str, dict[str, str]]:
     """patient -> the stage records merged into its QC file: the ingest record inside its
     folder, and the lung record when the patient reached lungs."""
-    status_tables()
+    status_tables()  # the same checkpoints as the inputs (Snakemake refuses params that wait on others)
     records = {}
     for patient in PATIENTS:
         records[patient] = {"ingest": str(Path(path("ingest", patient=patient)) / RECORD_NAME)}
