@@ -15,4 +15,5 @@ with job_log(snakemake.log[0]):
         LungSettings.from_config(snakemake.params.settings),
         weights=snakemake.input.get("weights"),
         fill_weights=snakemake.input.get("fill_weights"),
+        prior=snakemake.input.get("prior"),
     )

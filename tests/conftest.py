@@ -88,7 +88,12 @@ TRAINING_DEMO = {
     },
     "train": {"folds": 3, "final_model": True},
     "report": {"bootstrap": 200},
+    "lungs": {"prior": {"use": False}},  # training the prior is tested on its own (test_lung_prior)
 }
+
+
+# `--config` item for workflow runs that test other things: no lung prior to train first.
+NO_PRIOR = "lungs={'prior': {'use': False}}"
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

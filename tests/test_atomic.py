@@ -81,7 +81,8 @@ def test_a_run_killed_during_the_lung_masks_recovers_with_unlock_and_rerun(tmp_p
     """The README's recovery advice: after Snakemake is killed (kill -9) while lung masks are
     being written, `--unlock` and a rerun with `--rerun-incomplete` finish the cohort with
     complete outputs."""
-    config = write_config(tmp_path, {"demo": {"patients_per_class": 1, "matrix": 128, "localizer": False, "thick_series": False}})
+    demo = {"patients_per_class": 1, "matrix": 128, "localizer": False, "thick_series": False}
+    config = write_config(tmp_path, {"demo": demo, "lungs": {"prior": {"use": False}}})
     command = [
         sys.executable,
         "-m",

@@ -12,7 +12,7 @@ from lungcam.core.records import read_record
 from lungcam.ingest.leak_scan import find_leaks
 
 from .bad_inputs import PLANTED, build_corpus, sheet_errors, write_sheet
-from .conftest import snakemake, tree_digest
+from .conftest import NO_PRIOR, snakemake, tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def corpus_run(data, tmp_path_factory):
     sheet = write_sheet(cases, root / "inputs" / "patients.tsv")
     before = {c.patient_id: tree_digest(c.folder) for c in cases}
     work = root / "run"
-    snakemake(work, "prepare", "results/provenance.json", "--config", f"samples={sheet}")
+    snakemake(work, "prepare", "results/provenance.json", "--config", f"samples={sheet}", NO_PRIOR)
     after = {c.patient_id: tree_digest(c.folder) for c in cases}
     return work, cases, before, after
 

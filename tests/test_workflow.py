@@ -27,7 +27,7 @@ from lungcam.phantom.dicom_writer import draw_identity
 from lungcam.train.inference import load_model, predict_patients
 from lungcam.train.slice_bank import SliceBank
 
-from .conftest import REPO, TRAINING_DEMO, snakemake, write_config, write_untrained_model
+from .conftest import NO_PRIOR, REPO, TRAINING_DEMO, snakemake, write_config, write_untrained_model
 
 SMALL_DEMO = {"demo": {"patients_per_class": 1, "matrix": 128}}
 
@@ -156,7 +156,12 @@ def test_demo_runs_end_to_end_and_leaks_nothing(training_demo):
     model_file = tmp_path / "results" / "model" / "final.pt"
     predict_dir = tmp_path / "predict"
     snakemake(
-        predict_dir, "--config", f"samples={tmp_path / 'demo' / 'samples.tsv'}", "mode=predict", f"predict={{'model': '{model_file}'}}"
+        predict_dir,
+        "--config",
+        f"samples={tmp_path / 'demo' / 'samples.tsv'}",
+        "mode=predict",
+        f"predict={{'model': '{model_file}'}}",
+        NO_PRIOR,
     )
     predicted = pd.read_csv(predict_dir / "results" / "predictions.tsv", sep="\t").set_index("patient_id")
     model, metadata = load_model(model_file)
@@ -227,7 +232,7 @@ def mixed_cohort(small_cohort, data, tmp_path):
 def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_path):
     sheet, plans, root = mixed_cohort
     work = tmp_path / "run"
-    snakemake(work, "prepare", "--config", f"samples={sheet}")
+    snakemake(work, "prepare", "--config", f"samples={sheet}", NO_PRIOR)
     qc = {p.name[:-5]: read_record(p) for p in (work / "results" / "qc").glob("*.json")}
     assert {pid for pid, r in qc.items() if r["status"] == "ok"} == {p.patient_id for p in plans[:2]}
     assert qc["bad-empty"]["reasons"] == ["ingest: the DICOM folder is empty"]
@@ -247,15 +252,15 @@ def test_bad_patients_are_excluded_and_the_cohort_continues(mixed_cohort, tmp_pa
 
     # Nothing changed: nothing to do. One patient added: only that patient is converted, and the
     # QC folder (one job's output) is written anew with the others' records unchanged.
-    assert "Nothing to be done" in snakemake(work, "prepare", "--config", f"samples={sheet}", "-n").stdout
+    assert "Nothing to be done" in snakemake(work, "prepare", "--config", f"samples={sheet}", NO_PRIOR, "-n").stdout
     before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
     records_before = {p.name: p.read_bytes() for p in (work / "results" / "qc").glob("*.json")}
     new = plans[2]
     with open(sheet, "a") as handle:
         handle.write(f"{new.patient_id}\t{new.label}\t{root / 'dicom' / new.patient_id}\n")
-    dry = snakemake(work, "prepare", "--config", f"samples={sheet}", "-n").stdout
+    dry = snakemake(work, "prepare", "--config", f"samples={sheet}", NO_PRIOR, "-n").stdout
     assert planned_jobs(dry)["ingest"] == 1 and f"patient={new.patient_id}" in dry
-    snakemake(work, "prepare", "--config", f"samples={sheet}")
+    snakemake(work, "prepare", "--config", f"samples={sheet}", NO_PRIOR)
     after = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
     assert {p for p in after if before.get(p) != after[p] and p.parent.name != "qc"} == {
         work / "results" / "nifti" / f"{new.patient_id}.nii.gz",
@@ -351,6 +356,7 @@ def test_prediction_mode_on_the_real_covid_ct_md_cases(data, tmp_path):
             "mode": "predict",
             "predict": {"model": str(model_file)},
             "cam": {"slice_labels": str(data / "covid-ct-md" / "slice_labels.tsv")},
+            "lungs": {"prior": {"use": False}},
         },
     )
     snakemake(tmp_path / "run", "--configfile", str(config))

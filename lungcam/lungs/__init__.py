@@ -1,7 +1,8 @@
 """Lungs stage: right and left lung labels on the scan's grid, lung QC and its montage.
 
-Modules: the classical method (threshold), lungmask's U-Nets (lungmask_backend), the checks of
-a finished mask (qc), and the stage itself (stage).
+Modules: the classical method (threshold), the learned lung prior that completes its mask
+(prior) and its training (prior_training), lungmask's U-Nets (lungmask_backend), the checks of a
+finished mask (qc), and the stage itself (stage).
 """
 
 from lungcam.core.interface import lazy_interface
@@ -11,6 +12,7 @@ INTERFACE = {
     "LungSettings": "stage",
     "run_lungs": "stage",
     "segment_lungs": "threshold",
+    "PriorSettings": "prior",
     "LungmaskSettings": "lungmask_backend",
     "RESOURCE_DIR": "lungmask_backend",
     "download_weights": "lungmask_backend",

@@ -1,7 +1,8 @@
 """Lungs stage: lung labels on the scan's own grid, lung QC, and a QC montage.
 
 Two methods (config `lungs.method`): `threshold`, the classical offline method
-(lungcam.lungs.threshold), and `lungmask`, the trained U-Nets (lungcam.lungs.lungmask_backend).
+(lungcam.lungs.threshold), united with the learned lung prior (lungcam.lungs.prior) when its
+weights are given, and `lungmask`, the trained U-Nets (lungcam.lungs.lungmask_backend).
 Either way the labels are 1 = right lung, 2 = left lung (patient sides), uint8, on exactly the
 grid of `nifti/{patient_id}.nii.gz`. lungcam.lungs.qc checks the mask: a mask that cannot be a
 pair of lungs, or fails a check past its exclusion limit, excludes the patient with the figures
@@ -21,6 +22,7 @@ from lungcam.core.montage import lung_montage
 from lungcam.core.orientation import load_hu_lps
 from lungcam.core.records import write_record
 from lungcam.lungs.lungmask_backend import LungmaskSettings, segment_lungmask
+from lungcam.lungs.prior import PriorSettings, load_prior, predict_prior, refine
 from lungcam.lungs.qc import LungQCSettings, lung_checks, lung_figures
 from lungcam.lungs.threshold import ThresholdSettings, segment_lungs
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 class LungSettings:
     method: str
     threshold: ThresholdSettings
+    prior: PriorSettings
     lungmask: LungmaskSettings
     qc: LungQCSettings
 
@@ -40,12 +43,29 @@ class LungSettings:
 
 
 def segment(
-    hu_lps: np.ndarray, spacing, settings: LungSettings, weights: Path | None = None, fill_weights: Path | None = None
+    hu_lps: np.ndarray,
+    spacing,
+    settings: LungSettings,
+    weights: Path | None = None,
+    fill_weights: Path | None = None,
+    prior: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(lung labels, lobe labels or None) with the configured method."""
-    if settings.method == "threshold":
-        return segment_lungs(hu_lps, spacing, settings.threshold), None
-    return segment_lungmask(hu_lps, settings.lungmask, weights, fill_weights)
+    """(lung labels, lobe labels or None) with the configured method; `prior`: the learned
+    prior's weights, whose regions touching the classical mask are added to it."""
+    if settings.method != "threshold":
+        return segment_lungmask(hu_lps, settings.lungmask, weights, fill_weights)
+    labels = segment_lungs(hu_lps, spacing, settings.threshold)
+    if prior is None:
+        return labels, None
+    model, size = load_prior(prior)
+    return refine(labels, predict_prior(hu_lps, model, size), spacing, settings.prior.min_width_mm), None
+
+
+def method_name(settings: LungSettings, prior: Path | None) -> str:
+    """The method as the lung record names it."""
+    if settings.method == "lungmask":
+        return f"lungmask {settings.lungmask.model}"
+    return "threshold + learned prior" if prior is not None else "threshold"
 
 
 def run_lungs(
@@ -55,12 +75,15 @@ def run_lungs(
     settings: LungSettings,
     weights: Path | None = None,
     fill_weights: Path | None = None,
+    prior: Path | None = None,
 ) -> dict:
-    """Segment one patient; writes outputs['labels'], ['montage'], ['record'] (and ['lobes'])."""
+    """Segment one patient; writes outputs['labels'], ['montage'], ['record'] (and ['lobes']).
+
+    `weights`, `fill_weights`: lungmask's; `prior`: the learned prior's (threshold method)."""
     hu, view = load_hu_lps(nifti_path)
     spacing = view.spacing
-    log.info("patient %s: segmenting %s voxels with method %s", patient_id, "x".join(map(str, hu.shape)), settings.method)
-    labels, lobes = segment(hu, spacing, settings, weights, fill_weights)
+    log.info("patient %s: segmenting %s voxels with method %s", patient_id, "x".join(map(str, hu.shape)), method_name(settings, prior))
+    labels, lobes = segment(hu, spacing, settings, weights, fill_weights, prior)
     log.info("patient %s: lungs segmented; QC and montage", patient_id)
     view.save(labels, outputs["labels"])
     if lobes is not None and outputs.get("lobes"):
@@ -73,7 +96,7 @@ def run_lungs(
         "status": "excluded" if reasons else "ok",
         "reasons": reasons,
         "warnings": warnings,
-        "method": settings.method if settings.method == "threshold" else f"lungmask {settings.lungmask.model}",
+        "method": method_name(settings, prior),
         **figures,
     }
     lung_montage(

@@ -4,7 +4,9 @@ An implausible mask excludes the patient: the checkpoint `lungs_status` gathers 
 patient's lung status into one table, and the later stages are requested only for the patients
 it lists as `ok`. With lungs.method: lungmask, its weights are an input; when they are not found
 locally, `download_lungmask_weights` (a local rule: it runs where Snakemake runs, typically a
-login node with internet) fetches them once into resources/lungmask/.
+login node with internet) fetches them once into resources/lungmask/. With the threshold method,
+the learned lung prior's weights are an input too: `train_lung_prior` makes them once, from
+phantoms whose truth is known, into resources/lung_prior.pt.
 """
 
 
@@ -76,3 +78,26 @@ rule download_lungmask_weights:
         urls=[url for _, url in LUNGMASK_DOWNLOADS],
     script:
         "../../scripts/download_lungmask_weights.py"
+
+
+rule train_lung_prior:
+    input:
+        background=config["lungs"]["prior"]["train"]["background"] or [],
+    output:
+        str(PRIOR.path()),
+    log:
+        log_path("train_lung_prior", None),
+    benchmark:
+        benchmark_path("train_lung_prior", None)
+    conda:
+        "../../envs/lung_prior.yaml"
+    threads: 4
+    resources:
+        mem_mb=memory_mb(8000),
+        runtime=240,
+    params:
+        train=lookup(dpath="lungs/prior/train", within=config),
+        ingest=lookup(dpath="ingest", within=config),
+        classes=lookup(dpath="classes", within=config),
+    script:
+        "../../scripts/train_lung_prior.py"

@@ -1,6 +1,6 @@
-"""What the lungs rules are given: the scan, lungmask's weights; who passed lung QC."""
+"""What the lungs rules are given: the scan, lungmask's or the lung prior's weights; who passed lung QC."""
 
-from lungcam.lungs import LungmaskSettings, RESOURCE_DIR, require_weights, weights_path
+from lungcam.lungs import LungmaskSettings, PriorSettings, RESOURCE_DIR, require_weights, weights_path
 
 LUNGMASK = config["lungs"]["method"] == "lungmask"
 LUNGMASK_SETTINGS = LungmaskSettings.from_config(config["lungs"]["lungmask"])
@@ -21,13 +21,22 @@ LUNGMASK_DOWNLOADS = [
     if weights is not None and Path(weights).parent == RESOURCE_DIR
 ] or [(RESOURCE_DIR / Path(LUNGMASK_SETTINGS.url()).name, LUNGMASK_SETTINGS.url())]
 
+# The learned lung prior: trained by rule train_lung_prior unless a weights file is configured,
+# which must then exist.
+PRIOR = PriorSettings.from_config(config["lungs"]["prior"])
+USE_PRIOR = not LUNGMASK and PRIOR.use
+if USE_PRIOR and PRIOR.weights:
+    PRIOR.require()
+
 # The SLURM group of the lungs and cache jobs: with lungmask a GPU job per batch of patients.
 LUNGS_GROUP = cluster_group("masks" if LUNGMASK else "prepare")
 
 
 def lungs_inputs(wildcards) -> dict:
-    """The scan, and lungmask's weights when it segments."""
+    """The scan, and lungmask's or the lung prior's weights when they are used."""
     inputs = {"volume": path("nifti", patient=wildcards.patient)}
+    if USE_PRIOR:
+        inputs["prior"] = str(PRIOR.path())
     if LUNGMASK:
         inputs["weights"] = str(LUNGMASK_WEIGHTS)
         if LOBES:

@@ -1,0 +1,162 @@
+"""A learned lung prior: a small 2D U-Net that labels each lung on axial slices.
+
+The classical method finds the aerated lung well but can lose what does not look like lung:
+a dense pleural-based consolidation, or a lower lobe behind a low diaphragm dome. The prior is
+trained on phantoms whose truth (lungs with their lesions) is known (lungcam.lungs.prior_training),
+so it has learnt the lungs' shape rather than their density. `refine` adds to the classical
+labels the prior's regions that touch them: the classical boundary stays where it is, and
+whatever the prior adds keeps the prior's side (1 = right, 2 = left).
+
+Slices are windowed to [-1000, 300] HU and resized to `size` x `size` pixels; the labels are
+resized back to the scan's grid from the class scores, so they follow the scan's resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+from torch.nn import functional
+
+WINDOW_HU = (-1000.0, 300.0)
+CLASSES = 3  # background, right lung, left lung
+RESOURCE = Path("resources") / "lung_prior.pt"  # where rule train_lung_prior writes the weights
+
+
+class LungPriorMissing(FileNotFoundError):
+    """The configured prior weights do not exist; the message says how to make them."""
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    """Config section `lungs.prior` (its `train` part is lungcam.lungs.prior_training's)."""
+
+    use: bool
+    weights: str
+    min_width_mm: float
+
+    @classmethod
+    def from_config(cls, section: dict) -> PriorSettings:
+        return cls(bool(section["use"]), str(section["weights"]), float(section["min_width_mm"]))
+
+    def path(self) -> Path:
+        """The weights file: the configured one, else the one the workflow trains."""
+        return Path(self.weights) if self.weights else RESOURCE
+
+    def require(self) -> Path:
+        """The weights file, or an error that says how to make it."""
+        path = self.path()
+        if not path.is_file():
+            raise LungPriorMissing(
+                f"lung prior weights {path} not found: make them with `snakemake train_lung_prior` "
+                "(or set lungs.prior.use: false for the classical mask alone)"
+            )
+        return path
+
+
+def _block(inputs: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(inputs, outputs, 3, padding=1, bias=False),
+        nn.BatchNorm2d(outputs),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(outputs, outputs, 3, padding=1, bias=False),
+        nn.BatchNorm2d(outputs),
+        nn.ReLU(inplace=True),
+    )
+
+
+class LungPriorNet(nn.Module):
+    """U-Net: `levels` resolutions, `channels` features at the finest, doubling per level."""
+
+    def __init__(self, channels: int = 16, levels: int = 4) -> None:
+        super().__init__()
+        widths = [channels * 2**level for level in range(levels)]
+        self.down = nn.ModuleList(_block(i, o) for i, o in zip([1, *widths[:-1]], widths))
+        self.rise = nn.ModuleList(nn.ConvTranspose2d(o, i, 2, stride=2) for i, o in zip(widths[:-1], widths[1:]))
+        self.up = nn.ModuleList(_block(2 * w, w) for w in widths[:-1])
+        self.head = nn.Conv2d(channels, CLASSES, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else functional.max_pool2d(x, 2))
+            skips.append(x)
+        for level in reversed(range(len(self.up))):
+            x = self.up[level](torch.cat([skips[level], self.rise[level](x)], dim=1))
+        return self.head(x)
+
+
+def windowed(hu_slices: np.ndarray, size: int) -> torch.Tensor:
+    """(z, y, x) HU -> (z, 1, size, size) network input in [0, 1]."""
+    low, high = WINDOW_HU
+    x = torch.from_numpy(np.ascontiguousarray(hu_slices, dtype=np.float32))[:, None]
+    x = ((x - low) / (high - low)).clamp_(0.0, 1.0)
+    return functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def save_prior(model: LungPriorNet, size: int, path: Path | str, trained_on: dict) -> None:
+    """Weights with the shape of the network and what it was trained on."""
+    channels = model.head.in_channels
+    torch.save(
+        {"state": model.state_dict(), "channels": channels, "levels": len(model.down), "size": size, "trained_on": trained_on},
+        path,
+    )
+
+
+def load_prior(path: Path | str) -> tuple[LungPriorNet, int]:
+    """(network in eval mode, input size) from a file written by `save_prior`."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = LungPriorNet(saved["channels"], saved["levels"])
+    model.load_state_dict(saved["state"])
+    return model.eval(), int(saved["size"])
+
+
+def resized_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(z, y, x) labels resized slice by slice to `size` (nearest neighbour)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8))[:, None]
+    return functional.interpolate(tensor, size=tuple(size), mode="nearest")[:, 0].numpy()
+
+
+def trained_on(path: Path | str) -> dict:
+    """What the prior in `path` was trained on (save_prior's `trained_on`)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["trained_on"]
+
+
+@torch.no_grad()
+def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, batch: int = 32) -> np.ndarray:
+    """Prior labels (0, 1 = right, 2 = left) of a (z, y, x) HU volume, (z, size, size)."""
+    return np.concatenate(
+        [model(windowed(hu_lps[k : k + batch], size)).argmax(dim=1).numpy().astype(np.uint8) for k in range(0, len(hu_lps), batch)]
+    )
+
+
+def refine(labels: np.ndarray, prior: np.ndarray, spacing, min_width_mm: float) -> np.ndarray:
+    """The classical labels plus the prior's regions that touch them, with the prior's side.
+
+    Done on the prior's coarser grid, where the labels are resized to: only what is at least
+    `min_width_mm` wide in-plane is added (an opening with a square of an odd number of pixels
+    that wide), as the prior's outline leaves a thin rim around every lung that is not lung the
+    classical method missed. What is added is resized back to the scan's grid, into voxels the
+    classical labels leave empty."""
+    coarse = resized_labels(labels, prior.shape[1:])
+    pixel_mm = [s * n / m for s, n, m in zip(spacing[1:], labels.shape[1:], prior.shape[1:])]
+    extra = (prior > 0) & (coarse == 0)
+    width = (1, *(2 * round(min_width_mm / p / 2) + 1 for p in pixel_mm))
+    extra &= ndimage.maximum_filter(ndimage.minimum_filter(extra, size=width), size=width)
+    regions, count = ndimage.label(extra)
+    touching = np.unique(regions[ndimage.binary_dilation(coarse > 0) & extra])
+    added = np.where(np.isin(regions, touching[touching > 0]), prior, 0)
+    slices = np.flatnonzero(added.any(axis=(1, 2)))
+    if not count or not slices.size:
+        return labels
+    refined = labels.copy()
+    fine = resized_labels(added[slices], labels.shape[1:])
+    part = refined[slices]
+    empty = (part == 0) & (fine > 0)
+    part[empty] = fine[empty]
+    refined[slices] = part
+    return refined
