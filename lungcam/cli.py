@@ -83,26 +83,28 @@ def run_train_fold(args: argparse.Namespace) -> int:
 def run_predict_scan(args: argparse.Namespace) -> int:
     """A model file applied to one scan, as the workflow's mode predict does for a cohort."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    record = predict_scan(Path(args.scan), Path(args.model), Path(args.out), args.device)
+    prior = Path(args.lung_prior) if args.lung_prior else None
+    record = predict_scan(Path(args.scan), Path(args.model), Path(args.out), args.device, prior)
     json.dump(record, sys.stdout, indent=2)
     print()
     return 0 if record["status"] == "ok" else 3
 
 
-def predict_scan(scan: Path, model_file: Path, out: Path, device: str = "cpu") -> dict:
-    """Ingest `scan` (a DICOM folder, or a NIfTI in HU), segment its lungs, prepare it as
+def predict_scan(scan: Path, model_file: Path, out: Path, device: str = "cpu", prior: Path | None = None) -> dict:
+    """Ingest `scan` (a DICOM folder, or a NIfTI in HU), segment its lungs (the threshold method,
+    completed by the learned lung prior whose weights are `prior`, if given), prepare it as
     `model_file` was trained, classify it and map it: writes scan.nii.gz (DICOM only),
     lungs.nii.gz, cam.nii.gz, key_slices.png and prediction.json into `out`; returns the
     prediction record (status `excluded` with the reasons when a stage refused the scan)."""
     from lungcam.core.records import write_record
 
     out.mkdir(parents=True, exist_ok=True)
-    record = {"scan": str(scan), "model": str(model_file)} | _predicted(scan, model_file, out, device)
+    record = {"scan": str(scan), "model": str(model_file)} | _predicted(scan, model_file, out, device, prior)
     write_record(out / "prediction.json", record)
     return record
 
 
-def _predicted(scan: Path, model_file: Path, out: Path, device: str, scan_id: str = "scan") -> dict:
+def _predicted(scan: Path, model_file: Path, out: Path, device: str, prior: Path | None, scan_id: str = "scan") -> dict:
     from lungcam.cam import MapSettings, write_patient_cam
     from lungcam.core.config import validate_config
     from lungcam.core.device import pick_device
@@ -125,7 +127,9 @@ def _predicted(scan: Path, model_file: Path, out: Path, device: str, scan_id: st
         volume,
         {"labels": out / "lungs.nii.gz", "montage": work / "lungs.png", "record": work / "lungs.json"},
         LungSettings.from_config(config["lungs"]),
+        prior=prior,
     )
+    record["lung_method"] = lungs["method"]
     record["lung_warnings"] = lungs["warnings"]
     if lungs["status"] != "ok":
         return record | {"status": "excluded", "reasons": [f"lungs: {r}" for r in lungs["reasons"]]}
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="model file (results/model/fold<k>.pt or final.pt of a training run)")
     predict.add_argument("out", help="output folder (lungs.nii.gz, cam.nii.gz, key_slices.png, prediction.json)")
     predict.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    predict.add_argument("--lung-prior", help="the learned lung prior's weights (a workflow's resources/lung_prior.pt); default: none")
     predict.set_defaults(run=run_predict_scan)
 
     train = commands.add_parser("train-fold", help="train one cross-validation fold (or 'final') from a slice bank")

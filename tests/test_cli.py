@@ -35,6 +35,7 @@ def test_predict_scan_maps_and_classifies_a_real_nifti(real_ingest, model_file, 
     volume = out / "P001" / VOLUME_NAME
     record = predict_scan(volume, model_file, tmp_path / "P001")
     assert record["status"] == "ok" and record["predicted"] in ("COVID-19", "CAP", "NP")
+    assert record["lung_method"] == "threshold"  # no --lung-prior given
     assert abs(sum(record[f"prob_{c}"] for c in ("COVID-19", "CAP", "NP")) - 1.0) < 1e-4
     cam = nib.load(tmp_path / "P001" / "cam.nii.gz")
     assert cam.shape == nib.load(volume).shape and np.allclose(cam.affine, nib.load(volume).affine)
