@@ -330,6 +330,11 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
         "lungmask (Hofmanninger et al., Eur Radiol Exp 2020), model " + lungs["lungmask"]["model"]
         if lungs["method"] == "lungmask"
         else "a classical threshold method (air threshold, border and airway removal, hole filling and pleural consolidation recovery)"
+        + (
+            ", completed by a learned lung prior (a 2D U-Net trained on synthetic phantoms with known lungs and lesions)"
+            if lungs["prior"]["use"]
+            else ""
+        )
     )
     aggregation = {
         "presence": f"the {train['top_k']} most lesion-like slices for pneumonia "
