@@ -58,7 +58,10 @@ def segment(
     if prior is None:
         return labels, None
     model, size = load_prior(prior)
-    return refine(labels, predict_prior(hu_lps, model, size), spacing, settings.prior.min_width_mm), None
+    refined = refine(labels, predict_prior(hu_lps, model, size), spacing, settings.prior.min_width_mm)
+    added_ml = ((refined > 0) & (labels == 0)).sum() * float(np.prod(spacing)) / 1000
+    log.info("the learned lung prior added %.1f mL to the classical mask", added_ml)
+    return refined, None
 
 
 def method_name(settings: LungSettings, prior: Path | None) -> str:
