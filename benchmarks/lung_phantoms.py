@@ -1,7 +1,10 @@
 """Lung masks against phantom truth, on development cohorts and on fresh evaluation cohorts.
 
 Each cohort is generated (12 patients per class by default), ingested, and run through the lungs
-stage with the default settings. Per patient: Dice of the mask against the truth lungs, the share
+stage with the default settings: the threshold method completed by the learned lung prior. The
+prior is trained first, as rule train_lung_prior would, on the development cohorts' plans (seed
+2020, synthetic and on normal001), unless `--prior` gives weights trained so; `--work` keeps the
+generated cohorts and the prior for a later run. Per patient: Dice of the mask against the truth lungs, the share
 of the truth lesion volume inside the mask, the left/right volume ratio minus the truth's, and
 the lung QC's warnings and reasons; per cohort, how many failed masks the QC flags, and how many
 good ones. Development cohorts are the ones settings (QC limits included) were chosen on;
@@ -14,6 +17,7 @@ Targets (issue 27, evaluation cohorts): mean Dice >= 0.97, min >= 0.95; lesion v
 >= 0.95 for every lesion patient; |left/right ratio error| <= 0.1 for every patient.
 
     .venv/bin/python benchmarks/lung_phantoms.py [--patients-per-class 12] [--jobs 2] [--cohorts development evaluation]
+        [--prior weights.pt] [--work folder]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +35,8 @@ from nibabel.processing import resample_from_to
 
 from lungcam.core.config import load_config
 from lungcam.ingest.stage import VOLUME_NAME, IngestSettings, ingest_patient
+from lungcam.lungs.prior import trained_on as load_prior_record
+from lungcam.lungs.prior_training import PriorTraining, build_prior
 from lungcam.lungs.stage import LungSettings, run_lungs
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
@@ -58,16 +65,17 @@ def _background(folder: Path | None):
 
 
 def evaluate(args: tuple) -> dict:
-    plan, root, config, background = args
+    plan, root, config, background, prior = args
     paths = cohort_layout(root, plan.patient_id)
-    generate_patient(
-        plan, PhantomOptions.from_config(config["demo"]), paths["dicom"], paths["lungs"], paths["lesions"], _background(background)
-    )
     stage = Path(root) / "stage" / plan.patient_id
-    ingest_patient(plan.patient_id, paths["dicom"], stage, IngestSettings.from_config(config["ingest"]))
+    if not (stage / VOLUME_NAME).exists():  # made by an earlier run with the same --work
+        generate_patient(
+            plan, PhantomOptions.from_config(config["demo"]), paths["dicom"], paths["lungs"], paths["lesions"], _background(background)
+        )
+        ingest_patient(plan.patient_id, paths["dicom"], stage, IngestSettings.from_config(config["ingest"]))
     volume = nib.load(stage / VOLUME_NAME)
     outputs = {"labels": stage / "lungs.nii.gz", "montage": stage / "lungs.png", "record": stage / "lungs.json"}
-    record = run_lungs(plan.patient_id, stage / VOLUME_NAME, outputs, LungSettings.from_config(config["lungs"]))
+    record = run_lungs(plan.patient_id, stage / VOLUME_NAME, outputs, LungSettings.from_config(config["lungs"]), prior=prior)
     found = np.asarray(nib.load(outputs["labels"]).dataobj)
     truth = np.asarray(resample_from_to(nib.load(paths["lungs"]), volume, order=0).dataobj)
     lesions = np.asarray(resample_from_to(nib.load(paths["lesions"]), volume, order=0).dataobj) > 0
@@ -108,7 +116,7 @@ def report(name: str, rows: list[dict]) -> bool:
     return met
 
 
-def real_scans(config: dict) -> None:
+def real_scans(config: dict, prior: Path) -> None:
     print("\nreal scans (COVID-CT-MD), default settings")
     settings = IngestSettings.from_config(config["ingest"])
     with tempfile.TemporaryDirectory() as root:
@@ -116,11 +124,21 @@ def real_scans(config: dict) -> None:
             stage = Path(root) / case
             ingest_patient(case, DATA / "covid-ct-md" / case, stage, settings)
             outputs = {"labels": stage / "lungs.nii.gz", "montage": stage / "lungs.png", "record": stage / "lungs.json"}
-            record = run_lungs(case, stage / VOLUME_NAME, outputs, LungSettings.from_config(config["lungs"]))
+            record = run_lungs(case, stage / VOLUME_NAME, outputs, LungSettings.from_config(config["lungs"]), prior=prior)
             print(
                 f"{case:10s} right {record['right_ml']:7.1f} mL  left {record['left_ml']:7.1f} mL  ratio {record['left_right_ratio']:.3f}  "
                 f"QC flags: {'; '.join(record['reasons'] + record['warnings']) or '-'}"
             )
+
+
+def train_prior(config: dict, path: Path, jobs: int) -> Path:
+    """The lung prior as rule train_lung_prior makes it, on the development plans (seed 2020)
+    with normal001 as the real background; kept at `path` for a later run."""
+    if not path.exists():
+        settings = replace(PriorTraining.from_config(config["lungs"]["prior"]["train"]), seed=2020, background=str(NORMAL))
+        build_prior(settings, IngestSettings.from_config(config["ingest"]), tuple(config["classes"]), path, jobs)
+    print(f"lung prior: {path}, trained on {load_prior_record(path)}")
+    return path
 
 
 def main() -> int:
@@ -128,16 +146,23 @@ def main() -> int:
     parser.add_argument("--patients-per-class", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cohorts", nargs="+", choices=sorted(COHORTS), default=sorted(COHORTS))
+    parser.add_argument("--prior", type=Path, help="the lung prior's weights, trained on the development plans")
+    parser.add_argument("--work", type=Path, help="keep the cohorts and the prior here (default: a temporary folder)")
     args = parser.parse_args()
     config = load_config()
     met = {}
-    for kind in args.cohorts:
-        for name, background, seed in COHORTS[kind]:
-            plans = plan_cohort(args.patients_per_class, seed, tuple(config["classes"]))
-            with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.jobs) as pool:
-                rows = sorted(pool.map(evaluate, [(plan, root, config, background) for plan in plans]), key=lambda r: r["patient"])
-            met[(kind, name)] = report(f"{kind}: {name} ({len(rows)} patients)", rows)
-    real_scans(config)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.work or Path(scratch)
+        prior = args.prior or train_prior(config, work / "lung_prior.pt", args.jobs)
+        for kind in args.cohorts:
+            for name, background, seed in COHORTS[kind]:
+                plans = plan_cohort(args.patients_per_class, seed, tuple(config["classes"]))
+                root = work / name.replace(" ", "_")
+                with ProcessPoolExecutor(args.jobs) as pool:
+                    jobs = [(plan, root, config, background, prior) for plan in plans]
+                    rows = sorted(pool.map(evaluate, jobs), key=lambda r: r["patient"])
+                met[(kind, name)] = report(f"{kind}: {name} ({len(rows)} patients)", rows)
+        real_scans(config, prior)
     evaluation = [ok for (kind, _), ok in met.items() if kind == "evaluation"]
     if evaluation:
         print(f"\nevaluation cohorts meeting every target: {sum(evaluation)} of {len(evaluation)}")
