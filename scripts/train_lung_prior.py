@@ -3,7 +3,7 @@
 import torch
 
 from lungcam.core.joblog import job_log
-from lungcam.ingest.stage import IngestSettings
+from lungcam.ingest import IngestSettings
 from lungcam.lungs.prior_training import PriorTraining, build_prior
 
 snakemake = globals()["snakemake"]

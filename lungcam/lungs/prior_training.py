@@ -25,10 +25,9 @@ from torch.nn import functional
 
 from lungcam.core.config import settings_from
 from lungcam.core.orientation import LPSView, load_hu_lps
-from lungcam.ingest.stage import VOLUME_NAME, IngestSettings, ingest_patient
+from lungcam.ingest import VOLUME_NAME, IngestSettings, ingest_patient
 from lungcam.lungs.prior import LungPriorNet, resized_labels, save_prior, windowed
-from lungcam.phantom import cohort_layout, plan_cohort
-from lungcam.phantom.generate import PhantomOptions, generate_patient
+from lungcam.phantom import PhantomOptions, RealBackground, cohort_layout, generate_patient, plan_cohort
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +103,6 @@ def _phantom_case(args: tuple) -> TrainingSlices:
     plan, background, root, settings, ingest = args
     paths = cohort_layout(root, plan.patient_id)
     if background is not None:
-        from lungcam.phantom.background import RealBackground
-
         background = RealBackground.load(Path(background))
     options = PhantomOptions(matrix=settings.matrix, localizer=False, thick_series=False)
     generate_patient(plan, options, paths["dicom"], paths["lungs"], paths["lesions"], background)
