@@ -131,7 +131,7 @@ def real_scans(config: dict, prior: Path) -> None:
             )
 
 
-def train_prior(config: dict, path: Path, jobs: int) -> Path:
+def development_prior(config: dict, path: Path, jobs: int) -> Path:
     """The lung prior as rule train_lung_prior makes it, on the development plans (seed 2020)
     with normal001 as the real background; kept at `path` for a later run."""
     if not path.exists():
@@ -153,7 +153,7 @@ def main() -> int:
     met = {}
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
-        prior = args.prior or train_prior(config, work / "lung_prior.pt", args.jobs)
+        prior = args.prior or development_prior(config, work / "lung_prior.pt", args.jobs)
         for kind in args.cohorts:
             for name, background, seed in COHORTS[kind]:
                 plans = plan_cohort(args.patients_per_class, seed, tuple(config["classes"]))

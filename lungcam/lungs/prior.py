@@ -22,6 +22,8 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional
 
+from lungcam.core.config import settings_from
+
 WINDOW_HU = (-1000.0, 300.0)
 CLASSES = 3  # background, right lung, left lung
 RESOURCE = Path("resources") / "lung_prior.pt"  # where rule train_lung_prior writes the weights
@@ -41,7 +43,7 @@ class PriorSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> PriorSettings:
-        return cls(bool(section["use"]), str(section["weights"]), float(section["min_width_mm"]))
+        return settings_from(cls, section)
 
     def path(self) -> Path:
         """The weights file: the configured one, else the one the workflow trains."""
