@@ -38,8 +38,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungcam.cam.localisation import mask_on_grid  # noqa: E402
 from lungcam.core.config import apply_demo_overrides, load_config  # noqa: E402
+from lungcam.core.orientation import mask_on_grid  # noqa: E402
 from lungcam.train.cache import load_cache  # noqa: E402
 from lungcam.train.slice_bank import lung_slice_indices, resize_slices, zscore  # noqa: E402
 from lungcam.train.training import _blur  # noqa: E402

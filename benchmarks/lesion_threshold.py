@@ -26,8 +26,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungcam.cam.lesions import LesionSettings, find_lesions  # noqa: E402
-from lungcam.cam.localisation import mask_on_grid  # noqa: E402
 from lungcam.core.config import validate_config  # noqa: E402
+from lungcam.core.orientation import mask_on_grid  # noqa: E402
 from lungcam.core.records import read_predictions  # noqa: E402
 from lungcam.core.samplesheet import lesion_masks, load_sample_sheet  # noqa: E402
 

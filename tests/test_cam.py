@@ -219,7 +219,7 @@ def test_a_lesion_mask_reaches_the_map_grid_as_resampling_would_bring_it():
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
-    from lungcam.cam.localisation import mask_on_grid
+    from lungcam.core.orientation import mask_on_grid
 
     rng = np.random.default_rng(0)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])

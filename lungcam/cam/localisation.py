@@ -27,31 +27,9 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from lungcam.cam.lesions import LesionSettings, cam_threshold
+from lungcam.core.orientation import mask_on_grid
 
 BEST_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
-GRID_TOLERANCE_VOXELS = 0.01
-
-
-def mask_on_grid(mask_image, reference):
-    """The voxels of `mask_image` (a nibabel image) on the grid of `reference`, nearest neighbour.
-
-    A lesion mask usually lies on the scan's own grid, only in another axis order (the demo's
-    truth is written in LPS order, dcm2niix's volumes in the order of the slices): then it is
-    transposed and flipped, which is exact and far faster than resampling. Any other grid is
-    resampled.
-    """
-    from nibabel.orientations import io_orientation, ornt_transform
-    from nibabel.processing import resample_from_to
-
-    turned = mask_image.as_reoriented(ornt_transform(io_orientation(mask_image.affine), io_orientation(reference.affine)))
-    if turned.shape[:3] == reference.shape[:3]:
-        corners = np.array(
-            [[i, j, k, 1.0] for i in (0, reference.shape[0] - 1) for j in (0, reference.shape[1] - 1) for k in (0, reference.shape[2] - 1)]
-        )
-        moved = corners @ (np.linalg.inv(reference.affine) @ turned.affine).T
-        if np.abs(moved - corners).max() < GRID_TOLERANCE_VOXELS:
-            return np.asarray(turned.dataobj)
-    return np.asarray(resample_from_to(mask_image, reference, order=0).dataobj)
 
 
 def axial_axis(affine: np.ndarray) -> int:

@@ -18,6 +18,7 @@ from nibabel import orientations
 from lungcam.core.atomic import atomic_path
 
 LPS = ("L", "P", "S")
+GRID_TOLERANCE_VOXELS = 0.01  # corners this close (voxels) count as the same grid
 
 
 @dataclass
@@ -78,3 +79,26 @@ def load_hu_lps(path: Path | str) -> tuple[np.ndarray, LPSView]:
     view = LPSView.of(img)
     hu = np.asarray(img.dataobj, dtype=np.float32)
     return np.ascontiguousarray(view.lps(hu)), view
+
+
+def mask_on_grid(mask_image, reference):
+    """The voxels of `mask_image` (a nibabel image) on the grid of `reference`, nearest neighbour.
+
+    A mask (lesions, or a phantom's truth) usually lies on the scan's own grid, only in another
+    axis order (the demo's truth is written in LPS order, dcm2niix's volumes in the order of the
+    slices): then it is transposed and flipped, which is exact and far faster than resampling.
+    Any other grid is resampled.
+    """
+    from nibabel.processing import resample_from_to
+
+    turned = mask_image.as_reoriented(
+        orientations.ornt_transform(orientations.io_orientation(mask_image.affine), orientations.io_orientation(reference.affine))
+    )
+    if turned.shape[:3] == reference.shape[:3]:
+        corners = np.array(
+            [[i, j, k, 1.0] for i in (0, reference.shape[0] - 1) for j in (0, reference.shape[1] - 1) for k in (0, reference.shape[2] - 1)]
+        )
+        moved = corners @ (np.linalg.inv(reference.affine) @ turned.affine).T
+        if np.abs(moved - corners).max() < GRID_TOLERANCE_VOXELS:
+            return np.asarray(turned.dataobj)
+    return np.asarray(resample_from_to(mask_image, reference, order=0).dataobj)

@@ -19,12 +19,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from nibabel.processing import resample_from_to
 from scipy import ndimage
 from torch.nn import functional
 
 from lungcam.core.config import settings_from
-from lungcam.core.orientation import LPSView, load_hu_lps
+from lungcam.core.orientation import LPSView, load_hu_lps, mask_on_grid
 from lungcam.ingest import VOLUME_NAME, IngestSettings, ingest_patient
 from lungcam.lungs.prior import LungPriorNet, resized_labels, save_prior, windowed
 from lungcam.phantom import PhantomOptions, RealBackground, cohort_layout, generate_patient, plan_cohort
@@ -67,7 +66,7 @@ class TrainingSlices:
 
 
 def _on_grid(truth_path: Path, volume: nib.Nifti1Image, view: LPSView) -> np.ndarray:
-    return view.lps(np.asarray(resample_from_to(nib.load(truth_path), volume, order=0).dataobj))
+    return view.lps(mask_on_grid(nib.load(truth_path), volume))
 
 
 def _with_lesion_sides(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
