@@ -7,8 +7,8 @@ so it has learnt the lungs' shape rather than their density. `refine` adds to th
 labels the prior's regions that touch them: the classical boundary stays where it is, and
 whatever the prior adds keeps the prior's side (1 = right, 2 = left).
 
-Slices are windowed to [-1000, 300] HU and resized to `size` x `size` pixels; the labels are
-resized back to the scan's grid from the class scores, so they follow the scan's resolution.
+Slices are windowed to [-1000, 300] HU and resized to `size` x `size` pixels; the prior's labels
+stay on that grid, and only what `refine` adds is resized back to the scan's grid.
 """
 
 from __future__ import annotations
@@ -149,11 +149,11 @@ def refine(labels: np.ndarray, prior: np.ndarray, spacing, min_width_mm: float) 
     extra = (prior > 0) & (coarse == 0)
     width = (1, *(2 * round(min_width_mm / p / 2) + 1 for p in pixel_mm))
     extra &= ndimage.maximum_filter(ndimage.minimum_filter(extra, size=width), size=width)
-    regions, count = ndimage.label(extra)
+    regions, _ = ndimage.label(extra)
     touching = np.unique(regions[ndimage.binary_dilation(coarse > 0) & extra])
     added = np.where(np.isin(regions, touching[touching > 0]), prior, 0)
     slices = np.flatnonzero(added.any(axis=(1, 2)))
-    if not count or not slices.size:
+    if not slices.size:
         return labels
     refined = labels.copy()
     fine = resized_labels(added[slices], labels.shape[1:])
