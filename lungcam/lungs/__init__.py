@@ -1,8 +1,9 @@
 """Lungs stage: right and left lung labels on the scan's grid, lung QC and its montage.
 
 Modules: the classical method (threshold), the learned lung prior that completes its mask
-(prior) and its training (prior_training), lungmask's U-Nets (lungmask_backend), the checks of a
-finished mask (qc), and the stage itself (stage).
+(prior) and its training (prior_training), the margin around consolidation at the mask's edge
+(margin), lungmask's U-Nets (lungmask_backend), the checks of a finished mask (qc), and the
+stage itself (stage).
 """
 
 from lungcam.core.interface import lazy_interface

@@ -2,7 +2,8 @@
 
 Two methods (config `lungs.method`): `threshold`, the classical offline method
 (lungcam.lungs.threshold), united with the learned lung prior (lungcam.lungs.prior) when its
-weights are given, and `lungmask`, the trained U-Nets (lungcam.lungs.lungmask_backend).
+weights are given, with a margin around consolidation at the mask's edge (lungcam.lungs.margin);
+and `lungmask`, the trained U-Nets (lungcam.lungs.lungmask_backend).
 Either way the labels are 1 = right lung, 2 = left lung (patient sides), uint8, on exactly the
 grid of `nifti/{patient_id}.nii.gz`. lungcam.lungs.qc checks the mask: a mask that cannot be a
 pair of lungs, or fails a check past its exclusion limit, excludes the patient with the figures
@@ -22,6 +23,7 @@ from lungcam.core.montage import lung_montage
 from lungcam.core.orientation import load_hu_lps
 from lungcam.core.records import write_record
 from lungcam.lungs.lungmask_backend import LungmaskSettings, segment_lungmask
+from lungcam.lungs.margin import MarginSettings, add_lesion_margin
 from lungcam.lungs.prior import PriorSettings, load_prior, predict_prior, refine
 from lungcam.lungs.qc import LungQCSettings, lung_checks, lung_figures
 from lungcam.lungs.threshold import ThresholdSettings, segment_lungs
@@ -34,6 +36,7 @@ class LungSettings:
     method: str
     threshold: ThresholdSettings
     prior: PriorSettings
+    lesion_margin: MarginSettings
     lungmask: LungmaskSettings
     qc: LungQCSettings
 
@@ -51,17 +54,22 @@ def segment(
     prior: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(lung labels, lobe labels or None) with the configured method; `prior`: the learned
-    prior's weights, whose regions touching the classical mask are added to it."""
+    prior's weights, whose regions touching the classical mask are added to it; the threshold
+    method's mask then gets its lesion margin."""
     if settings.method != "threshold":
         return segment_lungmask(hu_lps, settings.lungmask, weights, fill_weights)
     labels = segment_lungs(hu_lps, spacing, settings.threshold)
-    if prior is None:
-        return labels, None
-    model, size = load_prior(prior)
-    refined = refine(labels, predict_prior(hu_lps, model, size), spacing, settings.prior.min_width_mm)
-    added_ml = ((refined > 0) & (labels == 0)).sum() * float(np.prod(spacing)) / 1000
-    log.info("the learned lung prior added %.1f mL to the classical mask", added_ml)
-    return refined, None
+    voxel_ml = float(np.prod(spacing)) / 1000
+    lung_prior = None
+    if prior is not None:
+        model, size = load_prior(prior)
+        lung_prior = predict_prior(hu_lps, model, size)
+        refined = refine(labels, lung_prior, spacing, settings.prior.min_width_mm)
+        log.info("the learned lung prior added %.1f mL to the classical mask", ((refined > 0) & (labels == 0)).sum() * voxel_ml)
+        labels = refined
+    margined = add_lesion_margin(labels, hu_lps, spacing, settings.lesion_margin, lung_prior)
+    log.info("the lesion margin added %.1f mL", ((margined > 0) & (labels == 0)).sum() * voxel_ml)
+    return margined, None
 
 
 def method_name(settings: LungSettings, prior: Path | None) -> str:
