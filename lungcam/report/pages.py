@@ -335,6 +335,11 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
             if lungs["prior"]["use"]
             else ""
         )
+        + (
+            f", with a {lungs['lesion_margin']['margin_mm']:g} mm margin into soft tissue around consolidation at the mask's edge"
+            if lungs["lesion_margin"]["margin_mm"] > 0
+            else ""
+        )
     )
     aggregation = {
         "presence": f"the {train['top_k']} most lesion-like slices for pneumonia "
