@@ -1,9 +1,9 @@
 """Lung masks against phantom truth, on development cohorts and on fresh evaluation cohorts.
 
 Each cohort is generated (12 patients per class by default), ingested, and run through the lungs
-stage with the default settings: the threshold method completed by the learned lung prior. The
-prior is trained first, as rule train_lung_prior would, on the development cohorts' plans (seed
-2020, synthetic and on normal001), unless `--prior` gives weights trained so; `--work` keeps the
+stage with the default settings: the threshold method completed by the learned lung prior, with
+its lesion margin. The prior is trained first, as rule train_lung_prior would, on the
+development cohorts' plans (seed 2020, synthetic and on normal001), unless `--prior` gives weights trained so; `--work` keeps the
 generated cohorts and the prior for a later run. Per patient: Dice of the mask against the truth lungs, the share
 of the truth lesion volume inside the mask, the left/right volume ratio minus the truth's, and
 the lung QC's warnings and reasons; per cohort, how many failed masks the QC flags, and how many
