@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -168,12 +169,14 @@ def real_ingest(data, tmp_path_factory, config):
 
 @pytest.fixture(scope="session")
 def real_masks(real_ingest, config) -> dict:
-    """(HU, labels, spacing) in LPS order for the real normal and CAP scans, default settings."""
+    """(HU, labels, spacing) in LPS order for the real normal and CAP scans: default settings
+    without the lesion margin, so that lesions planted in these lungs stay inside the lungs."""
     from lungcam.core.orientation import load_hu_lps
+    from lungcam.lungs.margin import MarginSettings
     from lungcam.lungs.stage import LungSettings, segment
 
     out, _, _, _ = real_ingest
-    settings = LungSettings.from_config(config["lungs"])
+    settings = replace(LungSettings.from_config(config["lungs"]), lesion_margin=MarginSettings(0.0, 5.0))
     masks = {}
     for pid in ("normal001", "cap001"):
         hu, view = load_hu_lps(out / pid / VOLUME_NAME)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -58,13 +60,13 @@ def test_only_what_the_prior_calls_lung_gets_a_margin():
 
 
 @pytest.mark.parametrize("side", [1, 2])
-def test_a_pleural_consolidation_on_a_real_scan_is_kept_whole(real_masks, config, side):
+def test_a_pleural_consolidation_on_a_real_scan_keeps_its_edge(real_masks, config, side):
     hu, labels, spacing = real_masks["normal001"]
     image, lesion = pleural_consolidation(hu, labels, spacing, side, textured=True)
     settings = LungSettings.from_config(config["lungs"])
-    found = segment(image, spacing, settings)[0]
-    without = add_lesion_margin(found, image, spacing, MarginSettings(0.0, 5.0))
-    assert (found[lesion] > 0).mean() >= 0.95
-    assert (found[lesion] > 0).mean() >= (without[lesion] > 0).mean()
-    added_ml = ((found > 0) & (labels == 0) & ~lesion).sum() * float(np.prod(spacing)) / 1000
-    assert added_ml < 15.0  # beyond the lesion: a rim, not a leak
+    without = segment(image, spacing, replace(settings, lesion_margin=MarginSettings(0.0, 5.0)))[0]
+    found = add_lesion_margin(without, image, spacing, settings.lesion_margin)
+    inside, inside_without = (found[lesion] > 0).mean(), (without[lesion] > 0).mean()
+    assert inside >= 0.98 and inside >= inside_without + 0.01
+    beyond_ml = ((found > 0) & (without == 0) & ~lesion).sum() * float(np.prod(spacing)) / 1000
+    assert beyond_ml < 25.0  # a rim beside the lesion and large vessels, not a leak (lungs: 3.5 L)

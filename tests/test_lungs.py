@@ -119,13 +119,14 @@ def test_pleural_consolidation_is_lung_and_the_liver_is_not(real_masks, lung_set
 
 
 # An upper lobe consolidated from the apex to the fissure leaves no air to find the chest wall
-# by: the other lung's envelope, mirrored, stands in for it.
+# by: the other lung's envelope, mirrored, stands in for it. The lesion margin adds a rim of
+# wall along the whole consolidated lobe, hence the allowance outside the lungs.
 def test_consolidated_upper_lobe_is_lung(real_masks, lung_settings):
     hu, labels, spacing = real_masks["normal001"]
     image, lesion = lobar_consolidation(hu, labels, spacing, side=1)
     found = segment(image, spacing, lung_settings)[0]
-    assert (found[lesion] > 0).mean() >= 0.83
-    assert ((found > 0) & (labels == 0)).sum() * np.prod(spacing) / 1000 <= 60.0
+    assert (found[lesion] > 0).mean() >= 0.85
+    assert ((found > 0) & (labels == 0)).sum() * np.prod(spacing) / 1000 <= 100.0
 
 
 def test_lungmask_test_slices_match_r231_reference(real_ingest, tmp_path, lung_settings):
