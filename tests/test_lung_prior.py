@@ -10,6 +10,7 @@ import pytest
 
 from lungcam.core.records import read_record
 from lungcam.ingest.stage import VOLUME_NAME, ingest_patient
+from lungcam.lungs.margin import MarginSettings
 from lungcam.lungs.prior import (
     LungPriorMissing,
     PriorSettings,
@@ -93,7 +94,7 @@ def consolidated(real_masks, tiny, tmp_path_factory):
 
 def test_a_fitted_prior_restores_the_lung_the_classical_method_leaves_out(consolidated, config):
     image, lesion, truth, spacing, weights = consolidated
-    settings = LungSettings.from_config(config["lungs"])
+    settings = replace(LungSettings.from_config(config["lungs"]), lesion_margin=MarginSettings(0.0, 5.0))  # the prior alone
     classical = segment(image, spacing, settings)[0]
     refined = segment(image, spacing, settings, prior=weights)[0]
     prior = resized_labels(predict_prior(image, *load_prior(weights)), image.shape[1:])
