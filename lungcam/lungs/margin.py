@@ -19,7 +19,7 @@ from scipy import ndimage
 from lungcam.core.config import settings_from
 from lungcam.core.geometry import crop_box
 from lungcam.lungs.prior import resized_labels
-from lungcam.lungs.threshold import WORKING_MM
+from lungcam.lungs.threshold import WORKING_MM, working_grid
 
 DENSE_HU = -300.0  # denser than this (mean of 3 x 3 pixels) inside the mask: lesion or vessel
 TISSUE_HU = -500.0  # denser than this outside the mask: tissue the margin may take, not air
@@ -63,15 +63,14 @@ def add_lesion_margin(
     if settings.margin_mm <= 0 or not labels.any():
         return labels
     factor = max(1, int(round(WORKING_MM / spacing[1])))
-    working = (spacing[0], spacing[1] * factor, spacing[2] * factor)
     reach = int(np.ceil(settings.margin_mm / min(spacing[1:]))) + factor
     box = crop_box(labels > 0, (0, reach, reach))
     part, part_hu = labels[box], hu[box]
-    small = part[:, factor // 2 :: factor, factor // 2 :: factor]
-    small_hu = ndimage.uniform_filter(part_hu[:, factor // 2 :: factor, factor // 2 :: factor].astype(np.float32), size=(1, 3, 3))
-    core = ndimage.binary_opening((small > 0) & (small_hu > DENSE_HU), _disk(settings.core_mm / 2, working))
+    small_hu, small, working = working_grid(part_hu, part, spacing)
+    dense = (small > 0) & (ndimage.uniform_filter(small_hu, size=(1, 3, 3)) > DENSE_HU)
+    core = ndimage.binary_opening(dense, _disk(settings.core_mm / 2, working))
     if lung_prior is not None:
-        core &= resized_labels(lung_prior, labels.shape[1:])[box][:, factor // 2 :: factor, factor // 2 :: factor] > 0
+        core &= working_grid(part_hu, resized_labels(lung_prior, labels.shape[1:])[box], spacing)[1] > 0
     if not core.any():
         return labels
     refined = labels.copy()

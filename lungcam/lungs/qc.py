@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from lungcam.core.config import settings_from
 from lungcam.core.geometry import crop_box
-from lungcam.lungs.threshold import WORKING_MM
+from lungcam.lungs.threshold import working_grid
 
 GAS_HU = -950.0  # smoothed (2 mm) density of gas; aerated lung is about -850
 BASE_SHARE = 0.15  # the base: this share of a lung's volume, from below
@@ -85,18 +85,6 @@ class LungQCSettings:
 
 
 SIDES = ((1, "right"), (2, "left"))
-
-
-def _working_grid(hu: np.ndarray, labels: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """`hu` (float) and `labels` sampled every few pixels in plane, about WORKING_MM apart; the
-    checks smooth the image by 1-2 mm, which takes the sampling noise away."""
-    factor = max(1, int(round(WORKING_MM / spacing[1])))
-    start = factor // 2
-    return (
-        hu[:, start::factor, start::factor].astype(np.float32),
-        labels[:, start::factor, start::factor],
-        (spacing[0], spacing[1] * factor, spacing[2] * factor),
-    )
 
 
 def _shape_figures(labels: np.ndarray, spacing) -> dict:
@@ -162,7 +150,7 @@ def _enclosed_tissue_ml(smooth: np.ndarray, labels: np.ndarray, side: int, near_
 
 def lung_figures(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float]) -> dict:
     """Every QC figure of lung `labels` (1 right, 2 left) on the LPS-ordered image `hu`."""
-    small_hu, small_labels, small_spacing = _working_grid(hu, labels, spacing)
+    small_hu, small_labels, small_spacing = working_grid(hu, labels, spacing)
     figures = _shape_figures(small_labels, small_spacing)
     counts = np.bincount(labels.ravel(), minlength=3)  # volumes on the full grid, not the sampled one
     voxel_ml = float(np.prod(spacing)) / 1000.0

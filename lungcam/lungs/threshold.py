@@ -86,6 +86,18 @@ def _pixels(mm: float, spacing) -> int:
     return max(1, int(round(mm / spacing[1])))
 
 
+def working_grid(hu: np.ndarray, labels: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """`hu` (float) and `labels` sampled every few pixels in plane, about WORKING_MM apart, with
+    that grid's spacing; callers smooth the image by 1-2 mm, which takes the sampling noise away."""
+    factor = max(1, int(round(WORKING_MM / spacing[1])))
+    start = factor // 2
+    return (
+        hu[:, start::factor, start::factor].astype(np.float32),
+        labels[:, start::factor, start::factor],
+        (spacing[0], spacing[1] * factor, spacing[2] * factor),
+    )
+
+
 def _largest_components(mask: np.ndarray, count: int, structure=None) -> list[np.ndarray]:
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
