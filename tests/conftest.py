@@ -167,16 +167,20 @@ def real_ingest(data, tmp_path_factory, config):
     return out, records, before, after
 
 
+def without_margin(settings):
+    """Lung settings (lungcam.lungs.stage.LungSettings) with the lesion margin off."""
+    return replace(settings, lesion_margin=replace(settings.lesion_margin, margin_mm=0.0))
+
+
 @pytest.fixture(scope="session")
 def real_masks(real_ingest, config) -> dict:
     """(HU, labels, spacing) in LPS order for the real normal and CAP scans: default settings
     without the lesion margin, so that lesions planted in these lungs stay inside the lungs."""
     from lungcam.core.orientation import load_hu_lps
-    from lungcam.lungs.margin import MarginSettings
     from lungcam.lungs.stage import LungSettings, segment
 
     out, _, _, _ = real_ingest
-    settings = replace(LungSettings.from_config(config["lungs"]), lesion_margin=MarginSettings(0.0, 5.0))
+    settings = without_margin(LungSettings.from_config(config["lungs"]))
     masks = {}
     for pid in ("normal001", "cap001"):
         hu, view = load_hu_lps(out / pid / VOLUME_NAME)

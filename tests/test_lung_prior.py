@@ -10,7 +10,6 @@ import pytest
 
 from lungcam.core.records import read_record
 from lungcam.ingest.stage import VOLUME_NAME, ingest_patient
-from lungcam.lungs.margin import MarginSettings
 from lungcam.lungs.prior import (
     LungPriorMissing,
     PriorSettings,
@@ -26,7 +25,7 @@ from lungcam.lungs.stage import LungSettings, run_lungs, segment
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
 
-from .conftest import lobar_consolidation, snakemake, write_config
+from .conftest import lobar_consolidation, snakemake, without_margin, write_config
 
 TINY = {
     "seed": 11,
@@ -94,7 +93,7 @@ def consolidated(real_masks, tiny, tmp_path_factory):
 
 def test_a_fitted_prior_restores_the_lung_the_classical_method_leaves_out(consolidated, config):
     image, lesion, truth, spacing, weights = consolidated
-    settings = replace(LungSettings.from_config(config["lungs"]), lesion_margin=MarginSettings(0.0, 5.0))  # the prior alone
+    settings = without_margin(LungSettings.from_config(config["lungs"]))  # the prior alone
     classical = segment(image, spacing, settings)[0]
     refined = segment(image, spacing, settings, prior=weights)[0]
     prior = resized_labels(predict_prior(image, *load_prior(weights)), image.shape[1:])
