@@ -208,6 +208,36 @@ def test_bronchogram_joined_to_the_lung_is_an_island_in_dense_tissue():
     assert not _enclosed_air(aerated, np.zeros(aerated.shape, bool), (1.0, 1.0, 1.0)).any()  # ring outside the envelope
 
 
+def test_slice_holes_are_each_slices_filled_holes():
+    from scipy import ndimage
+
+    from lungcam.lungs.threshold import slice_holes
+
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        mask = ndimage.binary_opening(rng.random((12, 50, 60)) > 0.45)
+        expected = np.stack([ndimage.binary_fill_holes(s) & ~s for s in mask])
+        assert expected.any() and np.array_equal(slice_holes(mask), expected)
+
+
+def test_touching_lungs_are_split_at_the_narrowest_contact():
+    from scipy import ndimage
+
+    from lungcam.lungs.threshold import _inplane_depth, split_lungs
+
+    lungs = np.zeros((8, 40, 60), bool)
+    lungs[:, 5:35, 4:28] = True  # right lung (image left)
+    lungs[:, 5:35, 32:56] = True  # left lung
+    lungs[2:6, 8:12, 28:32] = True  # a narrow anterior contact joins them
+    eroded = lungs.copy()
+    for k in range(1, 4):
+        eroded = ndimage.binary_erosion(eroded, structure=np.ones((1, 3, 3), bool))
+        assert np.array_equal(_inplane_depth(lungs) > k, eroded)
+    labels = split_lungs(lungs, 30.0)
+    assert (labels[:, :, :28][lungs[:, :, :28]] == 1).all() and (labels[:, :, 32:][lungs[:, :, 32:]] == 2).all()
+    assert (labels[:, :, 28:30][lungs[:, :, 28:30]] == 1).all() and (labels[:, :, 30:32][lungs[:, :, 30:32]] == 2).all()
+
+
 # ---- lungmask -------------------------------------------------------------------------------
 
 

@@ -107,6 +107,20 @@ def _largest_components(mask: np.ndarray, count: int, structure=None) -> list[np
     return [labels == (i + 1) for i in order]
 
 
+def slice_holes(mask: np.ndarray) -> np.ndarray:
+    """Per (z, y, x) slice, the background pixels `mask` encloses (as binary_fill_holes on each
+    slice, 4-connected background): one labelling of the whole background, its in-plane pieces
+    that do not reach the slice's edge."""
+    cross = np.zeros((3, 3, 3), bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    pieces, _ = ndimage.label(~mask, structure=cross)
+    edge = np.unique(np.concatenate([pieces[:, [0, -1], :].ravel(), pieces[:, :, [0, -1]].ravel()]))
+    enclosed = np.ones(pieces.max() + 1, bool)
+    enclosed[edge] = False
+    enclosed[0] = False  # the mask itself
+    return enclosed[pieces]
+
+
 def body_mask(hu: np.ndarray, threshold: float, spacing: tuple[float, float, float]) -> np.ndarray:
     """The patient's body: largest connected dense region, holes filled slice by slice.
 
@@ -118,10 +132,7 @@ def body_mask(hu: np.ndarray, threshold: float, spacing: tuple[float, float, flo
     parts = _largest_components(dense, 1)
     if not parts:
         return np.zeros(hu.shape, bool)
-    body = parts[0]
-    for k in range(body.shape[0]):
-        body[k] = ndimage.binary_fill_holes(body[k])
-    return body
+    return parts[0] | slice_holes(parts[0])
 
 
 def airway_mask(hu: np.ndarray, air: np.ndarray, spacing: tuple[float, float, float], threshold: float) -> np.ndarray:
@@ -160,15 +171,31 @@ def airway_mask(hu: np.ndarray, air: np.ndarray, spacing: tuple[float, float, fl
     return np.zeros(hu.shape, bool)
 
 
+def _columns(part: np.ndarray) -> np.ndarray:
+    """Voxels of a (z, y, x) region per image column x."""
+    return np.count_nonzero(part, axis=(0, 1))
+
+
 def _side(part: np.ndarray, body_center_x: float) -> int:
-    return 1 if np.argwhere(part)[:, 2].mean() < body_center_x else 2
+    columns = _columns(part)
+    return 1 if (columns * np.arange(len(columns))).sum() / columns.sum() < body_center_x else 2
 
 
 def _spans_midline(part: np.ndarray, body_center_x: float) -> bool:
     """True when a region has a substantial share on both sides of the midline (both lungs)."""
-    x = np.argwhere(part)[:, 2]
-    minority = min((x < body_center_x).mean(), (x >= body_center_x).mean())
-    return minority > 0.1
+    columns = _columns(part)
+    before = columns[: int(np.ceil(body_center_x))].sum()
+    return min(before, columns.sum() - before) / columns.sum() > 0.1
+
+
+def _inplane_depth(mask: np.ndarray) -> np.ndarray:
+    """Per pixel, the number of in-plane 3 x 3 erosions that `mask` survives, plus one (the
+    chessboard distance to the nearest pixel outside it in its slice, the array's edge counting
+    as outside): `depth > k` is `mask` eroded k times."""
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = True
+    padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
+    return ndimage.distance_transform_cdt(padded, metric=plane)[:, 1:-1, 1:-1]
 
 
 def split_lungs(lungs: np.ndarray, body_center_x: float) -> np.ndarray:
@@ -177,7 +204,8 @@ def split_lungs(lungs: np.ndarray, body_center_x: float) -> np.ndarray:
     Separate regions on the two sides of the midline are the two lungs, however small one of them
     is (a largely consolidated lung keeps only a little air). One region spanning the midline
     (lungs touching in front of or behind the mediastinum) is eroded in-plane until it falls
-    apart; every voxel then goes to the nearer of the two eroded cores.
+    apart; every voxel then goes to the nearer of the two eroded cores (all within the lungs'
+    bounding box, where the nearest core always lies).
     """
     labels = np.zeros(lungs.shape, np.uint8)
     parts = _largest_components(lungs, 2)
@@ -189,20 +217,17 @@ def split_lungs(lungs: np.ndarray, body_center_x: float) -> np.ndarray:
             if not (labels == side).any():
                 labels[part] = side
         return labels
-    eroded = lungs.copy()
-    for _ in range(10):
-        eroded = ndimage.binary_erosion(eroded, structure=np.ones((1, 3, 3), bool))
-        cores = _largest_components(eroded, 2)
-        if (
-            len(cores) == 2
-            and not _spans_midline(cores[0], body_center_x)
-            and _side(cores[0], body_center_x) != _side(cores[1], body_center_x)
-        ):
-            marker = np.zeros(lungs.shape, np.uint8)
+    box = ndimage.find_objects(lungs.view(np.uint8))[0]
+    region, middle = lungs[box], body_center_x - box[2].start
+    depth = _inplane_depth(region)
+    for erosions in range(1, 11):
+        cores = _largest_components(depth > erosions, 2)
+        if len(cores) == 2 and not _spans_midline(cores[0], middle) and _side(cores[0], middle) != _side(cores[1], middle):
+            marker = np.zeros(region.shape, np.uint8)
             for core in cores:
-                marker[core] = _side(core, body_center_x)
-            _, nearest = ndimage.distance_transform_edt(marker == 0, return_indices=True)
-            labels[lungs] = marker[tuple(index[lungs] for index in nearest)]
+                marker[core] = _side(core, middle)
+            nearest = ndimage.distance_transform_edt(marker == 0, return_distances=False, return_indices=True)
+            labels[box][region] = marker[tuple(index[region] for index in nearest)]
             return labels
     labels[parts[0]] = _side(parts[0], body_center_x)  # could not be split: one label
     return labels
@@ -682,9 +707,7 @@ def fill_holes(labels: np.ndarray, spacing, small_hole_cm2: float) -> np.ndarray
     small_px = small_hole_cm2 * 100.0 / (spacing[1] * spacing[2])
     for side in (1, 2):
         mask = labels == side
-        holes = np.zeros(mask.shape, bool)
-        for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
-            holes[k] = ndimage.binary_fill_holes(mask[k]) & ~mask[k]
+        holes = slice_holes(mask)
         large = np.zeros(mask.shape, bool)
         for k in np.nonzero(holes.any(axis=(1, 2)))[0]:
             hole_labels, n = ndimage.label(holes[k])
