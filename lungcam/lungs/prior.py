@@ -131,8 +131,9 @@ def trained_on(path: Path | str) -> dict:
 @torch.no_grad()
 def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, batch: int = 32) -> np.ndarray:
     """Prior labels (0, 1 = right, 2 = left) of a (z, y, x) HU volume, (z, size, size)."""
+    # numpy's argmax over the class axis is several times faster than torch's on CPU
     return np.concatenate(
-        [model(windowed(hu_lps[k : k + batch], size)).argmax(dim=1).numpy().astype(np.uint8) for k in range(0, len(hu_lps), batch)]
+        [model(windowed(hu_lps[k : k + batch], size)).numpy().argmax(axis=1).astype(np.uint8) for k in range(0, len(hu_lps), batch)]
     )
 
 
