@@ -135,30 +135,29 @@ def body_mask(hu: np.ndarray, threshold: float, spacing: tuple[float, float, flo
     return parts[0] | slice_holes(parts[0])
 
 
-def airway_mask(hu: np.ndarray, air: np.ndarray, spacing: tuple[float, float, float], threshold: float) -> np.ndarray:
+def airway_mask(smooth: np.ndarray, air: np.ndarray, spacing: tuple[float, float, float], threshold: float) -> np.ndarray:
     """Trachea and main bronchi: region growing from the trachea in the top slices.
 
     The seed is the air component nearest the body's centre line in the highest slices that
-    contain air of trachea size (1-8 cm^2). Growing uses a smoothed image and a stricter threshold
-    than the lungs, so it stays inside the airway lumen; if it leaks into the lungs (more than
-    400 mL), the threshold is lowered until it does not.
+    contain air of trachea size (1-8 cm^2). Growing uses the image smoothed by 1 mm (`smooth`)
+    and a stricter threshold than the lungs, so it stays inside the airway lumen; if it leaks
+    into the lungs (more than 400 mL), the threshold is lowered until it does not.
     """
-    smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])
     pixel_cm2 = spacing[1] * spacing[2] / 100.0
     seed = None
-    for k in range(hu.shape[0] - 1, max(-1, hu.shape[0] - 40), -1):
+    for k in range(smooth.shape[0] - 1, max(-1, smooth.shape[0] - 40), -1):
         labels, n = ndimage.label(air[k])
         if n == 0:
             continue
         sizes = ndimage.sum(air[k], labels, range(1, n + 1)) * pixel_cm2
         centres = ndimage.center_of_mass(air[k], labels, range(1, n + 1))
-        middle = hu.shape[2] / 2
+        middle = smooth.shape[2] / 2
         candidates = [(abs(c[1] - middle), i + 1) for i, (size, c) in enumerate(zip(sizes, centres)) if 1.0 <= size <= 8.0]
         if candidates:
             seed = (k, labels == min(candidates)[1])
             break
     if seed is None:
-        return np.zeros(hu.shape, bool)
+        return np.zeros(smooth.shape, bool)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     for limit in (threshold, threshold - 40, threshold - 70):
         lumen = (smooth < limit) & air
@@ -168,7 +167,7 @@ def airway_mask(hu: np.ndarray, air: np.ndarray, spacing: tuple[float, float, fl
         grown = np.isin(grown_labels, ids)
         if grown.sum() * voxel_ml < 400.0:
             return grown
-    return np.zeros(hu.shape, bool)
+    return np.zeros(smooth.shape, bool)
 
 
 def _columns(part: np.ndarray) -> np.ndarray:
@@ -609,7 +608,9 @@ def _grow_consolidation(
     return consolidated | shell
 
 
-def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing, settings: ThresholdSettings) -> np.ndarray:
+def add_dense_lung(
+    labels: np.ndarray, hu: np.ndarray, smooth: np.ndarray, body: np.ndarray, spacing, settings: ThresholdSettings
+) -> np.ndarray:
     """Add consolidation and dense ground glass inside each lung's envelopes to `labels`.
 
     Dense tissue touching the aerated lung inside the cautious envelope is lung. When the lung
@@ -619,7 +620,8 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     either more than 3 mm from the aerated lung or part of it but running through dense tissue
     inside the bold envelope (see _enclosed_air). The bold envelope also takes in the other
     lung's cautious envelope mirrored about the midline, lateral to this lung's mediastinal
-    boundary: across a consolidated lobe the rays meet its vessels before any rib.
+    boundary: across a consolidated lobe the rays meet its vessels before any rib. `smooth` is
+    `hu` smoothed by 1 mm.
     """
     out = labels.copy()
     z = np.arange(hu.shape[0]) * spacing[0]
@@ -629,7 +631,6 @@ def add_dense_lung(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing
     dense = body & (hu >= settings.lung_hu) & (hu < settings.bone_hu) & (labels == 0)
     rim = _pixels(3.0, spacing)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # noise makes specks, not tubes
     solid = smooth >= settings.lung_hu
     loose_air = body & ~solid & ~ndimage.binary_dilation(labels > 0, structure=np.ones((1, 3, 3), bool), iterations=rim)
     mid_x = np.argwhere(body[body.shape[0] // 2])[:, 1].mean() if body[body.shape[0] // 2].any() else hu.shape[2] / 2
@@ -759,14 +760,17 @@ def _segment(hu: np.ndarray, spacing: tuple[float, float, float], settings: Thre
     air = (hu < settings.lung_hu) & body
     air = ndimage.binary_opening(air, structure=np.ones((1, 2, 2), bool))
     # The airway wall's partial-volume ring must go too, or hole filling brings the lumen back.
-    airways = ndimage.binary_dilation(airway_mask(hu, air, spacing, settings.airway_hu), structure=np.ones((1, 3, 3), bool), iterations=2)
+    smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # 1 mm: noise makes specks, not tubes
+    airways = ndimage.binary_dilation(
+        airway_mask(smooth, air, spacing, settings.airway_hu), structure=np.ones((1, 3, 3), bool), iterations=2
+    )
     parts = _largest_components(air & ~airways, 2)
     parts = [p for p in parts if p.sum() >= 0.05 * parts[0].sum()] if parts else []
     lungs = np.logical_or.reduce(parts) if parts else np.zeros(hu.shape, bool)
     middle = body[body.shape[0] // 2]
     center_x = np.argwhere(middle)[:, 1].mean() if middle.any() else hu.shape[2] / 2
     cropped = split_lungs(lungs, center_x)
-    cropped = add_dense_lung(cropped, hu, body & ~airways, spacing, settings)
+    cropped = add_dense_lung(cropped, hu, smooth, body & ~airways, spacing, settings)
     cropped = fill_holes(cropped, spacing, settings.small_hole_cm2)
     cropped[airways] = 0
     labels[box] = drop_crumbs(cropped, spacing)
