@@ -128,12 +128,21 @@ def trained_on(path: Path | str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["trained_on"]
 
 
-@torch.no_grad()
-def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, batch: int = 32) -> np.ndarray:
-    """Prior labels (0, 1 = right, 2 = left) of a (z, y, x) HU volume, (z, size, size)."""
-    # numpy's argmax over the class axis is several times faster than torch's on CPU
+@torch.inference_mode()
+def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, batch: int = 8) -> np.ndarray:
+    """Prior labels (0, 1 = right, 2 = left) of a (z, y, x) HU volume, (z, size, size).
+
+    Channels-last memory and small batches run the CPU's convolutions fastest; numpy's argmax
+    over the classes is several times faster than torch's."""
+    model = model.to(memory_format=torch.channels_last)
     return np.concatenate(
-        [model(windowed(hu_lps[k : k + batch], size)).numpy().argmax(axis=1).astype(np.uint8) for k in range(0, len(hu_lps), batch)]
+        [
+            model(windowed(hu_lps[k : k + batch], size).contiguous(memory_format=torch.channels_last))
+            .numpy()
+            .argmax(axis=1)
+            .astype(np.uint8)
+            for k in range(0, len(hu_lps), batch)
+        ]
     )
 
 
