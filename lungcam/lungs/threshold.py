@@ -745,7 +745,11 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings:
     depth, height, width = hu.shape
     pad = ((0, 0), (0, -height % factor), (0, -width % factor))
     padded = np.pad(hu, pad, mode="edge")
-    small = padded.reshape(depth, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor).mean(axis=(2, 4))
+    small = np.zeros((depth, padded.shape[1] // factor, padded.shape[2] // factor))
+    for row in range(factor):  # block means as sums of strided views: faster than a reshaped mean
+        for column in range(factor):
+            small += padded[:, row::factor, column::factor]
+    small = (small / factor**2).astype(np.float32)
     labels = _segment(small, (spacing[0], spacing[1] * factor, spacing[2] * factor), settings)
     return labels.repeat(factor, axis=1).repeat(factor, axis=2)[:, :height, :width]
 
