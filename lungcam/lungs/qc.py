@@ -152,9 +152,9 @@ def lung_figures(hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, float
     """Every QC figure of lung `labels` (1 right, 2 left) on the LPS-ordered image `hu`."""
     small_hu, small_labels, small_spacing = working_grid(hu, labels, spacing)
     figures = _shape_figures(small_labels, small_spacing)
-    counts = np.bincount(labels.ravel(), minlength=3)  # volumes on the full grid, not the sampled one
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    figures["right_ml"], figures["left_ml"] = round(float(counts[1]) * voxel_ml, 1), round(float(counts[2]) * voxel_ml, 1)
+    for side, name in SIDES:  # volumes on the full grid, not the sampled one
+        figures[f"{name}_ml"] = round(float(np.count_nonzero(labels == side)) * voxel_ml, 1)
     figures["total_ml"] = round(figures["right_ml"] + figures["left_ml"], 1)
     figures["left_right_ratio"] = round(figures["left_ml"] / figures["right_ml"], 3) if figures["right_ml"] else None
     figures["fov_edge_fraction"] = _edge_share(labels)
