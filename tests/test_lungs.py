@@ -208,16 +208,20 @@ def test_bronchogram_joined_to_the_lung_is_an_island_in_dense_tissue():
     assert not _enclosed_air(aerated, np.zeros(aerated.shape, bool), (1.0, 1.0, 1.0)).any()  # ring outside the envelope
 
 
-def test_slice_holes_are_each_slices_filled_holes():
+def test_fast_morphology_matches_scipy():
     from scipy import ndimage
 
-    from lungcam.lungs.threshold import slice_holes
+    from lungcam.lungs.threshold import _square_dilation, _square_opening, slice_holes
 
     rng = np.random.default_rng(5)
     for _ in range(3):
         mask = ndimage.binary_opening(rng.random((12, 50, 60)) > 0.45)
         expected = np.stack([ndimage.binary_fill_holes(s) & ~s for s in mask])
         assert expected.any() and np.array_equal(slice_holes(mask), expected)
+        for width in (3, 5):
+            square = np.ones((1, width, width), bool)
+            assert np.array_equal(_square_opening(mask, width), ndimage.binary_opening(mask, square))
+            assert np.array_equal(_square_dilation(mask, width), ndimage.binary_dilation(mask, square))
 
 
 def test_touching_lungs_are_split_at_the_narrowest_contact():

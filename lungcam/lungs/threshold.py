@@ -98,6 +98,19 @@ def working_grid(hu: np.ndarray, labels: np.ndarray, spacing) -> tuple[np.ndarra
     )
 
 
+def _square_dilation(mask: np.ndarray, width: int) -> np.ndarray:
+    """In-plane binary dilation with a `width` x `width` square (odd): a separable maximum filter,
+    several times faster than binary_dilation for the same result."""
+    return ndimage.maximum_filter(mask.view(np.uint8), size=(1, width, width), mode="constant", cval=0).view(bool)
+
+
+def _square_opening(mask: np.ndarray, width: int) -> np.ndarray:
+    """In-plane binary opening with a `width` x `width` square (odd), outside the array counting
+    as background (binary_opening's default), by separable minimum and maximum filters."""
+    eroded = ndimage.minimum_filter(mask.view(np.uint8), size=(1, width, width), mode="constant", cval=0)
+    return ndimage.maximum_filter(eroded, size=(1, width, width), mode="constant", cval=0).view(bool)
+
+
 def _largest_components(mask: np.ndarray, count: int, structure=None) -> list[np.ndarray]:
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
@@ -128,7 +141,7 @@ def body_mask(hu: np.ndarray, threshold: float, spacing: tuple[float, float, flo
     would break a thin chest wall and open the body outline.
     """
     dense = hu > threshold
-    dense = ndimage.binary_opening(dense, structure=np.ones((1, 3, 3), bool), iterations=_pixels(1.5, spacing))
+    dense = _square_opening(dense, 2 * _pixels(1.5, spacing) + 1)
     parts = _largest_components(dense, 1)
     if not parts:
         return np.zeros(hu.shape, bool)
@@ -567,7 +580,7 @@ def _consolidation_density(
         if walls.any():
             return _density_band(smooth, walls)
     rim = _pixels(3.0, spacing)
-    cores, n = ndimage.label(ndimage.binary_erosion(found, structure=np.ones((1, 3, 3), bool), iterations=rim))
+    cores, n = ndimage.label(_inplane_depth(found) > rim)
     if n:
         sizes = np.bincount(cores.ravel())[1:] * voxel_ml
         largest = np.argmax(sizes)
@@ -584,7 +597,7 @@ def _grow_consolidation(
     aerated: np.ndarray,
     found: np.ndarray,
     bold: np.ndarray,
-    opening: np.ndarray,
+    speck_width: int,
     spacing,
     settings: ThresholdSettings,
 ) -> np.ndarray:
@@ -594,7 +607,7 @@ def _grow_consolidation(
     A consolidation is nearly uniform: where its density differs from the liver, heart or fat
     next to it, it stops there. Between it and the aerated lung lies a blurred shell less dense
     than its band: bridged (3 mm) when testing the connection, and added back at the end.
-    `opening` removes dense specks (`speck_mm`), as for the cautious envelope.
+    An opening `speck_width` pixels wide removes dense specks (`speck_mm`), as for the cautious envelope.
     """
     density = _consolidation_density(smooth, bronchograms, found, bold, spacing, settings)
     if density is None:
@@ -602,8 +615,8 @@ def _grow_consolidation(
     level, band = density
     rim = _pixels(3.0, spacing)
     uniform = bold & (np.abs(smooth - level) <= band)
-    components, ids = _touching(ndimage.binary_opening(uniform, structure=opening) | bronchograms, aerated | found, rim)
-    consolidated = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & (uniform | bronchograms)
+    components, ids = _touching(_square_opening(uniform, speck_width) | bronchograms, aerated | found, rim)
+    consolidated = _square_dilation(np.isin(components, ids), speck_width) & (uniform | bronchograms)
     shell = ndimage.binary_dilation(consolidated, iterations=rim) & bold & (smooth <= level + band)
     return consolidated | shell
 
@@ -632,11 +645,10 @@ def add_dense_lung(
     rim = _pixels(3.0, spacing)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     solid = smooth >= settings.lung_hu
-    loose_air = body & ~solid & ~ndimage.binary_dilation(labels > 0, structure=np.ones((1, 3, 3), bool), iterations=rim)
+    loose_air = body & ~solid & ~_square_dilation(labels > 0, 2 * rim + 1)
     mid_x = np.argwhere(body[body.shape[0] // 2])[:, 1].mean() if body[body.shape[0] // 2].any() else hu.shape[2] / 2
     medials = {side: _medial_boundary(lungs[side], side, mid_x, spacing, settings.bridge_mm) for side in (1, 2)}
-    speck = _pixels(settings.speck_mm, spacing)
-    opening = np.ones((1, 2 * speck + 1, 2 * speck + 1), bool)
+    speck_width = 2 * _pixels(settings.speck_mm, spacing) + 1
     limits = {}
     for side in (1, 2):
         if lungs[side].sum() >= 100:
@@ -660,8 +672,8 @@ def add_dense_lung(
             medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         envelope = height & cage & beyond_medial
         bold = height_bold & cage_bold
-        components, ids = _touching(ndimage.binary_opening(dense & envelope, structure=opening), aerated)
-        keep = ndimage.binary_dilation(np.isin(components, ids), structure=opening) & dense & envelope  # restore the rim
+        components, ids = _touching(_square_opening(dense & envelope, speck_width), aerated)
+        keep = _square_dilation(np.isin(components, ids), speck_width) & dense & envelope  # restore the rim
         inside_bold = bold & beyond_medial
         islands = _enclosed_air(aerated, inside_bold & solid, spacing)
         bronchograms = _tubes((loose_air | islands) & inside_bold, spacing)
@@ -671,9 +683,11 @@ def add_dense_lung(
         # grown above reaching down to it); otherwise the base is the diaphragm.
         below = z[:, None, None] < surfaces[side][0][None]
         shows_below = (bronchograms & below).sum() * voxel_ml >= settings.bronchogram_ml
-        grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold if shows_below else bold & ~below, opening, spacing, settings)
+        grown = _grow_consolidation(
+            smooth, bronchograms, aerated, keep, bold if shows_below else bold & ~below, speck_width, spacing, settings
+        )
         if not shows_below and (ndimage.binary_dilation(grown, iterations=rim) & bold & below).sum() * voxel_ml >= BASE_CONTACT_ML:
-            grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold, opening, spacing, settings)
+            grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold, speck_width, spacing, settings)
         keep |= grown
         out[keep & (out == 0)] = side
     return out
@@ -765,9 +779,7 @@ def _segment(hu: np.ndarray, spacing: tuple[float, float, float], settings: Thre
     air = ndimage.binary_opening(air, structure=np.ones((1, 2, 2), bool))
     # The airway wall's partial-volume ring must go too, or hole filling brings the lumen back.
     smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # 1 mm: noise makes specks, not tubes
-    airways = ndimage.binary_dilation(
-        airway_mask(smooth, air, spacing, settings.airway_hu), structure=np.ones((1, 3, 3), bool), iterations=2
-    )
+    airways = _square_dilation(airway_mask(smooth, air, spacing, settings.airway_hu), 5)
     parts = _largest_components(air & ~airways, 2)
     parts = [p for p in parts if p.sum() >= 0.05 * parts[0].sum()] if parts else []
     lungs = np.logical_or.reduce(parts) if parts else np.zeros(hu.shape, bool)
