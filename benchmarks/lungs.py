@@ -34,7 +34,7 @@ import torch
 from lungcam.core.config import load_config
 from lungcam.core.orientation import load_hu_lps
 from lungcam.lungs.margin import add_lesion_margin
-from lungcam.lungs.prior import load_prior, predict_prior, refine, trim_to_prior
+from lungcam.lungs.prior import load_prior, predict_prior, refine
 from lungcam.lungs.qc import lung_figures
 from lungcam.lungs.stage import LungSettings
 from lungcam.lungs.threshold import segment_lungs
@@ -47,7 +47,6 @@ classical = time.perf_counter()
 model, size = load_prior(sys.argv[2])
 lung_prior = predict_prior(hu, model, size)
 labels = refine(labels, lung_prior, view.spacing, settings.prior.min_width_mm)
-labels = trim_to_prior(labels, hu, lung_prior, view.spacing, settings.prior.reach_mm, settings.threshold.lung_hu)
 margin = time.perf_counter()
 labels = add_lesion_margin(labels, hu, view.spacing, settings.lesion_margin, lung_prior)
 middle = time.perf_counter()

@@ -19,7 +19,6 @@ from lungcam.lungs.prior import (
     resized_labels,
     save_prior,
     trained_on,
-    trim_to_prior,
 )
 from lungcam.lungs.prior_training import PriorTraining, case_slices, train_prior, training_slices
 from lungcam.lungs.stage import LungSettings, run_lungs, segment
@@ -63,25 +62,6 @@ def test_refine_adds_the_prior_regions_that_touch_the_mask_with_the_prior_side()
     assert refine(labels, np.zeros_like(labels), (1.0, 1.0, 1.0), 2.0) is labels
 
 
-def test_trim_removes_dense_mask_beyond_the_prior_and_keeps_aerated_lung():
-    hu = np.full((6, 40, 40), -850.0)
-    labels = np.zeros(hu.shape, np.uint8)
-    labels[:, 5:35, 4:20] = 2  # aerated lung, which the prior finds
-    labels[:, 5:35, 20:34] = 2  # and dense tissue beside it of the same label (heart density)
-    hu[:, :, 20:34] = 40.0
-    labels[:, 5:35, 36:39] = 2  # aerated lung beyond the prior: never removed
-    labels[:, 1:3, 30:32] = 2  # a dense crumb left on its own: removed with the rest
-    hu[:, 1:3, 30:32] = 40.0
-    prior = np.zeros((6, 20, 20), np.uint8)  # 2 mm pixels
-    prior[:, 3:17, 2:10] = 2  # columns 4-19 on the scan's grid
-    trimmed = trim_to_prior(labels, hu, prior, (2.0, 1.0, 1.0), 6.0, -300.0)
-    assert (trimmed[:, 5:35, 4:20] == 2).all() and (trimmed[:, 8:32, 20:24] == 2).all()  # dense, within 6 mm: kept
-    assert not trimmed[:, :, 28:34].any()  # dense tissue farther away
-    assert (trimmed[:, 5:35, 36:39] == 2).all()
-    assert trim_to_prior(labels, hu, prior, (2.0, 1.0, 1.0), 0.0, -300.0) is labels
-    assert trim_to_prior(labels, hu, np.zeros_like(prior), (2.0, 1.0, 1.0), 6.0, -300.0) is labels
-
-
 def test_case_slices_hold_the_lungs_with_lesions_on_their_sides(tmp_path, ingest_settings, tiny):
     plan = next(p for p in plan_cohort(1, 11, ("COVID-19", "CAP", "NP")) if p.label == "CAP")
     paths = cohort_layout(tmp_path, plan.patient_id)
@@ -113,8 +93,7 @@ def consolidated(real_masks, tiny, tmp_path_factory):
 
 def test_a_fitted_prior_restores_the_lung_the_classical_method_leaves_out(consolidated, config):
     image, lesion, truth, spacing, weights = consolidated
-    settings = without_margin(LungSettings.from_config(config["lungs"]))
-    settings = replace(settings, prior=replace(settings.prior, reach_mm=0.0))  # the prior's additions alone
+    settings = without_margin(LungSettings.from_config(config["lungs"]))  # the prior alone
     classical = segment(image, spacing, settings)[0]
     refined = segment(image, spacing, settings, prior=weights)[0]
     prior = resized_labels(predict_prior(image, *load_prior(weights)), image.shape[1:])
@@ -146,7 +125,7 @@ def test_training_is_reproducible(tiny, real_masks):
 
 def test_missing_prior_weights_say_how_to_make_them(tmp_path):
     with pytest.raises(LungPriorMissing, match="snakemake train_lung_prior"):
-        PriorSettings(use=True, weights=str(tmp_path / "none.pt"), min_width_mm=6.0, reach_mm=6.0).require()
+        PriorSettings(use=True, weights=str(tmp_path / "none.pt"), min_width_mm=6.0).require()
 
 
 @pytest.mark.slow

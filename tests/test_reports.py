@@ -254,7 +254,6 @@ def test_methods_paragraph_follows_the_config():
     text = methods_paragraph(config, ["COVID-19", "CAP", "NP"], 10, 1)
     assert "Hu et al. (IEEE Access 2020)" in text and "5 stratified folds" in text and "1 were excluded" in text
     assert "completed by a learned lung prior" in text and "a 2 mm margin into soft tissue around consolidation" in text
-    assert "dense mask more than 6 mm beyond the prior's lungs removed" in text
     config["lungs"]["prior"]["use"], config["lungs"]["lesion_margin"]["margin_mm"] = False, 0.0
     assert "learned lung prior" not in methods_paragraph(config, ["COVID-19", "CAP", "NP"], 10, 1)
     assert "margin" not in methods_paragraph(config, ["COVID-19", "CAP", "NP"], 10, 1)

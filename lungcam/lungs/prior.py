@@ -5,9 +5,7 @@ a dense pleural-based consolidation, or a lower lobe behind a low diaphragm dome
 trained on phantoms whose truth (lungs with their lesions) is known (lungcam.lungs.prior_training),
 so it has learnt the lungs' shape rather than their density. `refine` adds to the classical
 labels the prior's regions that touch them: the classical boundary stays where it is, and
-whatever the prior adds keeps the prior's side (1 = right, 2 = left). `trim_to_prior` removes
-the dense part of the classical labels that lies well beyond the prior's lungs: the heart or
-chest wall taken beside a consolidation of the same density.
+whatever the prior adds keeps the prior's side (1 = right, 2 = left).
 
 Slices are windowed to [-1000, 300] HU and resized to `size` x `size` pixels; the prior's labels
 stay on that grid, and only what `refine` adds is resized back to the scan's grid.
@@ -25,7 +23,6 @@ from torch import nn
 from torch.nn import functional
 
 from lungcam.core.config import settings_from
-from lungcam.lungs.threshold import drop_crumbs
 
 WINDOW_HU = (-1000.0, 300.0)
 CLASSES = 3  # background, right lung, left lung
@@ -43,7 +40,6 @@ class PriorSettings:
     use: bool
     weights: str
     min_width_mm: float
-    reach_mm: float
 
     @classmethod
     def from_config(cls, section: dict) -> PriorSettings:
@@ -176,26 +172,3 @@ def refine(labels: np.ndarray, prior: np.ndarray, spacing, min_width_mm: float) 
     part[empty] = fine[empty]
     refined[slices] = part
     return refined
-
-
-def trim_to_prior(labels: np.ndarray, hu: np.ndarray, prior: np.ndarray, spacing, reach_mm: float, dense_hu: float) -> np.ndarray:
-    """`labels` without their dense voxels (3 x 3 mean above `dense_hu`) farther than `reach_mm`
-    from the prior's lungs, and the crumbs that leaves.
-
-    Where a consolidation meets the heart or the chest wall at the same density, the classical
-    method cannot tell where the lung ends and may take the heart; the prior, a shape model,
-    can. Its outline is coarse, hence the reach. Aerated lung is never removed, and a prior that
-    finds no lung at all removes nothing."""
-    if reach_mm <= 0 or not prior.any() or not labels.any():
-        return labels
-    pixel_mm = [s * n / m for s, n, m in zip(spacing[1:], labels.shape[1:], prior.shape[1:])]
-    far = ndimage.distance_transform_edt(prior == 0, sampling=(spacing[0], *pixel_mm)) > reach_mm
-    candidates = (labels > 0) & (resized_labels(far.astype(np.uint8), labels.shape[1:]) > 0)
-    if not candidates.any():
-        return labels
-    box = ndimage.find_objects(candidates.view(np.uint8))[0]
-    box = (box[0], *(slice(max(0, b.start - 1), b.stop + 1) for b in box[1:]))  # the 3 x 3 mean's neighbours
-    dense = ndimage.uniform_filter(hu[box].astype(np.float32), size=(1, 3, 3)) > dense_hu
-    trimmed = labels.copy()
-    trimmed[box][candidates[box] & dense] = 0
-    return drop_crumbs(trimmed, spacing)

@@ -24,7 +24,7 @@ from lungcam.core.orientation import load_hu_lps
 from lungcam.core.records import write_record
 from lungcam.lungs.lungmask_backend import LungmaskSettings, segment_lungmask
 from lungcam.lungs.margin import MarginSettings, add_lesion_margin
-from lungcam.lungs.prior import PriorSettings, load_prior, predict_prior, refine, trim_to_prior
+from lungcam.lungs.prior import PriorSettings, load_prior, predict_prior, refine
 from lungcam.lungs.qc import LungQCSettings, lung_checks, lung_figures
 from lungcam.lungs.threshold import ThresholdSettings, segment_lungs
 
@@ -54,8 +54,8 @@ def segment(
     prior: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(lung labels, lobe labels or None) with the configured method; `prior`: the learned
-    prior's weights, whose regions touching the classical mask are added to it and beyond whose
-    lungs dense mask is removed; the threshold method's mask then gets its lesion margin."""
+    prior's weights, whose regions touching the classical mask are added to it; the threshold
+    method's mask then gets its lesion margin."""
     if settings.method != "threshold":
         return segment_lungmask(hu_lps, settings.lungmask, weights, fill_weights)
     labels = segment_lungs(hu_lps, spacing, settings.threshold)
@@ -66,8 +66,7 @@ def segment(
         lung_prior = predict_prior(hu_lps, model, size)
         refined = refine(labels, lung_prior, spacing, settings.prior.min_width_mm)
         log.info("the learned lung prior added %.1f mL to the classical mask", ((refined > 0) & (labels == 0)).sum() * voxel_ml)
-        labels = trim_to_prior(refined, hu_lps, lung_prior, spacing, settings.prior.reach_mm, settings.threshold.lung_hu)
-        log.info("%.1f mL of dense mask beyond the prior's lungs removed", ((refined > 0) & (labels == 0)).sum() * voxel_ml)
+        labels = refined
     margined = add_lesion_margin(labels, hu_lps, spacing, settings.lesion_margin, lung_prior)
     log.info("the lesion margin added %.1f mL", ((margined > 0) & (labels == 0)).sum() * voxel_ml)
     return margined, None

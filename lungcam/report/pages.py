@@ -332,11 +332,6 @@ def methods_paragraph(config: dict, classes: list[str], patients: int, excluded:
         else "a classical threshold method (air threshold, border and airway removal, hole filling and pleural consolidation recovery)"
         + (
             ", completed by a learned lung prior (a 2D U-Net trained on synthetic phantoms with known lungs and lesions)"
-            + (
-                f", dense mask more than {lungs['prior']['reach_mm']:g} mm beyond the prior's lungs removed"
-                if lungs["prior"]["reach_mm"] > 0
-                else ""
-            )
             if lungs["prior"]["use"]
             else ""
         )
