@@ -132,8 +132,8 @@ def trained_on(path: Path | str) -> dict:
 def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, batch: int = 8) -> np.ndarray:
     """Prior labels (0, 1 = right, 2 = left) of a (z, y, x) HU volume, (z, size, size).
 
-    Channels-last memory and small batches run the CPU's convolutions fastest; numpy's argmax
-    over the classes is several times faster than torch's."""
+    Channels-last memory (the model is moved to it) and small batches run the CPU's convolutions
+    fastest; numpy's argmax over the classes is faster than torch's."""
     model = model.to(memory_format=torch.channels_last)
     return np.concatenate(
         [

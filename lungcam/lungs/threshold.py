@@ -100,7 +100,7 @@ def working_grid(hu: np.ndarray, labels: np.ndarray, spacing) -> tuple[np.ndarra
 
 def _square_dilation(mask: np.ndarray, width: int) -> np.ndarray:
     """In-plane binary dilation with a `width` x `width` square (odd): a separable maximum filter,
-    several times faster than binary_dilation for the same result."""
+    faster than binary_dilation for the same result."""
     return ndimage.maximum_filter(mask.view(np.uint8), size=(1, width, width), mode="constant", cval=0).view(bool)
 
 
