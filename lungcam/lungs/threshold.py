@@ -234,10 +234,13 @@ def split_lungs(lungs: np.ndarray, body_center_x: float) -> np.ndarray:
     depth = _inplane_depth(region)
     for erosions in range(1, 11):
         cores = _largest_components(depth > erosions, 2)
-        if len(cores) == 2 and not _spans_midline(cores[0], middle) and _side(cores[0], middle) != _side(cores[1], middle):
+        if len(cores) < 2 or _spans_midline(cores[0], middle):
+            continue
+        sides = [_side(core, middle) for core in cores]
+        if sides[0] != sides[1]:
             marker = np.zeros(region.shape, np.uint8)
-            for core in cores:
-                marker[core] = _side(core, middle)
+            for core, side in zip(cores, sides):
+                marker[core] = side
             nearest = ndimage.distance_transform_edt(marker == 0, return_distances=False, return_indices=True)
             labels[box][region] = marker[tuple(index[region] for index in nearest)]
             return labels
