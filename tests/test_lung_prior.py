@@ -7,6 +7,7 @@ from dataclasses import replace
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from lungcam.core.records import read_record
 from lungcam.ingest.stage import VOLUME_NAME, ingest_patient
@@ -20,7 +21,7 @@ from lungcam.lungs.prior import (
     save_prior,
     trained_on,
 )
-from lungcam.lungs.prior_training import PriorTraining, case_slices, train_prior, training_slices
+from lungcam.lungs.prior_training import PriorTraining, case_slices, epoch_slices, train_prior, training_plans, training_slices
 from lungcam.lungs.stage import LungSettings, run_lungs, segment
 from lungcam.phantom import cohort_layout, plan_cohort
 from lungcam.phantom.generate import PhantomOptions, generate_patient
@@ -28,7 +29,7 @@ from lungcam.phantom.generate import PhantomOptions, generate_patient
 from .conftest import lobar_consolidation, snakemake, without_margin, write_config
 
 TINY = {
-    "seed": 11,
+    "seeds": [11],
     "patients_per_class": 1,
     "background": "",
     "matrix": 128,
@@ -115,6 +116,23 @@ def test_the_lung_record_names_the_prior(consolidated, real_ingest, config, tmp_
     assert run_lungs("normal001", volume, outputs, settings, prior=weights)["method"] == "threshold + learned prior"
 
 
+def test_each_epoch_sees_every_lesion_slice_and_as_many_others():
+    lesions = torch.zeros((10, 4, 4), dtype=torch.bool)
+    lesions[[1, 4, 7], 2, 2] = True
+    generator = torch.Generator().manual_seed(0)
+    epochs = [epoch_slices(lesions, generator).tolist() for _ in range(4)]
+    for chosen in epochs:
+        assert len(chosen) == len(set(chosen)) == 6 and {1, 4, 7} <= set(chosen)
+    assert len({tuple(sorted(chosen)) for chosen in epochs}) > 1  # the lesion-free ones are drawn anew
+    assert sorted(epoch_slices(torch.zeros((5, 4, 4), dtype=torch.bool), generator).tolist()) == list(range(5))
+
+
+def test_training_plans_are_one_cohort_per_seed_and_background(tiny):
+    plans = training_plans(replace(tiny, seeds=[11, 12], background="normal"), ("COVID-19", "CAP", "NP"))
+    assert len(plans) == 2 * 2 * 3 and len({plan.patient_id for plan, _ in plans}) == len(plans)
+    assert {plan.seed for plan, _ in plans} == {11, 12} and sum(background == "normal" for _, background in plans) == 6
+
+
 def test_training_is_reproducible(tiny, real_masks):
     hu, labels, _ = real_masks["normal001"]
     data = training_slices(hu[::8], labels[::8], labels[::8] > 0, 32)
@@ -138,7 +156,7 @@ def test_the_workflow_trains_the_prior_once_and_the_lungs_use_it(tmp_path):
     records = [read_record(p) for p in (tmp_path / "work" / "lungs").glob("*.json")]
     assert len(records) == 3 and {r["method"] for r in records} == {"threshold + learned prior"}
     assert "Nothing to be done" in snakemake(tmp_path, "prepare", "--configfile", str(config), "-n").stdout
-    changed = write_config(tmp_path / "changed", {"demo": demo, "lungs": {"prior": {"train": {**train, "seed": 12}}}})
+    changed = write_config(tmp_path / "changed", {"demo": demo, "lungs": {"prior": {"train": {**train, "seeds": [12]}}}})
     planned = snakemake(tmp_path, "prepare", "--configfile", str(changed), "-n").stdout
     assert "rule train_lung_prior" in planned and "rule lungs:" in planned
 

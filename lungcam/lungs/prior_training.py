@@ -5,7 +5,8 @@ optionally, the same plans with their lesions inserted into a real normal chest 
 written as DICOM and ingested like a user's scan, so the network sees what the lungs stage
 sees. The target is the truth lungs with the truth lesions added (a lesion voxel outside the
 truth lungs takes the side of the nearest lung): the lungs as they should be masked, dense
-consolidation included. Lesion pixels weigh more in the loss, being what the prior is for.
+consolidation included. Lesions are what the prior is for: their pixels weigh more in the loss,
+and each epoch sees every slice with a lesion and only as many lesion-free slices, drawn anew.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 class PriorTraining:
     """Config section `lungs.prior.train`: the training phantoms, the network and its fitting."""
 
-    seed: int
+    seeds: list[int]
     patients_per_class: int
     background: str
     matrix: int
@@ -113,12 +114,15 @@ def _phantom_case(args: tuple) -> TrainingSlices:
 
 
 def training_plans(settings: PriorTraining, classes: tuple[str, ...]) -> list[tuple]:
-    """(plan, background folder or None): the synthetic plans, and the same plans again on the
-    real background when one is set."""
-    plans = [(plan, None) for plan in plan_cohort(settings.patients_per_class, settings.seed, classes, prefix="synth")]
-    if settings.background:
-        plans += [(plan, settings.background) for plan in plan_cohort(settings.patients_per_class, settings.seed, classes, prefix="real")]
-    return plans
+    """(plan, background folder or None): each seed's synthetic plans, and the same plans again on
+    the real background when one is set."""
+    backgrounds = {"synth": None, **({"real": settings.background} if settings.background else {})}
+    return [
+        (plan, background)
+        for seed in settings.seeds
+        for name, background in backgrounds.items()
+        for plan in plan_cohort(settings.patients_per_class, seed, classes, prefix=f"{name}{seed}_")
+    ]
 
 
 def training_set(settings: PriorTraining, ingest: IngestSettings, classes: tuple[str, ...], jobs: int = 1) -> TrainingSlices:
@@ -146,8 +150,20 @@ def _flipped(inputs: torch.Tensor, targets: torch.Tensor, lesions: torch.Tensor)
     return inputs.flip(-1), swapped, lesions.flip(-1)
 
 
+def epoch_slices(lesions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's slices in random order: every slice with a lesion and as many lesion-free ones
+    drawn at random (all slices when none has a lesion)."""
+    has_lesion = lesions.any(dim=(1, 2))
+    with_lesion, without = torch.nonzero(has_lesion)[:, 0], torch.nonzero(~has_lesion)[:, 0]
+    if len(with_lesion):
+        without = without[torch.randperm(len(without), generator=generator)[: len(with_lesion)]]
+    chosen = torch.cat([with_lesion, without])
+    return chosen[torch.randperm(len(chosen), generator=generator)]
+
+
 def train_prior(data: TrainingSlices, settings: PriorTraining, seed: int = 0) -> LungPriorNet:
-    """Fit the network to the slices (Adam, random left/right mirroring); deterministic on CPU."""
+    """Fit the network to the slices (Adam, lesion-focused epochs, random left/right mirroring);
+    deterministic on CPU."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = LungPriorNet(settings.channels)
@@ -158,7 +174,7 @@ def train_prior(data: TrainingSlices, settings: PriorTraining, seed: int = 0) ->
     lesions = torch.from_numpy(data.lesions)
     model.train()
     for epoch in range(settings.epochs):
-        order = torch.randperm(len(inputs), generator=generator)
+        order = epoch_slices(lesions, generator)
         total = 0.0
         for start in range(0, len(order), settings.batch_size):
             batch = order[start : start + settings.batch_size]
@@ -180,5 +196,5 @@ def build_prior(settings: PriorTraining, ingest: IngestSettings, classes: tuple[
     data = training_set(settings, ingest, classes, jobs)
     log.info("training the lung prior on %d slices", len(data.inputs))
     model = train_prior(data, settings)
-    trained_on = {"seed": settings.seed, "patients": len(training_plans(settings, classes)), "slices": len(data.inputs)}
+    trained_on = {"seeds": settings.seeds, "patients": len(training_plans(settings, classes)), "slices": len(data.inputs)}
     save_prior(model, settings.size, output, trained_on)
