@@ -2,16 +2,18 @@
 
 Each cohort is generated (12 patients per class by default), ingested, and run through the lungs
 stage with the default settings: the threshold method completed by the learned lung prior, with
-its lesion margin. The prior is trained first, as rule train_lung_prior would, on the
-development cohorts' plans (seed 2020, synthetic and on normal001), unless `--prior` gives weights trained so; `--work` keeps the
-generated cohorts and the prior for a later run. Per patient: Dice of the mask against the truth lungs, the share
-of the truth lesion volume inside the mask, the left/right volume ratio minus the truth's, and
-the lung QC's warnings and reasons; per cohort, how many failed masks the QC flags, and how many
-good ones. Development cohorts are the ones settings (QC limits included) were chosen on;
-evaluation cohorts use seeds fixed below that no setting was chosen on, and their figures are
-the ones to quote. On a real normal background (COVID-CT-MD normal001) the truth lungs are the
-classical method's own mask of the clean scan, so Dice there measures how far inserted lesions
-move the mask, not anatomical accuracy. Also prints the three real scans' lung volumes.
+its lesion margin. The prior is trained first, as rule train_lung_prior would, on its configured
+seeds' plans (synthetic and on normal001), unless `--prior` gives weights trained so; `--work`
+keeps the generated cohorts and the prior for a later run. Per patient: Dice of the mask against
+the truth lungs, the share of the truth lesion volume inside the mask, the left/right volume ratio
+minus the truth's, and the lung QC's warnings and reasons; per cohort, how many failed masks the
+QC flags, and how many good ones. Development cohorts are the ones settings (QC limits and the
+prior's recipe included) were chosen on: seed 2020, and 7301-7303, which were evaluation cohorts
+until choices were made on them; evaluation cohorts use seeds fixed below that no setting was
+chosen on, and their figures are the ones to quote. On a real normal background (COVID-CT-MD
+normal001) the truth lungs are the classical method's own mask of the clean scan, so Dice there
+measures how far inserted lesions move the mask, not anatomical accuracy. Also prints the three
+real scans' lung volumes.
 
 Targets (issue 27, evaluation cohorts): mean Dice >= 0.97, min >= 0.95; lesion volume inside
 >= 0.95 for every lesion patient; |left/right ratio error| <= 0.1 for every patient.
@@ -47,8 +49,14 @@ NORMAL = DATA / "covid-ct-md" / "normal001"
 # (name, background, seed). Development: what settings were chosen on. Evaluation: never used
 # while choosing; fixed here before they were first run.
 COHORTS = {
-    "development": [("synthetic 2020", None, 2020), ("normal001 2020", NORMAL, 2020)],
-    "evaluation": [("synthetic 7301", None, 7301), ("synthetic 7302", None, 7302), ("normal001 7303", NORMAL, 7303)],
+    "development": [
+        ("synthetic 2020", None, 2020),
+        ("normal001 2020", NORMAL, 2020),
+        ("synthetic 7301", None, 7301),
+        ("synthetic 7302", None, 7302),
+        ("normal001 7303", NORMAL, 7303),
+    ],
+    "evaluation": [("synthetic 7401", None, 7401), ("synthetic 7402", None, 7402), ("normal001 7403", NORMAL, 7403)],
 }
 _BACKGROUNDS: dict = {}
 
@@ -132,10 +140,10 @@ def real_scans(config: dict, prior: Path) -> None:
 
 
 def development_prior(config: dict, path: Path, jobs: int) -> Path:
-    """The lung prior as rule train_lung_prior makes it, on the development plans (seed 2020)
-    with normal001 as the real background; kept at `path` for a later run."""
+    """The lung prior as rule train_lung_prior makes it from the default config, with normal001 as
+    the real background; kept at `path` for a later run."""
     if not path.exists():
-        settings = replace(PriorTraining.from_config(config["lungs"]["prior"]["train"]), seed=2020, background=str(NORMAL))
+        settings = replace(PriorTraining.from_config(config["lungs"]["prior"]["train"]), background=str(NORMAL))
         build_prior(settings, IngestSettings.from_config(config["ingest"]), tuple(config["classes"]), path, jobs)
     print(f"lung prior: {path}, trained on {load_prior_record(path)}")
     return path
@@ -146,7 +154,7 @@ def main() -> int:
     parser.add_argument("--patients-per-class", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cohorts", nargs="+", choices=sorted(COHORTS), default=sorted(COHORTS))
-    parser.add_argument("--prior", type=Path, help="the lung prior's weights, trained on the development plans")
+    parser.add_argument("--prior", type=Path, help="the lung prior's weights, trained as development_prior does")
     parser.add_argument("--work", type=Path, help="keep the cohorts and the prior here (default: a temporary folder)")
     args = parser.parse_args()
     config = load_config()
