@@ -211,7 +211,7 @@ def test_bronchogram_joined_to_the_lung_is_an_island_in_dense_tissue():
 def test_fast_morphology_matches_scipy():
     from scipy import ndimage
 
-    from lungcam.lungs.threshold import _square_dilation, _square_opening, slice_holes
+    from lungcam.lungs.threshold import slice_holes, square_dilation, square_opening
 
     rng = np.random.default_rng(5)
     for _ in range(3):
@@ -220,8 +220,8 @@ def test_fast_morphology_matches_scipy():
         assert expected.any() and np.array_equal(slice_holes(mask), expected)
         for width in (3, 5):
             square = np.ones((1, width, width), bool)
-            assert np.array_equal(_square_opening(mask, width), ndimage.binary_opening(mask, square))
-            assert np.array_equal(_square_dilation(mask, width), ndimage.binary_dilation(mask, square))
+            assert np.array_equal(square_opening(mask, width), ndimage.binary_opening(mask, square))
+            assert np.array_equal(square_dilation(mask, width), ndimage.binary_dilation(mask, square))
 
 
 def test_touching_lungs_are_split_at_the_narrowest_contact():

@@ -18,7 +18,6 @@ from scipy import ndimage
 
 from lungcam.core.config import settings_from
 from lungcam.core.geometry import crop_box
-from lungcam.lungs.prior import resized_labels
 from lungcam.lungs.threshold import WORKING_MM, working_grid
 
 DENSE_HU = -300.0  # denser than this (mean of 3 x 3 pixels) inside the mask: lesion or vessel
@@ -55,7 +54,7 @@ def add_lesion_margin(
 ) -> np.ndarray:
     """`labels` (z, y, x; 1 right, 2 left) with each dense region's margin added, same side.
 
-    `lung_prior`: the learned prior's labels on its own grid (lungcam.lungs.prior); then only the
+    `lung_prior`: the learned prior's labels on the same grid (lungcam.lungs.prior); then only the
     part of a dense region that the prior calls lung gets a margin, so that tissue the mask took
     beyond the lung (heart, liver) is not extended further. The dense regions and their margins
     are found on the lungs' working grid (about WORKING_MM per pixel); what the margin takes is
@@ -70,7 +69,7 @@ def add_lesion_margin(
     dense = (small > 0) & (ndimage.uniform_filter(small_hu, size=(1, 3, 3)) > DENSE_HU)
     core = ndimage.binary_opening(dense, _disk(settings.core_mm / 2, working))
     if lung_prior is not None:
-        core &= working_grid(part_hu, resized_labels(lung_prior, labels.shape[1:])[box], spacing)[1] > 0
+        core &= working_grid(part_hu, lung_prior[box], spacing)[1] > 0
     if not core.any():
         return labels
     refined = labels.copy()

@@ -7,8 +7,8 @@ so it has learnt the lungs' shape rather than their density. `refine` adds to th
 labels the prior's regions that touch them: the classical boundary stays where it is, and
 whatever the prior adds keeps the prior's side (1 = right, 2 = left).
 
-Slices are windowed to [-1000, 300] HU and resized to `size` x `size` pixels; the prior's labels
-stay on that grid, and only what `refine` adds is resized back to the scan's grid.
+Slices are windowed to [-1000, 300] HU and resized to `size` x `size` pixels for the network;
+its class scores are resized back to the scan's grid.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn import functional
 
 from lungcam.core.config import settings_from
+from lungcam.core.geometry import crop_box
+from lungcam.lungs.threshold import square_opening
 
 WINDOW_HU = (-1000.0, 300.0)
 CLASSES = 3  # background, right lung, left lung
@@ -39,6 +41,7 @@ class PriorSettings:
 
     use: bool
     weights: str
+    min_log_odds: float
     min_width_mm: float
 
     @classmethod
@@ -129,46 +132,44 @@ def trained_on(path: Path | str) -> dict:
 
 
 @torch.inference_mode()
-def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, batch: int = 8) -> np.ndarray:
-    """Prior labels (0, 1 = right, 2 = left) of a (z, y, x) HU volume, (z, size, size).
+def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, min_log_odds: float = 0.0, batch: int = 8) -> np.ndarray:
+    """Prior labels (0, 1 = right, 2 = left) of a (z, y, x) HU volume, on the scan's own grid.
 
-    Channels-last memory (the model is moved to it) and small batches run the CPU's convolutions
-    fastest; numpy's argmax over the classes is faster than torch's."""
+    A voxel is lung where the log-odds of its likelier side against background exceed
+    `min_log_odds`: training weighs lesion pixels heavily, which pushes the prior's outline out
+    into the tissue around a consolidation, and a positive margin pulls it back. The class scores
+    are resized bilinearly from the network's grid to the scan's pixels first, so that the
+    outline is as fine as the scan's. Channels-last memory and small batches run the CPU's
+    convolutions fastest."""
     model = model.to(memory_format=torch.channels_last)
-    return np.concatenate(
-        [
-            model(windowed(hu_lps[k : k + batch], size).contiguous(memory_format=torch.channels_last))
-            .numpy()
-            .argmax(axis=1)
-            .astype(np.uint8)
-            for k in range(0, len(hu_lps), batch)
-        ]
-    )
+    labels = np.empty(hu_lps.shape, np.uint8)
+    for k in range(0, len(hu_lps), batch):
+        scores = model(windowed(hu_lps[k : k + batch], size).contiguous(memory_format=torch.channels_last))
+        scores = functional.interpolate(scores, size=hu_lps.shape[1:], mode="bilinear", align_corners=False).numpy()
+        background, right, left = scores[:, 0], scores[:, 1], scores[:, 2]
+        side = np.where(right >= left, 1, 2).astype(np.uint8)
+        labels[k : k + batch] = np.where(np.maximum(right, left) - background > min_log_odds, side, 0)
+    return labels
 
 
 def refine(labels: np.ndarray, prior: np.ndarray, spacing, min_width_mm: float) -> np.ndarray:
     """The classical labels plus the prior's regions that touch them, with the prior's side.
 
-    Done on the prior's coarser grid, where the labels are resized to: only what is at least
-    `min_width_mm` wide in-plane is added (an opening with a square of an odd number of pixels
-    that wide), as the prior's outline leaves a thin rim around every lung that is not lung the
-    classical method missed. What is added is resized back to the scan's grid, into voxels the
-    classical labels leave empty."""
-    coarse = resized_labels(labels, prior.shape[1:])
-    pixel_mm = [s * n / m for s, n, m in zip(spacing[1:], labels.shape[1:], prior.shape[1:])]
-    extra = (prior > 0) & (coarse == 0)
-    width = (1, *(2 * round(min_width_mm / p / 2) + 1 for p in pixel_mm))
-    extra &= ndimage.maximum_filter(ndimage.minimum_filter(extra, size=width), size=width)
+    `prior` is on the labels' grid (predict_prior). Only what is at least `min_width_mm` wide
+    in-plane is added (an opening with a square of an odd number of pixels that wide): the
+    prior's outline strays a little from every lung's boundary, a thin rim that is not lung the
+    classical method missed. Voxels the classical labels hold keep their label."""
+    extra = (prior > 0) & (labels == 0)
+    if not extra.any():
+        return labels
+    width = 2 * round(min_width_mm / spacing[1] / 2) + 1
+    box = crop_box(extra, (1, width + 1, width + 1))
+    extra = square_opening(extra[box], width)
     regions, _ = ndimage.label(extra)
-    touching = np.unique(regions[ndimage.binary_dilation(coarse > 0) & extra])
-    added = np.where(np.isin(regions, touching[touching > 0]), prior, 0)
-    slices = np.flatnonzero(added.any(axis=(1, 2)))
-    if not slices.size:
+    touching = np.unique(regions[ndimage.binary_dilation(labels[box] > 0) & extra])
+    added = np.isin(regions, touching[touching > 0])
+    if not added.any():
         return labels
     refined = labels.copy()
-    fine = resized_labels(added[slices], labels.shape[1:])
-    part = refined[slices]
-    empty = (part == 0) & (fine > 0)
-    part[empty] = fine[empty]
-    refined[slices] = part
+    refined[box][added] = prior[box][added]
     return refined

@@ -63,7 +63,7 @@ def segment(
     lung_prior = None
     if prior is not None:
         model, size = load_prior(prior)
-        lung_prior = predict_prior(hu_lps, model, size)
+        lung_prior = predict_prior(hu_lps, model, size, settings.prior.min_log_odds)
         refined = refine(labels, lung_prior, spacing, settings.prior.min_width_mm)
         log.info("the learned lung prior added %.1f mL to the classical mask", ((refined > 0) & (labels == 0)).sum() * voxel_ml)
         labels = refined

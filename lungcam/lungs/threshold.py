@@ -98,13 +98,13 @@ def working_grid(hu: np.ndarray, labels: np.ndarray, spacing) -> tuple[np.ndarra
     )
 
 
-def _square_dilation(mask: np.ndarray, width: int) -> np.ndarray:
+def square_dilation(mask: np.ndarray, width: int) -> np.ndarray:
     """In-plane binary dilation with a `width` x `width` square (odd): a separable maximum filter,
     faster than binary_dilation for the same result."""
     return ndimage.maximum_filter(mask.view(np.uint8), size=(1, width, width), mode="constant", cval=0).view(bool)
 
 
-def _square_opening(mask: np.ndarray, width: int) -> np.ndarray:
+def square_opening(mask: np.ndarray, width: int) -> np.ndarray:
     """In-plane binary opening with a `width` x `width` square (odd), outside the array counting
     as background (binary_opening's default), by separable minimum and maximum filters."""
     eroded = ndimage.minimum_filter(mask.view(np.uint8), size=(1, width, width), mode="constant", cval=0)
@@ -141,7 +141,7 @@ def body_mask(hu: np.ndarray, threshold: float, spacing: tuple[float, float, flo
     would break a thin chest wall and open the body outline.
     """
     dense = hu > threshold
-    dense = _square_opening(dense, 2 * _pixels(1.5, spacing) + 1)
+    dense = square_opening(dense, 2 * _pixels(1.5, spacing) + 1)
     parts = _largest_components(dense, 1)
     if not parts:
         return np.zeros(hu.shape, bool)
@@ -618,8 +618,8 @@ def _grow_consolidation(
     level, band = density
     rim = _pixels(3.0, spacing)
     uniform = bold & (np.abs(smooth - level) <= band)
-    components, ids = _touching(_square_opening(uniform, speck_width) | bronchograms, aerated | found, rim)
-    consolidated = _square_dilation(np.isin(components, ids), speck_width) & (uniform | bronchograms)
+    components, ids = _touching(square_opening(uniform, speck_width) | bronchograms, aerated | found, rim)
+    consolidated = square_dilation(np.isin(components, ids), speck_width) & (uniform | bronchograms)
     shell = ndimage.binary_dilation(consolidated, iterations=rim) & bold & (smooth <= level + band)
     return consolidated | shell
 
@@ -648,7 +648,7 @@ def add_dense_lung(
     rim = _pixels(3.0, spacing)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     solid = smooth >= settings.lung_hu
-    loose_air = body & ~solid & ~_square_dilation(labels > 0, 2 * rim + 1)
+    loose_air = body & ~solid & ~square_dilation(labels > 0, 2 * rim + 1)
     mid_x = np.argwhere(body[body.shape[0] // 2])[:, 1].mean() if body[body.shape[0] // 2].any() else hu.shape[2] / 2
     medials = {side: _medial_boundary(lungs[side], side, mid_x, spacing, settings.bridge_mm) for side in (1, 2)}
     speck_width = 2 * _pixels(settings.speck_mm, spacing) + 1
@@ -675,8 +675,8 @@ def add_dense_lung(
             medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         envelope = height & cage & beyond_medial
         bold = height_bold & cage_bold
-        components, ids = _touching(_square_opening(dense & envelope, speck_width), aerated)
-        keep = _square_dilation(np.isin(components, ids), speck_width) & dense & envelope  # restore the rim
+        components, ids = _touching(square_opening(dense & envelope, speck_width), aerated)
+        keep = square_dilation(np.isin(components, ids), speck_width) & dense & envelope  # restore the rim
         inside_bold = bold & beyond_medial
         islands = _enclosed_air(aerated, inside_bold & solid, spacing)
         bronchograms = _tubes((loose_air | islands) & inside_bold, spacing)
@@ -782,7 +782,7 @@ def _segment(hu: np.ndarray, spacing: tuple[float, float, float], settings: Thre
     air = ndimage.binary_opening(air, structure=np.ones((1, 2, 2), bool))
     # The airway wall's partial-volume ring must go too, or hole filling brings the lumen back.
     smooth = ndimage.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])  # 1 mm: noise makes specks, not tubes
-    airways = _square_dilation(airway_mask(smooth, air, spacing, settings.airway_hu), 5)
+    airways = square_dilation(airway_mask(smooth, air, spacing, settings.airway_hu), 5)
     parts = _largest_components(air & ~airways, 2)
     parts = [p for p in parts if p.sum() >= 0.05 * parts[0].sum()] if parts else []
     lungs = np.logical_or.reduce(parts) if parts else np.zeros(hu.shape, bool)
