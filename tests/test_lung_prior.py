@@ -134,11 +134,11 @@ def test_each_epoch_sees_every_lesion_slice_and_as_many_others():
     lesions = torch.zeros((10, 4, 4), dtype=torch.bool)
     lesions[[1, 4, 7], 2, 2] = True
     generator = torch.Generator().manual_seed(0)
-    epochs = [epoch_slices(lesions, generator).tolist() for _ in range(4)]
+    epochs = [epoch_slices(lesions.any(dim=(1, 2)), generator).tolist() for _ in range(4)]
     for chosen in epochs:
         assert len(chosen) == len(set(chosen)) == 6 and {1, 4, 7} <= set(chosen)
     assert len({tuple(sorted(chosen)) for chosen in epochs}) > 1  # the lesion-free ones are drawn anew
-    assert sorted(epoch_slices(torch.zeros((5, 4, 4), dtype=torch.bool), generator).tolist()) == list(range(5))
+    assert sorted(epoch_slices(torch.zeros(5, dtype=torch.bool), generator).tolist()) == list(range(5))
 
 
 def test_training_plans_are_one_cohort_per_seed_and_background(tiny):

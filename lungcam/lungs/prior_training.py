@@ -150,10 +150,9 @@ def _flipped(inputs: torch.Tensor, targets: torch.Tensor, lesions: torch.Tensor)
     return inputs.flip(-1), swapped, lesions.flip(-1)
 
 
-def epoch_slices(lesions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One epoch's slices in random order: every slice with a lesion and as many lesion-free ones
-    drawn at random (all slices when none has a lesion)."""
-    has_lesion = lesions.any(dim=(1, 2))
+def epoch_slices(has_lesion: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's slices in random order: every slice with a lesion (`has_lesion`, per slice)
+    and as many lesion-free ones drawn at random (all slices when none has a lesion)."""
     with_lesion, without = torch.nonzero(has_lesion)[:, 0], torch.nonzero(~has_lesion)[:, 0]
     if len(with_lesion):
         without = without[torch.randperm(len(without), generator=generator)[: len(with_lesion)]]
@@ -172,9 +171,10 @@ def train_prior(data: TrainingSlices, settings: PriorTraining, seed: int = 0) ->
     inputs = torch.from_numpy(data.inputs)
     targets = torch.from_numpy(data.targets.astype(np.int64))
     lesions = torch.from_numpy(data.lesions)
+    has_lesion = lesions.any(dim=(1, 2))
     model.train()
     for epoch in range(settings.epochs):
-        order = epoch_slices(lesions, generator)
+        order = epoch_slices(has_lesion, generator)
         total = 0.0
         for start in range(0, len(order), settings.batch_size):
             batch = order[start : start + settings.batch_size]
