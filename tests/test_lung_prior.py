@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional
 
 from lungcam.core.records import read_record
 from lungcam.ingest.stage import VOLUME_NAME, ingest_patient
@@ -20,6 +21,7 @@ from lungcam.lungs.prior import (
     refine,
     save_prior,
     trained_on,
+    windowed,
 )
 from lungcam.lungs.prior_training import PriorTraining, case_slices, epoch_slices, train_prior, training_plans, training_slices
 from lungcam.lungs.stage import LungSettings, run_lungs, segment
@@ -72,6 +74,22 @@ def test_the_prior_labels_the_scan_grid_where_lung_is_likelier_by_the_margin():
     for margin, expected in ((0.0, 1), (1.5, 1), (2.5, 0)):
         labels = predict_prior(hu, model.eval(), 32, margin)
         assert labels.shape == hu.shape and (labels == expected).all()
+
+
+def test_the_prior_resized_near_its_lungs_only_matches_the_whole_grid():
+    torch.manual_seed(0)
+    model = LungPriorNet(4).eval()
+    hu = np.random.default_rng(0).uniform(-1000, 200, (5, 45, 70))
+    with torch.inference_mode():
+        scores = model(windowed(hu, 32))
+        whole = functional.interpolate(scores, size=hu.shape[1:], mode="bilinear", align_corners=False).numpy()
+        coarse = (torch.maximum(scores[:, 1], scores[:, 2]) - scores[:, 0]).numpy()
+    margin = float(np.quantile(coarse, 0.97))  # lung in a few patches of the network's grid
+    lung = np.maximum(whole[:, 1], whole[:, 2]) - whole[:, 0] > margin
+    expected = np.where(lung, np.where(whole[:, 1] >= whole[:, 2], 1, 2), 0)
+    labels = predict_prior(hu, model, 32, margin, batch=2)
+    assert 0 < (expected > 0).mean() < 0.2
+    assert (labels == expected).all()
 
 
 def test_case_slices_hold_the_lungs_with_lesions_on_their_sides(tmp_path, ingest_settings, tiny):

@@ -131,6 +131,20 @@ def trained_on(path: Path | str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["trained_on"]
 
 
+def _fine_span(coarse: np.ndarray, fine_size: int) -> slice:
+    """The scan pixels along one axis whose bilinear sources (align_corners=False) include one of
+    the network grid's pixels where `coarse` is true; empty when none is."""
+    present = np.nonzero(coarse)[0]
+    if not len(present):
+        return slice(0, 0)
+    source = np.clip((np.arange(fine_size) + 0.5) * len(coarse) / fine_size - 0.5, 0, None)
+    low = np.minimum(np.floor(source).astype(int), len(coarse) - 1)
+    high = np.minimum(low + 1, len(coarse) - 1)
+    near = ((low >= present[0]) & (low <= present[-1])) | ((high >= present[0]) & (high <= present[-1]))
+    inside = np.nonzero(near)[0]
+    return slice(int(inside[0]), int(inside[-1]) + 1)
+
+
 @torch.inference_mode()
 def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, min_log_odds: float = 0.0, batch: int = 8) -> np.ndarray:
     """Prior labels (0, 1 = right, 2 = left) of a (z, y, x) HU volume, on the scan's own grid.
@@ -139,16 +153,28 @@ def predict_prior(hu_lps: np.ndarray, model: LungPriorNet, size: int, min_log_od
     `min_log_odds`: training weighs lesion pixels heavily, which pushes the prior's outline out
     into the tissue around a consolidation, and a positive margin pulls it back. The class scores
     are resized bilinearly from the network's grid to the scan's pixels first, so that the
-    outline is as fine as the scan's. Channels-last memory and small batches run the CPU's
-    convolutions fastest."""
+    outline is as fine as the scan's. That resizing is done only over the scan pixels whose
+    network-grid neighbours hold lung: the log-odds of a resized pixel is at most the weighted
+    mean of theirs, so no pixel outside can be lung. Channels-last memory and small batches run
+    the CPU's convolutions fastest."""
     model = model.to(memory_format=torch.channels_last)
-    labels = np.empty(hu_lps.shape, np.uint8)
+    labels = np.zeros(hu_lps.shape, np.uint8)
+    height, width = hu_lps.shape[1:]
     for k in range(0, len(hu_lps), batch):
-        scores = model(windowed(hu_lps[k : k + batch], size).contiguous(memory_format=torch.channels_last))
-        scores = functional.interpolate(scores, size=hu_lps.shape[1:], mode="bilinear", align_corners=False).numpy()
-        background, right, left = scores[:, 0], scores[:, 1], scores[:, 2]
+        scores = model(windowed(hu_lps[k : k + batch], size).contiguous(memory_format=torch.channels_last)).contiguous()
+        coarse = (torch.maximum(scores[:, 1], scores[:, 2]) - scores[:, 0] > min_log_odds).any(dim=0).numpy()
+        rows, columns = _fine_span(coarse.any(axis=1), height), _fine_span(coarse.any(axis=0), width)
+        if rows.stop == rows.start or columns.stop == columns.start:
+            continue
+        # grid_sample's normalised coordinate of scan pixel i is (2i + 1) / n - 1, whatever the
+        # network's size: the same sampling points as interpolate(align_corners=False).
+        ys = (2 * torch.arange(rows.start, rows.stop, dtype=torch.float32) + 1) / height - 1
+        xs = (2 * torch.arange(columns.start, columns.stop, dtype=torch.float32) + 1) / width - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).expand(len(scores), -1, -1, -1)
+        fine = functional.grid_sample(scores, grid, mode="bilinear", padding_mode="border", align_corners=False).numpy()
+        background, right, left = fine[:, 0], fine[:, 1], fine[:, 2]
         side = np.where(right >= left, 1, 2).astype(np.uint8)
-        labels[k : k + batch] = np.where(np.maximum(right, left) - background > min_log_odds, side, 0)
+        labels[k : k + batch, rows, columns] = np.where(np.maximum(right, left) - background > min_log_odds, side, 0)
     return labels
 
 
