@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from lungcam.core.config import settings_from
 from lungcam.core.geometry import crop_box
-from lungcam.lungs.threshold import square_opening
+from lungcam.lungs.threshold import square_dilation
 
 WINDOW_HU = (-1000.0, 300.0)
 CLASSES = 3  # background, right lung, left lung
@@ -190,12 +190,20 @@ def refine(labels: np.ndarray, prior: np.ndarray, spacing, min_width_mm: float) 
         return labels
     width = 2 * round(min_width_mm / spacing[1] / 2) + 1
     box = crop_box(extra, (1, width + 1, width + 1))
-    extra = square_opening(extra[box], width)
-    regions, _ = ndimage.label(extra)
-    touching = np.unique(regions[ndimage.binary_dilation(labels[box] > 0) & extra])
-    added = np.isin(regions, touching[touching > 0])
+    cores = ndimage.minimum_filter(extra[box].view(np.uint8), size=(1, width, width), mode="constant", cval=0)
+    if not cores.any():
+        return labels
+    # The opening's dilation and the rest run on the box around what survived the erosion,
+    # which is far smaller than the box around the prior's whole stray rim.
+    inner = crop_box(cores, (1, width + 1, width + 1))
+    near = tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(box, inner))
+    opened = square_dilation(cores[inner].view(bool), width)
+    lungs = labels[near] > 0
+    components, _ = ndimage.label(opened | lungs)
+    touching = np.unique(components[lungs])
+    added = opened & np.isin(components, touching[touching > 0])
     if not added.any():
         return labels
     refined = labels.copy()
-    refined[box][added] = prior[box][added]
+    refined[near][added] = prior[near][added]
     return refined
