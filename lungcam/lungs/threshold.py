@@ -493,13 +493,27 @@ def _height_limits(own: tuple, other: tuple, depth: int, mid_x: float, spacing) 
     return cautious, bold
 
 
-def _touching(candidates: np.ndarray, aerated: np.ndarray, reach: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of `candidates` and the ids of those within `reach` voxels of `aerated`."""
-    components, n = ndimage.label(candidates)
-    if n == 0:
-        return components, np.zeros(0, int)
-    ids = np.unique(components[ndimage.binary_dilation(aerated, iterations=reach) & candidates])
-    return components, ids[ids > 0]
+def _touching(candidates: np.ndarray, aerated: np.ndarray, reach: int = 1) -> np.ndarray:
+    """The connected pieces of `candidates` that come within `reach` voxels of `aerated`, found in
+    the box around `candidates` (which holds every aerated voxel they can reach)."""
+    found = np.zeros(candidates.shape, bool)
+    if not candidates.any():
+        return found
+    box = crop_box(candidates, reach)
+    pieces, _ = ndimage.label(candidates[box])
+    ids = np.unique(pieces[ndimage.binary_dilation(aerated[box], iterations=reach) & candidates[box]])
+    found[box] = np.isin(pieces, ids[ids > 0])
+    return found
+
+
+def _dilated(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """binary_dilation(mask, iterations=...), computed in the box around `mask`, the only place
+    it can reach."""
+    grown = np.zeros(mask.shape, bool)
+    if mask.any():
+        box = crop_box(mask, iterations)
+        grown[box] = ndimage.binary_dilation(mask[box], iterations=iterations)
+    return grown
 
 
 def _tubes(air: np.ndarray, spacing) -> np.ndarray:
@@ -554,8 +568,8 @@ def _enclosed_air(aerated: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray
 def _bronchogram_walls(bronchograms: np.ndarray, dense: np.ndarray, spacing) -> np.ndarray:
     """The consolidation around air bronchograms, 3 to 6 mm from them (clear of the lumen's blur)."""
     step = _pixels(3.0, spacing)
-    near = ndimage.binary_dilation(bronchograms, iterations=step)
-    return ndimage.binary_dilation(near, iterations=step) & ~near & dense
+    near = _dilated(bronchograms, step)
+    return _dilated(near, step) & ~near & dense
 
 
 def _density_band(smooth: np.ndarray, region: np.ndarray) -> tuple[float, float]:
@@ -582,13 +596,15 @@ def _consolidation_density(
         walls = _bronchogram_walls(bronchograms, bold, spacing)
         if walls.any():
             return _density_band(smooth, walls)
-    rim = _pixels(3.0, spacing)
-    cores, n = ndimage.label(_inplane_depth(found) > rim)
+    if not found.any():
+        return None
+    box = crop_box(found, (0, 1, 1))  # in-plane depth counts the box's edge as outside: still outside `found`
+    cores, n = ndimage.label(_inplane_depth(found[box]) > _pixels(3.0, spacing))
     if n:
         sizes = np.bincount(cores.ravel())[1:] * voxel_ml
         largest = np.argmax(sizes)
         if sizes[largest] >= settings.consolidation_ml:
-            level, band = _density_band(smooth, cores == largest + 1)
+            level, band = _density_band(smooth[box], cores == largest + 1)
             if band <= 3.0 * UNIFORM_SD_HU:
                 return level, band
     return None
@@ -618,9 +634,9 @@ def _grow_consolidation(
     level, band = density
     rim = _pixels(3.0, spacing)
     uniform = bold & (np.abs(smooth - level) <= band)
-    components, ids = _touching(square_opening(uniform, speck_width) | bronchograms, aerated | found, rim)
-    consolidated = square_dilation(np.isin(components, ids), speck_width) & (uniform | bronchograms)
-    shell = ndimage.binary_dilation(consolidated, iterations=rim) & bold & (smooth <= level + band)
+    touching = _touching(square_opening(uniform, speck_width) | bronchograms, aerated | found, rim)
+    consolidated = square_dilation(touching, speck_width) & (uniform | bronchograms)
+    shell = _dilated(consolidated, rim) & bold & (smooth <= level + band)
     return consolidated | shell
 
 
@@ -675,8 +691,8 @@ def add_dense_lung(
             medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         envelope = height & cage & beyond_medial
         bold = height_bold & cage_bold
-        components, ids = _touching(square_opening(dense & envelope, speck_width), aerated)
-        keep = square_dilation(np.isin(components, ids), speck_width) & dense & envelope  # restore the rim
+        keep = square_dilation(_touching(square_opening(dense & envelope, speck_width), aerated), speck_width)
+        keep &= dense & envelope  # the opening's rim restored
         inside_bold = bold & beyond_medial
         islands = _enclosed_air(aerated, inside_bold & solid, spacing)
         bronchograms = _tubes((loose_air | islands) & inside_bold, spacing)
@@ -689,7 +705,7 @@ def add_dense_lung(
         grown = _grow_consolidation(
             smooth, bronchograms, aerated, keep, bold if shows_below else bold & ~below, speck_width, spacing, settings
         )
-        if not shows_below and (ndimage.binary_dilation(grown, iterations=rim) & bold & below).sum() * voxel_ml >= BASE_CONTACT_ML:
+        if not shows_below and (_dilated(grown, rim) & bold & below).sum() * voxel_ml >= BASE_CONTACT_ML:
             grown = _grow_consolidation(smooth, bronchograms, aerated, keep, bold, speck_width, spacing, settings)
         keep |= grown
         out[keep & (out == 0)] = side
@@ -725,6 +741,11 @@ def fill_holes(labels: np.ndarray, spacing, small_hole_cm2: float) -> np.ndarray
     small_px = small_hole_cm2 * 100.0 / (spacing[1] * spacing[2])
     for side in (1, 2):
         mask = labels == side
+        if not mask.any():
+            continue
+        # The lung's box and one voxel more: its holes and the slices just beyond its ends.
+        box = crop_box(mask, 1)
+        mask, out = mask[box], filled[box]
         holes = slice_holes(mask)
         large = np.zeros(mask.shape, bool)
         for k in np.nonzero(holes.any(axis=(1, 2)))[0]:
@@ -734,7 +755,7 @@ def fill_holes(labels: np.ndarray, spacing, small_hole_cm2: float) -> np.ndarray
         depth = mask.shape[0]
         opened = _open_holes(mask, holes, range(depth)) | _open_holes(mask, holes, range(depth - 1, -1, -1))
         fill = holes & ~(large & opened)
-        filled[fill & (filled == 0)] = side
+        out[fill & (out == 0)] = side
     return filled
 
 
