@@ -95,7 +95,7 @@ def _shape_figures(labels: np.ndarray, spacing) -> dict:
         mask = labels == side
         area = mask.sum(axis=(1, 2)).astype(float)
         z = np.nonzero(area)[0]
-        figures[f"{name}_components"] = int(ndimage.label(mask)[1])
+        figures[f"{name}_components"] = int(ndimage.label(mask[crop_box(mask, 1)])[1]) if z.size else 0
         figures[f"{name}_z_extent_mm"] = round(float((z[-1] - z[0] + 1) * spacing[0]), 1) if z.size else 0.0
         if not z.size:
             continue
@@ -111,8 +111,10 @@ def _shape_figures(labels: np.ndarray, spacing) -> dict:
 
 def _largest_ml(mask: np.ndarray, spacing) -> float:
     """Volume (mL) of the largest connected region of `mask`, 0 when it is empty."""
-    pieces, n = ndimage.label(mask)
-    return float(np.bincount(pieces.ravel())[1:].max()) * float(np.prod(spacing)) / 1000.0 if n else 0.0
+    if not mask.any():
+        return 0.0
+    pieces, _ = ndimage.label(mask[crop_box(mask, 0)])
+    return float(np.bincount(pieces.ravel())[1:].max()) * float(np.prod(spacing)) / 1000.0
 
 
 def _base_gas_ml(smooth: np.ndarray, mask: np.ndarray, spacing) -> float:
