@@ -24,7 +24,7 @@ from torch.nn import functional
 
 from lungcam.core.config import settings_from
 from lungcam.core.geometry import crop_box
-from lungcam.lungs.threshold import square_dilation
+from lungcam.lungs.threshold import square_dilation, touching
 
 WINDOW_HU = (-1000.0, 300.0)
 CLASSES = 3  # background, right lung, left lung
@@ -197,11 +197,7 @@ def refine(labels: np.ndarray, prior: np.ndarray, spacing, min_width_mm: float) 
     # which is far smaller than the box around the prior's whole stray rim.
     inner = crop_box(cores, (1, width + 1, width + 1))
     near = tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(box, inner))
-    opened = square_dilation(cores[inner].view(bool), width)
-    lungs = labels[near] > 0
-    components, _ = ndimage.label(opened | lungs)
-    touching = np.unique(components[lungs])
-    added = opened & np.isin(components, touching[touching > 0])
+    added = touching(square_dilation(cores[inner].view(bool), width), labels[near] > 0)
     if not added.any():
         return labels
     refined = labels.copy()

@@ -493,7 +493,7 @@ def _height_limits(own: tuple, other: tuple, depth: int, mid_x: float, spacing) 
     return cautious, bold
 
 
-def _touching(candidates: np.ndarray, aerated: np.ndarray, reach: int = 1) -> np.ndarray:
+def touching(candidates: np.ndarray, aerated: np.ndarray, reach: int = 1) -> np.ndarray:
     """The connected pieces of `candidates` that come within `reach` voxels of `aerated`, found in
     the box around `candidates` (which holds every aerated voxel they can reach)."""
     found = np.zeros(candidates.shape, bool)
@@ -634,8 +634,8 @@ def _grow_consolidation(
     level, band = density
     rim = _pixels(3.0, spacing)
     uniform = bold & (np.abs(smooth - level) <= band)
-    touching = _touching(square_opening(uniform, speck_width) | bronchograms, aerated | found, rim)
-    consolidated = square_dilation(touching, speck_width) & (uniform | bronchograms)
+    connected = touching(square_opening(uniform, speck_width) | bronchograms, aerated | found, rim)
+    consolidated = square_dilation(connected, speck_width) & (uniform | bronchograms)
     shell = _dilated(consolidated, rim) & bold & (smooth <= level + band)
     return consolidated | shell
 
@@ -691,7 +691,7 @@ def add_dense_lung(
             medial_bold = np.where(aerated.any(axis=2), medial, np.minimum(medial, medials[3 - side]))
         envelope = height & cage & beyond_medial
         bold = height_bold & cage_bold
-        keep = square_dilation(_touching(square_opening(dense & envelope, speck_width), aerated), speck_width)
+        keep = square_dilation(touching(square_opening(dense & envelope, speck_width), aerated), speck_width)
         keep &= dense & envelope  # the opening's rim restored
         inside_bold = bold & beyond_medial
         islands = _enclosed_air(aerated, inside_bold & solid, spacing)
