@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 from torch.nn import functional
 
 from lungcam.core.config import settings_from
 from lungcam.core.geometry import crop_box
-from lungcam.lungs.threshold import square_dilation, touching
+from lungcam.lungs.threshold import square_dilation, square_erosion, touching
 
 WINDOW_HU = (-1000.0, 300.0)
 CLASSES = 3  # background, right lung, left lung
@@ -190,14 +189,14 @@ def refine(labels: np.ndarray, prior: np.ndarray, spacing, min_width_mm: float) 
         return labels
     width = 2 * round(min_width_mm / spacing[1] / 2) + 1
     box = crop_box(extra, (1, width + 1, width + 1))
-    cores = ndimage.minimum_filter(extra[box].view(np.uint8), size=(1, width, width), mode="constant", cval=0)
+    cores = square_erosion(extra[box], width)
     if not cores.any():
         return labels
     # The opening's dilation and the rest run on the box around what survived the erosion,
     # which is far smaller than the box around the prior's whole stray rim.
     inner = crop_box(cores, (1, width + 1, width + 1))
     near = tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(box, inner))
-    added = touching(square_dilation(cores[inner].view(bool), width), labels[near] > 0)
+    added = touching(square_dilation(cores[inner], width), labels[near] > 0)
     if not added.any():
         return labels
     refined = labels.copy()

@@ -104,11 +104,16 @@ def square_dilation(mask: np.ndarray, width: int) -> np.ndarray:
     return ndimage.maximum_filter(mask.view(np.uint8), size=(1, width, width), mode="constant", cval=0).view(bool)
 
 
+def square_erosion(mask: np.ndarray, width: int) -> np.ndarray:
+    """In-plane binary erosion with a `width` x `width` square (odd), outside the array counting
+    as background (binary_erosion's default): a separable minimum filter."""
+    return ndimage.minimum_filter(mask.view(np.uint8), size=(1, width, width), mode="constant", cval=0).view(bool)
+
+
 def square_opening(mask: np.ndarray, width: int) -> np.ndarray:
     """In-plane binary opening with a `width` x `width` square (odd), outside the array counting
-    as background (binary_opening's default), by separable minimum and maximum filters."""
-    eroded = ndimage.minimum_filter(mask.view(np.uint8), size=(1, width, width), mode="constant", cval=0)
-    return ndimage.maximum_filter(eroded, size=(1, width, width), mode="constant", cval=0).view(bool)
+    as background (binary_opening's default)."""
+    return square_dilation(square_erosion(mask, width), width)
 
 
 def _largest_components(mask: np.ndarray, count: int, structure=None) -> list[np.ndarray]:
