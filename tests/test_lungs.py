@@ -240,6 +240,10 @@ def test_touching_lungs_are_split_at_the_narrowest_contact():
     labels = split_lungs(lungs, 30.0)
     assert (labels[:, :, :28][lungs[:, :, :28]] == 1).all() and (labels[:, :, 32:][lungs[:, :, 32:]] == 2).all()
     assert (labels[:, :, 28:30][lungs[:, :, 28:30]] == 1).all() and (labels[:, :, 30:32][lungs[:, :, 30:32]] == 2).all()
+    # Assigned on every second pixel: the cut may move by a block, nothing else changes.
+    coarse = split_lungs(lungs, 30.0, step=2)
+    assert ((coarse > 0) == lungs).all() and (coarse[:, :, :27][lungs[:, :, :27]] == 1).all()
+    assert (coarse[:, :, 33:][lungs[:, :, 33:]] == 2).all()
 
 
 # ---- lungmask -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from lungcam.core.config import settings_from
 from lungcam.core.geometry import crop_box
-from lungcam.lungs.threshold import WORKING_MM, working_grid
+from lungcam.lungs.threshold import WORKING_MM, on_fine_grid, working_grid
 
 DENSE_HU = -300.0  # denser than this (mean of 3 x 3 pixels) inside the mask: lesion or vessel
 TISSUE_HU = -500.0  # denser than this outside the mask: tissue the margin may take, not air
@@ -41,12 +41,6 @@ def _disk(radius_mm: float, spacing) -> np.ndarray:
     ry, rx = (radius_mm / s for s in spacing[1:])
     y, x = np.mgrid[-int(ry) : int(ry) + 1, -int(rx) : int(rx) + 1]
     return ((y / max(ry, 1e-6)) ** 2 + (x / max(rx, 1e-6)) ** 2 <= 1.0)[None]
-
-
-def _on_fine_grid(mask: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
-    """A mask of the working grid (every `factor`-th pixel) repeated back to `shape`."""
-    fine = mask.repeat(factor, axis=1).repeat(factor, axis=2)[:, : shape[1], : shape[2]]
-    return np.pad(fine, [(0, want - have) for want, have in zip(shape, fine.shape)], mode="edge")
 
 
 def add_lesion_margin(
@@ -78,5 +72,5 @@ def add_lesion_margin(
     footprint = _disk(settings.margin_mm, working)
     for side in (1, 2):
         grown = ndimage.binary_dilation(core & (small == side), footprint)
-        out[_on_fine_grid(grown, factor, part.shape) & tissue & (out == 0)] = side
+        out[on_fine_grid(grown, factor, part.shape) & tissue & (out == 0)] = side
     return refined

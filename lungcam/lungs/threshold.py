@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # the dome survives while dips narrower than 2*sqrt(depth/curvature) (73 mm for 40 mm) close.
 DOME_CURVATURE = 0.03
 WORKING_MM = 1.4  # in-plane resolution the segmentation runs at
+SPLIT_MM = 3.0  # in-plane resolution of the cut between touching lungs
 BASE_SHIFT_PERCENTILE = 25  # of the column-wise difference between a lung's base and the other's
 BRONCHOGRAM_MM = 20.0  # an air bronchogram is a tube at least this long,
 AIRWAY_RADIUS_MM = 5.0  # at most this wide (radius)
@@ -96,6 +97,13 @@ def working_grid(hu: np.ndarray, labels: np.ndarray, spacing) -> tuple[np.ndarra
         labels[:, start::factor, start::factor],
         (spacing[0], spacing[1] * factor, spacing[2] * factor),
     )
+
+
+def on_fine_grid(values: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
+    """`values` of a grid with one pixel per `factor` x `factor` block in plane (working_grid,
+    block means) repeated over its block, back to `shape`."""
+    fine = values.repeat(factor, axis=1).repeat(factor, axis=2)[:, : shape[1], : shape[2]]
+    return np.pad(fine, [(0, want - have) for want, have in zip(shape, fine.shape)], mode="edge")
 
 
 def square_dilation(mask: np.ndarray, width: int) -> np.ndarray:
@@ -215,14 +223,16 @@ def _inplane_depth(mask: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_cdt(padded, metric=plane)[:, 1:-1, 1:-1]
 
 
-def split_lungs(lungs: np.ndarray, body_center_x: float) -> np.ndarray:
+def split_lungs(lungs: np.ndarray, body_center_x: float, step: int = 1) -> np.ndarray:
     """Label right (1) and left (2) lung.
 
     Separate regions on the two sides of the midline are the two lungs, however small one of them
     is (a largely consolidated lung keeps only a little air). One region spanning the midline
     (lungs touching in front of or behind the mediastinum) is eroded in-plane until it falls
     apart; every voxel then goes to the nearer of the two eroded cores (all within the lungs'
-    bounding box, where the nearest core always lies).
+    bounding box, where the nearest core always lies). The nearer core is found on every
+    `step`-th pixel in plane and shared by the `step` x `step` block around it, so the cut
+    between the lungs may shift by up to a block; the cores keep their own side.
     """
     labels = np.zeros(lungs.shape, np.uint8)
     parts = _largest_components(lungs, 2)
@@ -246,11 +256,19 @@ def split_lungs(lungs: np.ndarray, body_center_x: float) -> np.ndarray:
             marker = np.zeros(region.shape, np.uint8)
             for core, side in zip(cores, sides):
                 marker[core] = side
-            nearest = ndimage.distance_transform_edt(marker == 0, return_distances=False, return_indices=True)
-            labels[box][region] = marker[tuple(index[region] for index in nearest)]
+            labels[box][region] = np.where(marker > 0, marker, _nearest_marker(marker, step))[region]
             return labels
     labels[parts[0]] = _side(parts[0], body_center_x)  # could not be split: one label
     return labels
+
+
+def _nearest_marker(marker: np.ndarray, step: int) -> np.ndarray:
+    """Per voxel, the value of the nearest nonzero `marker` voxel (distance in voxels), found on
+    every `step`-th pixel in plane and repeated over the block around it."""
+    start = step // 2
+    coarse = marker[:, start::step, start::step]
+    nearest = ndimage.distance_transform_edt(coarse == 0, sampling=(1, step, step), return_distances=False, return_indices=True)
+    return on_fine_grid(coarse[tuple(nearest)], step, marker.shape)
 
 
 # ---- envelope of one lung ------------------------------------------------------------------
@@ -794,7 +812,7 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], settings:
             small += padded[:, row::factor, column::factor]
     small = (small / factor**2).astype(np.float32)
     labels = _segment(small, (spacing[0], spacing[1] * factor, spacing[2] * factor), settings)
-    return labels.repeat(factor, axis=1).repeat(factor, axis=2)[:, :height, :width]
+    return on_fine_grid(labels, factor, hu.shape)
 
 
 def _segment(hu: np.ndarray, spacing: tuple[float, float, float], settings: ThresholdSettings) -> np.ndarray:
@@ -814,7 +832,7 @@ def _segment(hu: np.ndarray, spacing: tuple[float, float, float], settings: Thre
     lungs = np.logical_or.reduce(parts) if parts else np.zeros(hu.shape, bool)
     middle = body[body.shape[0] // 2]
     center_x = np.argwhere(middle)[:, 1].mean() if middle.any() else hu.shape[2] / 2
-    cropped = split_lungs(lungs, center_x)
+    cropped = split_lungs(lungs, center_x, _pixels(SPLIT_MM, spacing))
     cropped = add_dense_lung(cropped, hu, smooth, body & ~airways, spacing, settings)
     cropped = fill_holes(cropped, spacing, settings.small_hole_cm2)
     cropped[airways] = 0
