@@ -13,7 +13,7 @@ with job_log(snakemake.log[0]):
         snakemake.input.volume,
         outputs,
         LungSettings.from_config(snakemake.params.settings),
-        weights=snakemake.input.get("weights"),
-        fill_weights=snakemake.input.get("fill_weights"),
+        weights=snakemake.input.get("lungmask"),
+        fill_weights=snakemake.input.get("lungmask_fill"),
         prior=snakemake.input.get("prior"),
     )

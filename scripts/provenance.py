@@ -18,6 +18,7 @@ with job_log(snakemake.log[0]) as log:
         snakemake.input.get("slice_labels"),
         dict(zip(snakemake.params.models, snakemake.input.get("models", []))),
         read_record(snakemake.params.run) if Path(snakemake.params.run).is_file() else None,
+        dict(zip(snakemake.params.lung_weights, snakemake.input.get("lung_weights", []))),
     )
     write_document(snakemake.output[0], document)
     log.info(

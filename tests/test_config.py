@@ -200,6 +200,7 @@ def test_provenance_reads_a_sheet_that_starts_with_a_comment(tmp_path):
     qc = [{"patient_id": "P1", "status": "ok", "ingest": {"files": {"found": 3, "sha256": "abc"}}}]
     document = provenance_document(load_config(), qc, sheet, {})
     assert document["inputs"]["patients"]["P1"] == {"dicom_dir": "scan#2", "files": 3, "sha256": "abc", "status": "ok"}
+    assert "lung_weights" not in document["inputs"]  # lungmask's or the prior's, only when used
 
 
 def test_one_folder_under_two_patient_ids_is_refused(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -145,7 +147,11 @@ def test_the_lung_record_names_the_prior(consolidated, real_ingest, config, tmp_
     volume = real_ingest[0] / "normal001" / VOLUME_NAME
     outputs = {"labels": tmp_path / "l.nii.gz", "montage": tmp_path / "l.png", "record": tmp_path / "l.json"}
     settings = LungSettings.from_config(config["lungs"])
-    assert run_lungs("normal001", volume, outputs, settings, prior=weights)["method"] == "threshold + learned prior"
+    record = run_lungs("normal001", volume, outputs, settings, prior=weights)
+    assert record["method"] == "threshold + learned prior"
+    # Which weights made the mask: retrained weights differ, and so does the checksum.
+    assert record["weights"] == {"prior": {"file": Path(weights).name, "sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest()}}
+    assert run_lungs("normal001", volume, outputs, settings)["weights"] == {}
 
 
 def test_each_epoch_sees_every_lesion_slice_and_as_many_others():
@@ -183,10 +189,15 @@ def test_the_workflow_trains_the_prior_once_and_the_lungs_use_it(tmp_path):
     train = {**TINY, "slice_step": 4, "epochs": 1}
     demo = {"patients_per_class": 1, "matrix": 128, "localizer": False, "thick_series": False, "scout_only": 0}
     config = write_config(tmp_path, {"demo": demo, "lungs": {"prior": {"train": train}}})
-    snakemake(tmp_path, "prepare", "--configfile", str(config))
-    assert trained_on(tmp_path / "resources" / "lung_prior.pt")["patients"] == 3
+    snakemake(tmp_path, "prepare", "results/provenance.json", "--configfile", str(config))
+    weights = tmp_path / "resources" / "lung_prior.pt"
+    assert trained_on(weights)["patients"] == 3
     records = [read_record(p) for p in (tmp_path / "work" / "lungs").glob("*.json")]
     assert len(records) == 3 and {r["method"] for r in records} == {"threshold + learned prior"}
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert {r["weights"]["prior"]["sha256"] for r in records} == {digest}
+    provenance = read_record(tmp_path / "results" / "provenance.json")
+    assert provenance["inputs"]["lung_weights"] == {"prior": {"path": "resources/lung_prior.pt", "sha256": digest}}
     assert "Nothing to be done" in snakemake(tmp_path, "prepare", "--configfile", str(config), "-n").stdout
     changed = write_config(tmp_path / "changed", {"demo": demo, "lungs": {"prior": {"train": {**train, "seeds": [12]}}}})
     planned = snakemake(tmp_path, "prepare", "--configfile", str(changed), "-n").stdout

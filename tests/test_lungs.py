@@ -285,6 +285,10 @@ def test_lungmask_lobes_fused_with_r231(painted, tmp_path, ingest_settings, lung
     settings = replace(lung_settings, method="lungmask", lungmask=replace(lung_settings.lungmask, model="LTRCLobes", force_cpu=True))
     record, labels = run("P", volume, tmp_path, settings, weights=lobes_weights, fill_weights=r231)
     assert record["method"] == "lungmask LTRCLobes"
+    assert {role: entry["file"] for role, entry in record["weights"].items()} == {
+        "lungmask": Path(lobes_weights).name,
+        "lungmask_fill": Path(r231).name,
+    }
     lobes = np.asarray(nib.load(tmp_path / "P_lobes.nii.gz").dataobj)
     truth = on_grid(root / "truth.nii.gz", volume)
     assert dice(lobes == 3, truth == 1) > 0.9 and dice(lobes == 1, truth == 2) > 0.9  # right upper, left upper

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lungcam.core.config import settings_from
+from lungcam.core.folders import file_digest
 from lungcam.core.montage import lung_montage
 from lungcam.core.orientation import load_hu_lps
 from lungcam.core.records import write_record
@@ -79,6 +80,13 @@ def method_name(settings: LungSettings, prior: Path | None) -> str:
     return "threshold + learned prior" if prior is not None else "threshold"
 
 
+def weights_used(**files: Path | str | None) -> dict[str, dict[str, str]]:
+    """Name and sha256 of each weights file given (None: not used). Training the prior again,
+    even from the same config on another machine, gives other weights and other masks: the
+    checksum says which weights made a mask."""
+    return {role: {"file": Path(path).name, "sha256": file_digest(path)} for role, path in files.items() if path is not None}
+
+
 def run_lungs(
     patient_id: str,
     nifti_path: Path | str,
@@ -101,6 +109,7 @@ def run_lungs(
         view.save(lobes, outputs["lobes"])
     figures = lung_figures(hu, labels, spacing)
     reasons, warnings = lung_checks(figures, settings.qc)
+    used = {"prior": prior} if settings.method == "threshold" else {"lungmask": weights, "lungmask_fill": fill_weights}
     record = {
         "patient_id": patient_id,
         "stage": "lungs",
@@ -108,6 +117,7 @@ def run_lungs(
         "reasons": reasons,
         "warnings": warnings,
         "method": method_name(settings, prior),
+        "weights": weights_used(**used),
         **figures,
     }
     lung_montage(

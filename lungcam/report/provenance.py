@@ -92,12 +92,14 @@ def provenance_document(
     slice_labels: Path | str | None = None,
     models: dict[str, Path | str] | None = None,
     run: dict | None = None,
+    lung_weights: dict[str, Path | str] | None = None,
 ) -> dict:
     """provenance.json: code and software versions, the resolved config and its hash, the run
     (`run`: the command and when it started, as Snakemake's main process wrote them), and the
     checksums of every input (DICOM folders from the QC records, the sample sheet, lesion
-    masks, slice labels, and the `models` that classified the patients, by fold, with how many
-    patients each was trained on)."""
+    masks, slice labels, the `lung_weights` the lung masks were made with (the learned prior's
+    or lungmask's, by role), and the `models` that classified the patients, by fold, with how
+    many patients each was trained on)."""
     from lungcam import __version__
     from lungcam.core.config import config_hash
     from lungcam.core.samplesheet import read_sheet_table
@@ -122,6 +124,8 @@ def provenance_document(
     }
     if slice_labels:
         inputs["slice_labels"] = {"path": str(slice_labels), "sha256": file_digest(slice_labels)}
+    if lung_weights:
+        inputs["lung_weights"] = {role: {"path": str(path), "sha256": file_digest(path)} for role, path in sorted(lung_weights.items())}
     if models:
         inputs["models"] = {name: model_summary(path) for name, path in sorted(models.items())}
     return {

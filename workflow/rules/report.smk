@@ -79,6 +79,7 @@ rule provenance:
         config=config,
         lesion_masks=LESION_MASKS,
         models=list(REPORT_MODELS) if MODE == "predict" else [],
+        lung_weights=list(LUNG_WEIGHTS),
         run=path("run"),  # written at the start of each run; not an input, it changes every run
     script:
         "../../scripts/provenance.py"

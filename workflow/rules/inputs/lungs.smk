@@ -28,20 +28,19 @@ USE_PRIOR = not LUNGMASK and PRIOR.use
 if USE_PRIOR and PRIOR.weights:
     PRIOR.require()
 
+# The weights files the lung masks are made with, by role (recorded in provenance.json).
+if LUNGMASK:
+    LUNG_WEIGHTS = {"lungmask": str(LUNGMASK_WEIGHTS)} | ({"lungmask_fill": str(LUNGMASK_FILL)} if LOBES else {})
+else:
+    LUNG_WEIGHTS = {"prior": str(PRIOR.path())} if USE_PRIOR else {}
+
 # The SLURM group of the lungs and cache jobs: with lungmask a GPU job per batch of patients.
 LUNGS_GROUP = cluster_group("masks" if LUNGMASK else "prepare")
 
 
 def lungs_inputs(wildcards) -> dict:
     """The scan, and lungmask's or the lung prior's weights when they are used."""
-    inputs = {"volume": path("nifti", patient=wildcards.patient)}
-    if USE_PRIOR:
-        inputs["prior"] = str(PRIOR.path())
-    if LUNGMASK:
-        inputs["weights"] = str(LUNGMASK_WEIGHTS)
-        if LOBES:
-            inputs["fill_weights"] = str(LUNGMASK_FILL)
-    return inputs
+    return {"volume": path("nifti", patient=wildcards.patient)} | LUNG_WEIGHTS
 
 
 def lungs_status_inputs(wildcards) -> dict:

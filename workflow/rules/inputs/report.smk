@@ -27,9 +27,11 @@ def metrics_inputs(wildcards) -> dict:
 
 def provenance_inputs(wildcards) -> dict:
     """Every patient's QC record (with its DICOM checksum), the sample sheet, and the other
-    files the run read: lesion masks, slice labels, the prediction model. Not the fold models:
-    provenance must not wait for training (`snakemake prepare results/provenance.json`)."""
+    files the run read: lesion masks, slice labels, the lung masks' weights, the prediction
+    model. Not the fold models: provenance must not wait for training (`snakemake prepare
+    results/provenance.json`)."""
     inputs = {"qc": path("qc_records"), "sample_sheet": SAMPLE_SHEET, "masks": list(LESION_MASKS.values())}
+    inputs["lung_weights"] = list(LUNG_WEIGHTS.values())
     if SLICE_LABELS:
         inputs["slice_labels"] = SLICE_LABELS
     if MODE == "predict":
