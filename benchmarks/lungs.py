@@ -133,7 +133,7 @@ def main() -> int:
         per_slice = reference["seconds_per_slice"]
         print(f"\nlungmask R231 on one core: {per_slice:.2f} s per slice, {per_slice * 148:.0f} s for P001's 148 slices")
         relative = ", ".join(f"{case} {seconds / per_slice:.1f}" for case, seconds in medians.items())
-        print(f"median run in lungmask slices (comparable across machines): {relative}")
+        print(f"median run in lungmask slices (varies less across machines than seconds): {relative}")
     print(f"default method target (median run <= 10 s and <= 3 GB per case on one core): {'met' if met else 'NOT met'}")
     return 0 if met else 1
 
