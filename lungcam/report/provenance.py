@@ -71,14 +71,17 @@ def code_version(repository: Path | str) -> dict:
     }
 
 
+def input_file(path: Path | str) -> dict:
+    """An input file's path, as the user or config gave it, and its checksum."""
+    return {"path": str(path), "sha256": file_digest(path)}
+
+
 def model_summary(path: Path | str) -> dict:
     """A model file's path, checksum, classes and how many patients it was trained on."""
     from lungcam.train import read_model_metadata
 
     metadata = read_model_metadata(path)
-    return {
-        "path": str(path),
-        "sha256": file_digest(path),
+    return input_file(path) | {
         "classes": metadata["classes"],
         "trained_on": len(metadata.get("trained_on", [])),
     }
@@ -118,14 +121,14 @@ def provenance_document(
         "dcm2niix binary": sorted({r["ingest"]["dcm2niix_version"] for r in qc_records if r.get("ingest", {}).get("dcm2niix_version")})
     }
     inputs: dict = {
-        "sample_sheet": {"path": str(sample_sheet), "sha256": file_digest(sample_sheet)},
+        "sample_sheet": input_file(sample_sheet),
         "patients": patients,
         "lesion_masks": {p: file_digest(path) for p, path in sorted(lesion_masks.items())},
     }
     if slice_labels:
-        inputs["slice_labels"] = {"path": str(slice_labels), "sha256": file_digest(slice_labels)}
+        inputs["slice_labels"] = input_file(slice_labels)
     if lung_weights:
-        inputs["lung_weights"] = {role: {"path": str(path), "sha256": file_digest(path)} for role, path in sorted(lung_weights.items())}
+        inputs["lung_weights"] = {role: input_file(path) for role, path in sorted(lung_weights.items())}
     if models:
         inputs["models"] = {name: model_summary(path) for name, path in sorted(models.items())}
     return {
